@@ -1,0 +1,158 @@
+"""The one batch loop that turns image files into vectors, for ingest, evaluation and search."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from embedder.device import autocast, autocast_dtype, resolve_device
+from embedder.model import EmbeddingNet, ModelSpec
+from embedder.transforms import eval_transform, load_image, normalize
+
+log = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int] | None
+
+
+class ImageFiles(Dataset):
+    """Reader: file i → (i, uint8 tensor, "") or (i, None, reason) when it cannot be decoded."""
+
+    def __init__(self, paths: Sequence[str | Path], boxes: Sequence[Box] | None, spec: ModelSpec):
+        self.paths, self.boxes, self.spec = list(paths), boxes, spec
+        self.transform = eval_transform(spec)
+        self.min_side = int(spec.img_size / spec.crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        box = self.boxes[i] if self.boxes is not None else None
+        try:
+            return i, self.transform(load_image(self.paths[i], box, self.min_side)), ""
+        except Exception as exc:  # every undecodable file becomes a reported failure
+            return i, None, describe_failure(exc)
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+@dataclass
+class Batch:
+    """A decoded batch: positions in the input, uint8 NCHW pixels, and the files that failed."""
+
+    index: list[int]
+    pixels: torch.Tensor | None
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+def collate(samples) -> Batch:
+    good = [(i, t) for i, t, _ in samples if t is not None]
+    failed = [(i, reason) for i, t, reason in samples if t is None]
+    pixels = torch.stack([t for _, t in good]) if good else None
+    return Batch([i for i, _ in good], pixels, failed)
+
+
+@dataclass
+class Embedded:
+    """Vectors for `index` (positions in the input); `failed` holds (position, reason)."""
+
+    index: list[int]
+    vectors: np.ndarray
+    failed: list[tuple[int, str]]
+    seconds_wait: float = 0.0  # time spent waiting for decoded input
+    seconds_model: float = 0.0
+
+
+class Encoder:
+    """Mapper: runs the model on uint8 batches with the chosen device and precision."""
+
+    def __init__(
+        self, model: EmbeddingNet, device: str | torch.device = "auto", precision: str = "auto"
+    ):
+        self.device = resolve_device(device)
+        self.dtype = autocast_dtype(self.device, precision)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.spec = model.spec
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        x = normalize(pixels, self.spec, self.device)
+        with autocast(self.device, self.dtype):
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+
+def loader(
+    paths: Sequence[str | Path],
+    boxes: Sequence[Box] | None,
+    spec: ModelSpec,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        ImageFiles(paths, boxes, spec),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def embed_batches(
+    encoder: Encoder,
+    paths: Sequence[str | Path],
+    boxes: Sequence[Box] | None = None,
+    *,
+    batch_size: int = 32,
+    workers: int = 1,
+) -> Iterator[Embedded]:
+    """Decode in `workers` processes (overlapping the model), embed, yield batch by batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    pin = encoder.device.type == "cuda"
+    batches = iter(
+        loader(paths, boxes, encoder.spec, batch_size=batch_size, workers=workers, pin_memory=pin)
+    )
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        if batch is None:
+            return
+        vectors = (
+            encoder(batch.pixels)
+            if batch.pixels is not None
+            else np.zeros((0, encoder.spec.dim), np.float32)
+        )
+        yield Embedded(batch.index, vectors, batch.failed, t1 - t0, time.perf_counter() - t1)
+
+
+def embed_files(
+    encoder: Encoder,
+    paths: Sequence[str | Path],
+    boxes: Sequence[Box] | None = None,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+) -> np.ndarray:
+    """All vectors in input order; raises ValueError naming the first file that failed."""
+    out = np.zeros((len(paths), encoder.spec.dim), np.float32)
+    for part in embed_batches(encoder, paths, boxes, batch_size=batch_size, workers=workers):
+        if part.failed:
+            i, reason = part.failed[0]
+            raise ValueError(f"cannot read image {str(paths[i])!r}: {reason}")
+        out[part.index] = part.vectors
+    return out

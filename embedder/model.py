@@ -1,0 +1,143 @@
+"""The embedding model: a timm backbone, dropout, a linear head to `dim`, L2 normalisation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedder.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "resnet50"
+DEFAULT_DIM = 512
+RANDOM_INIT_SEED = 0
+
+
+class WeightsError(UserError, RuntimeError):
+    """Weights cannot be loaded (missing file, corrupt file, no network for a pretrained tag)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and preprocess its input; saved in checkpoints.
+
+    `weights` names where the parameters came from: "none" (seeded random init),
+    "timm:<backbone.tag>" (timm's pretrained ImageNet weights) or "sha256:<digest>" (a checkpoint).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    dim: int = DEFAULT_DIM
+    img_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    dropout: float = 0.2
+    weights: str = "none"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def identity(self) -> dict:
+        """What a collection records to refuse vectors from any other model."""
+        return {
+            "backbone": self.backbone,
+            "dim": self.dim,
+            "img_size": self.img_size,
+            "weights": self.weights,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        for key in ("mean", "std"):
+            data[key] = tuple(data[key])
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class EmbeddingNet(nn.Module):
+    """backbone → pooled features → dropout → Linear(dim) → L2-normalised float32 vectors."""
+
+    def __init__(self, backbone: nn.Module, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(backbone.num_features, spec.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        return F.normalize(self.head(self.dropout(features)).float(), dim=-1)
+
+
+def create_backbone(name: str, pretrained: str) -> tuple[nn.Module, str]:
+    """Create the timm backbone without classifier; `pretrained` is 'none', 'default' or a tag."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    if pretrained == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # 'none' is reproducible: same model every run
+            return timm.create_model(name, pretrained=False, num_classes=0), "none"
+    full = name if pretrained == "default" or "." in name else f"{name}.{pretrained}"
+    try:
+        model = timm.create_model(full, pretrained=True, num_classes=0)
+    except Exception as exc:  # hub errors vary: offline, 404, auth, corrupt cache
+        raise WeightsError(
+            f"cannot load pretrained weights {full!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}); offline? pass "
+            f"--weights FILE.safetensors, or --pretrained none for an untrained model"
+        ) from None
+    tag = model.pretrained_cfg.get("tag") or ""
+    return model, f"timm:{name.split('.')[0]}.{tag}" if tag else f"timm:{full}"
+
+
+def build_model(
+    backbone: str = DEFAULT_BACKBONE,
+    *,
+    dim: int | None = None,
+    img_size: int | None = None,
+    dropout: float | None = None,
+    pretrained: str = "default",
+    weights: str | None = None,
+) -> EmbeddingNet:
+    """The one model builder.
+
+    weights: a `.safetensors` checkpoint (its recorded spec wins; other options must agree or be
+    None). Otherwise `pretrained` picks the backbone init: 'default' (timm's pretrained tag),
+    another tag, or 'none'. Options left as None keep the backbone's or checkpoint's own values;
+    preprocessing (mean, std, size, crop, interpolation) is read from timm's data config.
+    """
+    if weights is not None:
+        from embedder.checkpoint import load_checkpoint
+
+        return load_checkpoint(weights, dim=dim, img_size=img_size)
+    if dim is not None and dim < 1:
+        raise ValueError(f"dim must be positive, got {dim}")
+    net, origin = create_backbone(backbone, pretrained)
+    cfg = timm.data.resolve_model_data_config(net)
+    spec = ModelSpec(
+        backbone=backbone,
+        dim=dim or DEFAULT_DIM,
+        img_size=img_size or int(cfg["input_size"][-1]),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        weights=origin,
+    )
+    if dropout is not None:
+        spec = replace(spec, dropout=dropout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)  # the head too is reproducible for a given backbone
+        model = EmbeddingNet(net, spec)
+    log.info("model: %s dim=%d img=%d weights=%s", backbone, spec.dim, spec.img_size, origin)
+    return model.eval()

@@ -1,0 +1,210 @@
+"""`ingest`: generate a sample dataset, embed a dataset into a collection, publish it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embedder._cli import clean_errors, echo, setup_logging
+from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Move a DeepFashion-layout image tree into a Qdrant collection.",
+)
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter("--shard takes K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise typer.BadParameter(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
+    items: Annotated[int, typer.Option(min=1, help="Number of garments (items).")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """Write a generated dataset in DeepFashion consumer-to-shop layout: img/ with shop and
+    'comsumer' photos of each item, Anno/list_bbox_consumer2shop.txt and
+    Eval/list_eval_partition.txt."""
+    setup_logging(verbose)
+    with clean_errors():
+        from ingest.sample import write_sample
+
+        write_sample(out, items=items, seed=seed)
+        images = sum(1 for _ in (out / "img").rglob("*.jpg"))
+        echo(f"wrote {items} items, {images} images to {out}")
+
+
+@app.command()
+def run(
+    root: Annotated[
+        Path, typer.Option(help="Dataset folder, its img/ folder, or any image folder.")
+    ],
+    weights: Annotated[
+        Path | None, typer.Option(help="Trained checkpoint (.safetensors from `embedder train`).")
+    ] = None,
+    pretrained: Annotated[
+        str,
+        typer.Option(
+            help="Without --weights: 'default' (timm's ImageNet weights, needs the network), "
+            "a timm "
+            "tag, or 'none' for an untrained model."
+        ),
+    ] = "default",
+    backbone: Annotated[str, typer.Option(help="timm backbone, without --weights.")] = "resnet50",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Decoding processes (overlap decode with the model).")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: ingest only share K of N (disjoint, deterministic), for parallel workers."
+        ),
+    ] = None,
+    recreate: Annotated[bool, typer.Option(help="Drop and rebuild the collection.")] = False,
+    report: Annotated[
+        Path, typer.Option(help="Where failed files and reasons are written.")
+    ] = Path("ingest-failures.csv"),
+    strict: Annotated[bool, typer.Option(help="Exit non-zero if any file failed.")] = False,
+    quantize: Annotated[
+        bool, typer.Option(help="int8 scalar quantization (with rescoring) on a new collection.")
+    ] = False,
+    hnsw_m: Annotated[int, typer.Option(help="HNSW m of a new collection.")] = 16,
+    ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")] = 100,
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Embed every image under ROOT and upsert it with its payload (category, subcategory,
+    item_id, source, split, path). Resumable: rerun after a crash or with new files and only
+    missing or changed images are embedded."""
+    setup_logging(verbose)
+    with clean_errors():
+        parts = _shard(shard)
+        from embedder.catalog import locate
+        from embedder.inference import Encoder
+        from embedder.model import build_model
+        from ingest.runner import ensure_collection, run_ingest
+        from search.store import IndexSettings
+
+        base = locate(root).base
+        model = build_model(
+            backbone, pretrained=pretrained, weights=str(weights) if weights else None
+        )
+        encoder = Encoder(model, device, precision)
+        settings = IndexSettings(m=hnsw_m, ef_construct=ef_construct, quantization=quantize)
+        with open_from(store, qdrant_url, collection) as db:
+            ensure_collection(
+                db,
+                model.spec,
+                weights_file=str(weights) if weights else None,
+                recreate=recreate,
+                settings=settings,
+                root=str(base),
+            )
+            echo(
+                f"ingest {base} → {db.describe()} collection {collection!r} "
+                f"({model.spec.backbone}, weights {model.spec.weights}, {encoder.device}, "
+                f"{'bf16' if encoder.dtype else 'fp32'})"
+            )
+            try:
+                summary = run_ingest(
+                    db,
+                    encoder,
+                    root,
+                    batch_size=batch_size,
+                    workers=workers,
+                    limit=limit,
+                    shard=parts,
+                    report=report,
+                    progress=progress,
+                )
+            except KeyboardInterrupt:
+                typer.echo(
+                    "interrupted: what was embedded is stored; rerun the same command to continue",
+                    err=True,
+                )
+                raise typer.Exit(130) from None
+        for line in summary.lines():
+            echo(line)
+        if strict and summary.failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def publish(
+    to: Annotated[
+        str, typer.Option("--to", help="Qdrant server URL (API key from QDRANT_API_KEY).")
+    ],
+    store: StoreDir = None,
+    collection: Collection = "deepfashion",
+    target_collection: Annotated[
+        str | None, typer.Option(help="Name on the server [default: same].")
+    ] = None,
+    recreate: Annotated[bool, typer.Option(help="Replace the server collection.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy an embedded collection to a Qdrant server (vectors, payloads, indexes, model
+    metadata) without re-embedding, e.g. to inspect it in the dashboard."""
+    setup_logging(verbose)
+    with clean_errors():
+        from tqdm import tqdm
+
+        from ingest.publish import copy_collection
+        from search.store import open_store
+
+        with (
+            open_from(store, None, collection) as source,
+            open_store(url=to, collection=target_collection or collection) as target,
+        ):
+            total = source.require() and source.count()
+            with tqdm(total=total, unit="pt", desc="publish") as bar:
+                copied = copy_collection(source, target, recreate=recreate, progress=bar.update)
+            echo(
+                f"published {copied} points to {target.describe()} collection {target.collection!r}"
+            )
+
+
+@app.command()
+def info(
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
+) -> None:
+    """Show a collection: points, model, index settings, counts per category and source."""
+    with clean_errors(), open_from(store, qdrant_url, collection) as db:
+        meta = db.require()
+        echo(f"collection {collection!r} in {db.describe()}: {db.count()} points")
+        echo(f"model: {meta.get('model')}")
+        echo(f"weights file: {meta.get('weights_file')}; dataset: {meta.get('dataset_root')}")
+        echo(f"index: {meta.get('index')}")
+        for key in ("category", "source", "split"):
+            counts = db.values(key)
+            echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

@@ -1,0 +1,83 @@
+"""Reader side of ingest: which catalog rows need embedding, and the payload each point gets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from embedder.catalog import bbox_of, locate, read_catalog
+from search.store import Store, point_id
+
+log = logging.getLogger(__name__)
+PAYLOAD_FIELDS = ("category", "subcategory", "item_id", "source", "split", "path")
+CHANGE_FIELDS = ["size", "mtime"]
+
+
+@dataclass
+class Plan:
+    """The catalog with point ids, split into rows to embed and rows already stored unchanged."""
+
+    base: Path  # the dataset folder that catalog paths are relative to
+    catalog: pd.DataFrame
+    todo: pd.DataFrame
+    present: int
+    changed: int
+
+    def files(self) -> list[str]:
+        return [str(self.base / p) for p in self.todo["path"]]
+
+    def boxes(self) -> list[tuple[int, int, int, int] | None]:
+        return [bbox_of(r) for r in self.todo.itertuples(index=False)]
+
+
+def payload(row) -> dict:
+    """The payload stored with a point (strings for the keyword-indexed fields)."""
+    out = {name: str(getattr(row, name)) for name in PAYLOAD_FIELDS}
+    out["size"], out["mtime"] = int(row.size), int(row.mtime)
+    box = bbox_of(row)
+    if box is not None:
+        out["bbox"] = list(box)
+    return out
+
+
+def shard_of(ids: pd.Series, shard: tuple[int, int]) -> pd.Series:
+    """Rows in share K of N, by point id: deterministic and independent of file order."""
+    k, n = shard
+    return ids.map(lambda pid: int(pid.replace("-", ""), 16) % n == k - 1)
+
+
+def make_plan(
+    root: str | Path,
+    store: Store,
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> Plan:
+    """Read the catalog and compare it with the store: unchanged stored images are skipped."""
+    catalog = read_catalog(root)
+    catalog["id"] = catalog["path"].map(point_id).astype("string")
+    if shard is not None:
+        catalog = catalog[shard_of(catalog["id"], shard)].reset_index(drop=True)
+    if limit is not None:
+        catalog = catalog.head(limit)
+    stored = store.stored(catalog["id"].tolist(), CHANGE_FIELDS) if store.exists() else {}
+    keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
+    unchanged = pd.Series(
+        [
+            (p := stored.get(pid)) is not None and p.get("size") == size and p.get("mtime") == mtime
+            for pid, size, mtime in keys
+        ],
+        index=catalog.index,
+        dtype=bool,
+    )
+    changed = int(catalog["id"].isin(list(stored)).sum() - unchanged.sum())
+    return Plan(
+        locate(root).base,
+        catalog,
+        catalog[~unchanged].reset_index(drop=True),
+        int(unchanged.sum()),
+        changed,
+    )

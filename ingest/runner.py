@@ -1,0 +1,153 @@
+"""The ingest runner: plan → decode/embed → write, timing each stage and owning resumption."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from embedder.inference import Encoder, embed_batches
+from embedder.model import ModelSpec
+from ingest.plan import make_plan, payload
+from ingest.writer import Writer
+from search.store import IndexSettings, Points, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run did. `seconds` maps stage → wall seconds (plan, read, model, write, index)."""
+
+    seen: int = 0
+    embedded: int = 0
+    present: int = 0
+    changed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    report: Path | None = None
+    collection_points: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def images_per_second(self) -> float:
+        busy = self.seconds.get("read", 0) + self.seconds.get("model", 0)
+        return self.embedded / busy if busy else 0.0
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        out = [
+            f"seen {self.seen}, embedded {self.embedded} ({self.changed} changed), "
+            f"already present {self.present}, failed {self.failed}",
+            f"{self.images_per_second:.1f} img/s embedding; stages: {stages}; "
+            f"total {self.total_seconds:.1f}s; collection now holds {self.collection_points}",
+        ]
+        if self.report:
+            out.append(f"failed files and reasons: {self.report}")
+        return out
+
+
+def ensure_collection(
+    store: Store,
+    spec: ModelSpec,
+    *,
+    weights_file: str | None = None,
+    recreate: bool = False,
+    settings: IndexSettings = IndexSettings(),
+    root: str | None = None,
+) -> None:
+    """Create the collection for `spec`, or check that an existing one was made by this model."""
+    if recreate and store.exists():
+        log.warning("dropping collection %r (--recreate)", store.collection)
+        store.drop()
+    if not store.exists():
+        store.create(
+            spec.dim,
+            {
+                "model": spec.identity(),
+                "model_spec": spec.to_json(),
+                "weights_file": str(Path(weights_file).resolve()) if weights_file else None,
+                "dataset_root": root,
+            },
+            settings,
+        )
+        return
+    have = store.metadata().get("model", {})
+    if have != spec.identity():
+        diff = ", ".join(
+            f"{k} {have.get(k)!r} vs {v!r}" for k, v in spec.identity().items() if have.get(k) != v
+        )
+        raise StoreError(
+            f"collection {store.collection!r} was embedded with another model "
+            f"({diff}); use the same model, another --collection, or --recreate"
+        )
+
+
+def run_ingest(
+    store: Store,
+    encoder: Encoder,
+    root: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int = 1,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    report: str | Path = "ingest-failures.csv",
+    progress: bool = True,
+) -> Summary:
+    """Embed every image under `root` not already stored unchanged, and upsert it into `store`.
+
+    Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues where
+    the last one stopped; the collection must already exist (see ensure_collection).
+    """
+    started = time.perf_counter()
+    summary = Summary()
+    plan = make_plan(root, store, limit=limit, shard=shard)
+    summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
+    summary.seconds["plan"] = time.perf_counter() - started
+    todo = plan.todo
+    writer = Writer(store)
+    bar = tqdm(total=len(todo), unit="img", desc="ingest", disable=not progress, smoothing=0.05)
+    read = model = 0.0
+    try:
+        for part in embed_batches(
+            encoder, plan.files(), plan.boxes(), batch_size=batch_size, workers=workers
+        ):
+            rows = todo.iloc[part.index]
+            writer(
+                Points(
+                    rows["id"].tolist(),
+                    part.vectors,
+                    [payload(r) for r in rows.itertuples(index=False)],
+                )
+            )
+            summary.failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
+            read, model = read + part.seconds_wait, model + part.seconds_model
+            bar.update(len(part.index) + len(part.failed))
+    finally:
+        bar.close()
+        writer.close()  # on Ctrl-C too: what was embedded is stored
+        store.flush()
+        summary.embedded = writer.stored
+    summary.seconds.update(read=read, model=model, write=writer.seconds)
+    if summary.embedded:
+        t0 = time.perf_counter()
+        store.finish()
+        summary.seconds["index"] = time.perf_counter() - t0
+    summary.collection_points = store.count()
+    if summary.failures:
+        summary.report = Path(report)
+        with summary.report.open("w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["path", "reason"])
+            out.writerows(summary.failures)
+    summary.total_seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,249 @@
+"""The server store: a Qdrant server through qdrant-client (or its local mode for tests)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from search.store import INDEXED_FIELDS, Filters, Hit, IndexSettings, Points, Store, StoreError
+
+log = logging.getLogger(__name__)
+BULK_INDEXING_THRESHOLD = 0  # no HNSW while bulk loading; built once in finish()
+INDEXING_THRESHOLD = 10_000  # KB, Qdrant's default
+
+
+def server_filter(filters: Filters | None) -> models.Filter | None:
+    if not filters:
+        return None
+    return models.Filter(
+        must=[
+            models.FieldCondition(key=k, match=models.MatchValue(value=v))
+            for k, v in filters.items()
+        ]
+    )
+
+
+def _client(url: str, api_key: str | None) -> QdrantClient:
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("file:"):
+        return QdrantClient(path=url.removeprefix("file://").removeprefix("file:"))
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"--qdrant-url {url!r} must start with http:// or https:// "
+            f"(or be :memory: / file:DIR for qdrant-client's local mode)"
+        )
+    return QdrantClient(url=url, api_key=api_key, timeout=60, check_compatibility=False)
+
+
+class ServerStore(Store):
+    kind = "server"
+
+    def __init__(self, url: str, api_key: str | None, collection: str):
+        self.url = url
+        self.collection = collection
+        self.client = _client(url, api_key)
+        self._params: models.SearchParams | None = None
+        self._params_loaded = False
+
+    def describe(self) -> str:
+        return f"Qdrant at {self.url}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run a client call, turning connection and auth failures into one-line StoreErrors."""
+        try:
+            return fn(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
+                raise StoreError(
+                    f"{self.describe()} refused the API key while trying to {what} "
+                    f"(set QDRANT_API_KEY)"
+                ) from None
+            if any(s in text for s in ("Connection", "connect", "timed out", "Name or service")):
+                raise StoreError(
+                    f"cannot reach {self.describe()} to {what}: {text[:200]}"
+                ) from None
+            raise
+
+    def exists(self) -> bool:
+        return self._call("check the collection", self.client.collection_exists, self.collection)
+
+    def create(self, dim: int, metadata: dict, settings: IndexSettings = IndexSettings()) -> None:
+        quant = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                )
+            )
+            if settings.quantization
+            else None
+        )
+        index = {
+            "m": settings.m,
+            "ef_construct": settings.ef_construct,
+            "hnsw_ef": settings.hnsw_ef,
+            "quantization": settings.quantization,
+        }
+        self._call(
+            "create the collection",
+            self.client.create_collection,
+            self.collection,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            hnsw_config=models.HnswConfigDiff(m=settings.m, ef_construct=settings.ef_construct),
+            optimizers_config=models.OptimizersConfigDiff(
+                indexing_threshold=BULK_INDEXING_THRESHOLD
+            ),
+            quantization_config=quant,
+            shard_number=settings.shard_number,
+            replication_factor=settings.replication_factor,
+            metadata={**metadata, "dim": dim, "distance": "cosine", "index": index},
+        )
+        with warnings.catch_warnings():  # local mode warns that it ignores keyword indexes
+            warnings.simplefilter("ignore", UserWarning)
+            for name in INDEXED_FIELDS:
+                self.client.create_payload_index(
+                    self.collection, name, field_schema=models.PayloadSchemaType.KEYWORD
+                )
+
+    def drop(self) -> None:
+        self._call("delete the collection", self.client.delete_collection, self.collection)
+
+    def metadata(self) -> dict:
+        info = self._call("read the collection", self.client.get_collection, self.collection)
+        return dict(info.config.metadata or {})
+
+    def _search_params(self) -> models.SearchParams | None:
+        if not self._params_loaded:
+            index = self.metadata().get("index", {})
+            quant = (
+                models.QuantizationSearchParams(rescore=True, oversampling=2.0)
+                if index.get("quantization")
+                else None
+            )
+            if index.get("hnsw_ef") is not None or quant is not None:
+                self._params = models.SearchParams(hnsw_ef=index.get("hnsw_ef"), quantization=quant)
+            self._params_loaded = True
+        return self._params
+
+    def finish(self) -> None:
+        self._call(
+            "build the index",
+            self.client.update_collection,
+            self.collection,
+            optimizers_config=models.OptimizersConfigDiff(indexing_threshold=INDEXING_THRESHOLD),
+        )
+
+    def flush(self) -> None:
+        """Server writes are acknowledged with wait=True: nothing to flush."""
+
+    def close(self) -> None:
+        self.client.close()
+
+    def count(self, filters: Filters | None = None) -> int:
+        return self._call(
+            "count points",
+            self.client.count,
+            self.collection,
+            count_filter=server_filter(filters),
+            exact=True,
+        ).count
+
+    def stored(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+        out = {}
+        for start in range(0, len(ids), 1000):
+            records = self._call(
+                "read points",
+                self.client.retrieve,
+                self.collection,
+                ids[start : start + 1000],
+                with_payload=fields or False,
+                with_vectors=False,
+            )
+            out.update({str(r.id): r.payload or {} for r in records})
+        return out
+
+    def upsert(self, points: Points) -> None:
+        if not len(points):
+            return
+        self._call(
+            "write points",
+            self.client.upsert,
+            self.collection,
+            wait=True,
+            points=models.Batch(
+                ids=list(points.ids),
+                vectors=points.vectors.tolist(),
+                payloads=list(points.payloads),
+            ),
+        )
+
+    def delete(self, ids: list[str]) -> None:
+        if ids:
+            self._call(
+                "delete points",
+                self.client.delete,
+                self.collection,
+                points_selector=models.PointIdsList(points=list(ids)),
+                wait=True,
+            )
+
+    def search(
+        self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        params = models.SearchParams(exact=True) if exact else self._search_params()
+        requests = [
+            models.QueryRequest(
+                query=vec,
+                limit=top,
+                filter=server_filter(filters),
+                params=params,
+                with_payload=True,
+            )
+            for vec in np.asarray(vectors, np.float32).tolist()
+        ]
+        responses = self._call(
+            "search", self.client.query_batch_points, self.collection, requests=requests
+        )
+        return [
+            [Hit(str(p.id), float(p.score), p.payload or {}) for p in r.points] for r in responses
+        ]
+
+    def scroll(self, batch: int = 256, vectors: bool = True) -> Iterator[Points]:
+        offset = None
+        while True:
+            records, offset = self._call(
+                "read points",
+                self.client.scroll,
+                self.collection,
+                limit=batch,
+                offset=offset,
+                with_payload=True,
+                with_vectors=vectors,
+            )
+            if records:
+                vecs = (
+                    np.asarray([r.vector for r in records], np.float32)
+                    if vectors
+                    else np.zeros((len(records), 0), np.float32)
+                )
+                yield Points([str(r.id) for r in records], vecs, [r.payload or {} for r in records])
+            if offset is None:
+                return
+
+    def values(self, key: str, limit: int = 1000) -> dict[str, int]:
+        response = self._call(
+            "read payload values",
+            self.client.facet,
+            self.collection,
+            key=key,
+            limit=limit,
+            exact=True,
+        )
+        return {str(h.value): int(h.count) for h in response.hits}

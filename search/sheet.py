@@ -1,0 +1,56 @@
+"""Contact sheets: the query photo beside its results, each labelled with score and item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageOps
+
+from search.store import Hit
+
+TILE = 160
+LABEL = 34
+COLUMNS = 5
+
+
+def _tile(path: Path | None, lines: list[str], accent: str) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE + LABEL), "white")
+    try:
+        with Image.open(path) as img:
+            thumb = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (TILE, TILE))
+        tile.paste(thumb, ((TILE - thumb.width) // 2, (TILE - thumb.height) // 2))
+    except Exception:  # a missing or unreadable file still gets its labelled tile
+        ImageDraw.Draw(tile).text((8, TILE // 2), "image not found", fill="grey")
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, TILE - 1, TILE + LABEL - 1), outline=accent, width=2)
+    for n, line in enumerate(lines):
+        draw.text((4, TILE + 2 + 15 * n), line[:26], fill="black")
+    return tile
+
+
+def write_sheet(
+    out: str | Path, query: str | Path, hits: list[Hit], dataset_root: str | None
+) -> Path:
+    """Query tile first (blue), then results in rank order, COLUMNS per row."""
+    base = Path(dataset_root) if dataset_root else None
+    tiles = [_tile(Path(query), ["query", Path(query).name], "royalblue")]
+    for rank, hit in enumerate(hits, 1):
+        path = base / hit.payload["path"] if base and "path" in hit.payload else None
+        tiles.append(
+            _tile(
+                path,
+                [
+                    f"#{rank} {hit.score:.3f} {hit.payload.get('source', '')}",
+                    f"{hit.payload.get('item_id', '?')}",
+                ],
+                "lightgrey",
+            )
+        )
+    rows = (len(tiles) + COLUMNS - 1) // COLUMNS
+    sheet = Image.new("RGB", (COLUMNS * TILE, rows * (TILE + LABEL)), "white")
+    for n, tile in enumerate(tiles):
+        sheet.paste(tile, ((n % COLUMNS) * TILE, (n // COLUMNS) * (TILE + LABEL)))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

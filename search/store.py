@@ -1,0 +1,164 @@
+"""The one store interface over Qdrant: an embedded shard (default) or a Qdrant server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedder.errors import UserError
+
+DEFAULT_COLLECTION = "deepfashion"
+DEFAULT_STORE_DIR = "./qdrant_data"
+INDEXED_FIELDS = ("category", "subcategory", "item_id", "source", "split")
+POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
+
+Filters = Mapping[str, str]
+
+
+class StoreError(UserError, RuntimeError):
+    """A store problem a user can act on: missing collection, unreachable server, lock, mismatch."""
+
+
+def point_id(path: str) -> str:
+    """Deterministic point id of an image: uuid5 of its dataset-relative path."""
+    return str(uuid.uuid5(POINT_NAMESPACE, path))
+
+
+@dataclass
+class Points:
+    """A batch of points: ids, float32 vectors (n, dim) and payloads, aligned."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    payloads: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """HNSW and storage options applied when a collection is created."""
+
+    m: int = 16
+    ef_construct: int = 100
+    hnsw_ef: int | None = None  # search-time ef; None keeps Qdrant's default
+    quantization: bool = False  # int8 scalar quantization with rescoring
+    shard_number: int | None = None  # server only
+    replication_factor: int | None = None  # server only
+
+
+class Store(ABC):
+    """One collection in one Qdrant. Cosine distance, keyword indexes on INDEXED_FIELDS."""
+
+    kind: str
+    collection: str
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def create(self, dim: int, metadata: dict, settings: IndexSettings = IndexSettings()) -> None:
+        """Create the collection (it must not exist) with its payload indexes and metadata."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the collection and all its points, if it exists."""
+
+    @abstractmethod
+    def metadata(self) -> dict: ...
+
+    @abstractmethod
+    def count(self, filters: Filters | None = None) -> int: ...
+
+    @abstractmethod
+    def stored(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+        """For the ids that are stored: id → their payload restricted to `fields`."""
+
+    @abstractmethod
+    def upsert(self, points: Points) -> None: ...
+
+    @abstractmethod
+    def delete(self, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def search(
+        self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        """Nearest neighbours by cosine for each row of `vectors`, best first."""
+
+    @abstractmethod
+    def scroll(self, batch: int = 256, vectors: bool = True) -> Iterator[Points]:
+        """Every point, in id order, `batch` at a time."""
+
+    @abstractmethod
+    def values(self, key: str, limit: int = 1000) -> dict[str, int]:
+        """Distinct values of a payload field with their counts (a facet)."""
+
+    @abstractmethod
+    def finish(self) -> None:
+        """After a bulk load: build the vector index and make everything durable."""
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def require(self) -> dict:
+        """The collection's metadata; StoreError when it does not exist."""
+        if not self.exists():
+            raise StoreError(
+                f"collection {self.collection!r} does not exist in {self.describe()}"
+                f"; create it with `ingest run --root DIR`"
+            )
+        return self.metadata()
+
+    def describe(self) -> str:
+        return self.kind
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(
+    *,
+    store_dir: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    collection: str = DEFAULT_COLLECTION,
+) -> Store:
+    """Pick the implementation once: a server when `url` (or QDRANT_URL) is set, else embedded.
+
+    url: http(s)://host:port for a server, ':memory:' or 'file:DIR' for qdrant-client's local
+    mode (tests and demos without a server).
+    """
+    url = url or os.environ.get("QDRANT_URL") or None
+    if url and store_dir:
+        raise ValueError("give either --store (embedded) or --qdrant-url (server), not both")
+    if not collection or "/" in collection or collection.startswith("."):
+        raise ValueError(f"invalid collection name {collection!r}")
+    if url:
+        from search.server import ServerStore
+
+        return ServerStore(
+            url, api_key=api_key or os.environ.get("QDRANT_API_KEY"), collection=collection
+        )
+    from search.edge import EdgeStore
+
+    return EdgeStore(store_dir or DEFAULT_STORE_DIR, collection=collection)
