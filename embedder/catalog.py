@@ -192,6 +192,7 @@ def read_catalog(root: str | Path) -> pd.DataFrame:
             )
         )
     table = pd.DataFrame.from_records(records, columns=COLUMNS)
+    table = table.sort_values("path", ignore_index=True)
     for col in ("x1", "y1", "x2", "y2"):
         table[col] = table[col].astype("Int64")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):

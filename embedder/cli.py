@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main() -> None:
+    """Train, evaluate and inspect the garment embedding model."""
+
+
 @app.command()
 def info(weights: Annotated[Path, typer.Argument(help="A .safetensors checkpoint.")]) -> None:
     """Print what a checkpoint records: backbone, dim, image size, normalisation, metrics."""

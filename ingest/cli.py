@@ -68,6 +68,9 @@ def run(
         ),
     ] = "default",
     backbone: Annotated[str, typer.Option(help="timm backbone, without --weights.")] = "resnet50",
+    img_size: Annotated[
+        int | None, typer.Option(help="Input size, without --weights [default: the backbone's].")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[
         int, typer.Option(min=0, help="Decoding processes (overlap decode with the model).")
@@ -111,7 +114,10 @@ def run(
 
         base = locate(root).base
         model = build_model(
-            backbone, pretrained=pretrained, weights=str(weights) if weights else None
+            backbone,
+            img_size=img_size,
+            pretrained=pretrained,
+            weights=str(weights) if weights else None,
         )
         encoder = Encoder(model, device, precision)
         settings = IndexSettings(m=hnsw_m, ef_construct=ef_construct, quantization=quantize)

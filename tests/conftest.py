@@ -1,0 +1,44 @@
+"""Shared fixtures: a generated DeepFashion-layout tree and a tiny untrained timm model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+TINY = {"backbone": "test_resnet", "img_size": 64, "pretrained": "none"}
+TINY_ARGS = ["--backbone", "test_resnet", "--img-size", "64", "--pretrained", "none"]
+
+
+@pytest.fixture(scope="session")
+def tiny_args() -> list[str]:
+    """CLI flags for the tiny untrained model."""
+    return list(TINY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    from ingest.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("data") / "sample", items=24, seed=3)
+
+
+@pytest.fixture()
+def dataset(sample_root, tmp_path) -> Path:
+    """A private copy of the sample that a test may change."""
+    return Path(shutil.copytree(sample_root, tmp_path / "sample"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from embedder import build_model
+
+    return build_model(TINY["backbone"], img_size=TINY["img_size"], pretrained="none")
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model):
+    from embedder import Encoder
+
+    return Encoder(tiny_model, "cpu", "auto")

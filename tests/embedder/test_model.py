@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from embedder import Encoder, build_model, embed_files, load_checkpoint, save_checkpoint
+from embedder.checkpoint import read_metadata
+from embedder.model import WeightsError
+
+
+def _images(root, n=6):
+    return sorted(str(p) for p in root.rglob("*.jpg"))[:n]
+
+
+def test_embeddings_are_unit_vectors_of_the_head_size(sample_root, tiny_model):
+    vectors = embed_files(Encoder(tiny_model, "cpu", "fp32"), _images(sample_root))
+    assert vectors.shape == (6, 512) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_untrained_model_is_reproducible(sample_root):
+    a = build_model("test_resnet", img_size=64, dim=32, pretrained="none")
+    b = build_model("test_resnet", img_size=64, dim=32, pretrained="none")
+    files = _images(sample_root, 3)
+    np.testing.assert_array_equal(
+        embed_files(Encoder(a, "cpu", "fp32"), files), embed_files(Encoder(b, "cpu", "fp32"), files)
+    )
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "resnet50"])
+def test_preprocessing_comes_from_the_timm_config(name):
+    import timm
+
+    spec = build_model(name, pretrained="none").spec
+    cfg = timm.data.resolve_model_data_config(timm.create_model(name, pretrained=False))
+    assert spec.img_size == cfg["input_size"][-1] and spec.interpolation == cfg["interpolation"]
+    assert spec.mean == pytest.approx(cfg["mean"]) and spec.std == pytest.approx(cfg["std"])
+    assert spec.crop_pct == pytest.approx(cfg["crop_pct"])
+
+
+def test_checkpoint_round_trip_gives_identical_embeddings(sample_root, tmp_path):
+    model = build_model("test_resnet", img_size=64, pretrained="none")
+    with torch.no_grad():  # make the weights differ from the seeded init
+        model.head.weight.mul_(-1.5)
+    spec = save_checkpoint(model, tmp_path / "m.safetensors", epoch=3, metrics={"r20": 0.5})
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    files = _images(sample_root)
+    np.testing.assert_array_equal(
+        embed_files(Encoder(model, "cpu", "fp32"), files),
+        embed_files(Encoder(loaded, "cpu", "fp32"), files),
+    )
+    assert loaded.spec.weights == spec.weights and spec.weights.startswith("sha256:")
+    recorded, info = read_metadata(tmp_path / "m.safetensors")
+    assert (recorded.backbone, recorded.dim, recorded.img_size) == ("test_resnet", 512, 64)
+    assert recorded.mean == model.spec.mean and info == {"epoch": 3, "metrics": {"r20": 0.5}}
+
+
+def test_offline_pretrained_fails_with_a_pointer_to_weights(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="--weights"):
+        build_model("test_resnet", pretrained="default")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all"])
+def test_corrupt_weights_are_refused(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError):
+        build_model(weights=str(path))
+    with pytest.raises(WeightsError, match="not found"):
+        build_model(weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_unknown_backbone_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown timm backbone"):
+        build_model("no_such_net", pretrained="none")

@@ -1,0 +1,58 @@
+import pytest
+
+from embedder import Encoder, build_model, embed_files, read_catalog
+from ingest.runner import ensure_collection, run_ingest
+from search.query import model_for, search_images
+from search.store import StoreError, open_store
+
+
+@pytest.fixture()
+def store(tmp_path):
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as db:
+        yield db
+
+
+def _ingest(store, encoder, root, **kw):
+    ensure_collection(store, encoder.spec, root=str(root))
+    return run_ingest(store, encoder, root, batch_size=16, workers=1, progress=False, **kw)
+
+
+def test_second_run_embeds_nothing_and_changes_no_count(store, encoder, sample_root):
+    first = _ingest(store, encoder, sample_root)
+    assert first.embedded == first.seen == len(read_catalog(sample_root)) and not first.failures
+    before = {p for points in store.scroll() for p in points.ids}
+    second = _ingest(store, encoder, sample_root)
+    assert (second.embedded, second.present, second.failed) == (0, first.seen, 0)
+    assert {p for points in store.scroll() for p in points.ids} == before
+    assert store.count() == first.seen
+
+
+def test_interrupted_run_is_completed_by_the_next(store, encoder, sample_root):
+    part = _ingest(store, encoder, sample_root, limit=10)
+    assert store.count() == part.embedded == 10
+    rest = _ingest(store, encoder, sample_root)
+    assert rest.present == 10 and rest.embedded == rest.seen - 10
+    assert store.count() == rest.seen
+
+
+def test_a_shop_image_finds_itself_first(store, encoder, sample_root):
+    _ingest(store, encoder, sample_root)
+    table = read_catalog(sample_root)
+    shop = table[table.source == "shop"].iloc[3]
+    hits = search_images(store, encoder, [sample_root / shop.path], top=5)[0]
+    assert hits[0].payload["path"] == shop.path
+    assert hits[0].score == pytest.approx(1.0, abs=0.01)
+
+
+def test_collection_records_the_model_and_refuses_another(store, encoder, sample_root):
+    _ingest(store, encoder, sample_root, limit=4)
+    rebuilt = model_for(store.metadata())
+    assert rebuilt.spec.identity() == encoder.spec.identity()
+    paths = [str(sample_root / p) for p in read_catalog(sample_root).path[:3]]
+    fp32 = [embed_files(Encoder(m, "cpu", "fp32"), paths) for m in (rebuilt, encoder.model)]
+    assert (fp32[0] == fp32[1]).all()
+    other = build_model("test_resnet", img_size=64, dim=128, pretrained="none")
+    with pytest.raises(StoreError, match="another model"):
+        ensure_collection(store, other.spec)
+    ensure_collection(store, other.spec, recreate=True)
+    assert store.count() == 0 and store.metadata()["model"]["dim"] == 128

@@ -1,0 +1,168 @@
+"""The three console scripts through their real entry points: output and exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embedder.cli import app as embedder_app
+from ingest.cli import app as ingest_app
+from search.cli import app as search_app
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def ingested(sample_root, tmp_path_factory, tiny_args):
+    db = tmp_path_factory.mktemp("cli") / "qdrant_data"
+    result = runner.invoke(
+        ingest_app,
+        [
+            "run",
+            "--root",
+            str(sample_root),
+            "--store",
+            str(db),
+            "--workers",
+            "0",
+            "--no-progress",
+            *tiny_args,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return db, result.output
+
+
+def test_console_scripts_are_installed_and_explain_themselves():
+    for name in ("ingest", "search", "embedder"):
+        out = subprocess.run([BIN / name, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "Usage" in out.stdout, name
+    out = subprocess.run([BIN / "ingest", "run", "--help"], capture_output=True, text=True)
+    assert "--root" in out.stdout and "--qdrant-url" in out.stdout
+
+
+def test_sample_command_writes_a_tree(tmp_path):
+    result = runner.invoke(ingest_app, ["sample", "--out", str(tmp_path / "s"), "--items", "3"])
+    assert result.exit_code == 0 and "wrote 3 items" in result.output
+    assert (tmp_path / "s" / "Eval" / "list_eval_partition.txt").is_file()
+
+
+def test_ingest_prints_a_summary_and_a_rerun_skips_everything(ingested, sample_root, tiny_args):
+    db, output = ingested
+    images = len(list(sample_root.rglob("*.jpg")))
+    assert f"seen {images}, embedded {images}" in output and "failed 0" in output
+    again = runner.invoke(
+        ingest_app,
+        [
+            "run",
+            "--root",
+            str(sample_root),
+            "--store",
+            str(db),
+            "--workers",
+            "0",
+            "--no-progress",
+            *tiny_args,
+        ],
+    )
+    assert (
+        again.exit_code == 0 and f"embedded 0 (0 changed), already present {images}" in again.output
+    )
+
+
+def test_search_table_json_and_sheet(ingested, sample_root, tmp_path):
+    db, _ = ingested
+    query = next((sample_root / "img" / "TOPS").rglob("shop_01.jpg"))
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(
+        search_app,
+        [str(query), "--top", "5", "--category", "TOPS", "--store", str(db), "--sheet", str(sheet)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 5 and all(" TOPS " in r for r in rows)
+    assert "UNTRAINED" in result.output
+    with Image.open(sheet) as img:
+        assert img.width >= 5 * 160
+    out = runner.invoke(search_app, [str(query), "--top", "3", "--json", "--store", str(db)])
+    answer = json.loads(out.stdout)
+    assert out.exit_code == 0 and len(answer[0]["results"]) == 3
+    assert answer[0]["results"][0]["path"] == query.relative_to(sample_root).as_posix()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--category", "SHOES"], "unknown --category 'SHOES'; the collection has: DRESSES, TOPS"),
+        (["--collection", "nope"], "collection 'nope' does not exist"),
+    ],
+)
+def test_search_errors_are_one_line(ingested, sample_root, args, message):
+    db, _ = ingested
+    query = next(sample_root.rglob("*.jpg"))
+    result = runner.invoke(search_app, [str(query), "--store", str(db), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_query_and_missing_root_fail_cleanly(ingested, tmp_path, tiny_args):
+    db, _ = ingested
+    result = runner.invoke(search_app, [str(tmp_path / "no.jpg"), "--store", str(db)])
+    assert result.exit_code == 2 and "not found" in result.output
+    result = runner.invoke(
+        ingest_app, ["run", "--root", str(tmp_path / "nothing"), "--store", str(db), *tiny_args]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_publish_copies_to_a_server_collection(ingested, tmp_path):
+    db, _ = ingested
+    target = f"file:{tmp_path / 'server'}"
+    result = runner.invoke(ingest_app, ["publish", "--to", target, "--store", str(db)])
+    assert result.exit_code == 0, result.output
+    from search.store import open_store
+
+    with (
+        open_store(store_dir=str(db), collection="deepfashion") as a,
+        open_store(url=target, collection="deepfashion") as b,
+    ):
+        assert a.count() == b.count() > 0 and a.metadata() == b.metadata()
+        query = next(a.scroll(1)).vectors
+        assert [h.id for h in a.search(query, 5)[0]] == [h.id for h in b.search(query, 5)[0]]
+
+
+def test_embedder_info_reads_a_checkpoint(tmp_path, tiny_model):
+    from embedder import save_checkpoint
+
+    save_checkpoint(tiny_model, tmp_path / "w.safetensors", epoch=1)
+    result = runner.invoke(embedder_app, ["info", str(tmp_path / "w.safetensors")])
+    assert result.exit_code == 0 and "backbone: test_resnet" in result.output
+    bad = runner.invoke(embedder_app, ["info", str(tmp_path / "none.safetensors")])
+    assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_offline_default_weights_exit_with_a_hint(sample_root, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [
+            BIN / "ingest",
+            "run",
+            "--root",
+            str(sample_root),
+            "--store",
+            str(tmp_path / "db"),
+            "--backbone",
+            "test_resnet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--weights" in out.stderr and "Traceback" not in out.stderr
