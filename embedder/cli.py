@@ -1,13 +1,14 @@
-"""`embedder`: inspect checkpoints (training and evaluation commands join here)."""
+"""`embedder`: train the garment embedding model, evaluate it, inspect checkpoints."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from embedder._cli import clean_errors, echo
+from embedder._cli import clean_errors, echo, setup_logging
 
 app = typer.Typer(
     add_completion=False,
@@ -15,11 +16,181 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, evaluate and inspect the garment embedding model.",
 )
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 where supported), bf16 or fp32.")]
+Root = Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")]
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",")}))
+    except ValueError:
+        raise typer.BadParameter(f"--k {text!r}: give integers like 1,5,10,20,50") from None
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter("--k values must be positive")
+    return ks
 
 
 @app.callback()
 def main() -> None:
     """Train, evaluate and inspect the garment embedding model."""
+
+
+@app.command()
+def train(
+    root: Root,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.csv, metrics.png.")],
+    backbone: Annotated[str, typer.Option(help="Any timm backbone name.")] = "resnet50",
+    img_size: Annotated[int | None, typer.Option(help="[default: the backbone's]")] = None,
+    dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
+    pretrained: Annotated[
+        str,
+        typer.Option(
+            help="Backbone init: 'default' (timm ImageNet tag, needs the network), a tag, 'none'."
+        ),
+    ] = "default",
+    weights: Annotated[Path | None, typer.Option(help="Start from this checkpoint.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[
+        int, typer.Option(min=2, help="Triplets (reference) or images (online mining) per step.")
+    ] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    margin: Annotated[float, typer.Option(help="Triplet margin.")] = 0.5,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="reference (consumer/shop/same-subcategory negative), batch-hard or semihard "
+            "(item-balanced batches with online mining)."
+        ),
+    ] = "reference",
+    train_stages: Annotated[
+        str,
+        typer.Option(
+            help="Backbone stages to train (others frozen), e.g. layer4 or layer3,layer4, or all."
+        ),
+    ] = "layer4",
+    per_item: Annotated[int, typer.Option(min=2, help="Images per item in a mined batch.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="Data loading processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    k: Annotated[str, typer.Option("--k", help="Validation top-k.")] = "1,5,10,20,50",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Train with triplet loss; each epoch writes a checkpoint, validation top-k, metrics.csv
+    and metrics.png. Rerun the same command to resume an interrupted run; the best epoch
+    (validation top-20) is OUT/best.safetensors, the file to pass to `ingest run --weights`."""
+    setup_logging(verbose)
+    with clean_errors():
+        from embedder.train import TrainConfig, fit
+
+        cfg = TrainConfig(
+            root=str(root),
+            out=str(out),
+            backbone=backbone,
+            img_size=img_size,
+            dim=dim,
+            pretrained=pretrained,
+            weights=str(weights) if weights else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            margin=margin,
+            mode=mode,
+            train_stages=train_stages,
+            per_item=per_item,
+            device=device,
+            precision=precision,
+            workers=workers,
+            seed=seed,
+            ks=_ks(k),
+        )
+        history = fit(cfg, progress=progress)
+        for row in history.rows:
+            echo("  ".join(f"{key} {value}" for key, value in row.items()))
+        echo(
+            f"best: {out / 'best.safetensors'}; metrics: {out / 'metrics.csv'}, "
+            f"{out / 'metrics.png'}"
+        )
+
+
+@app.command()
+def evaluate(
+    root: Root,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint to evaluate.")] = None,
+    backbones: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --weights: compare these timm backbones (comma-separated) with "
+            "--pretrained weights."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str, typer.Option(help="With --backbones: default, a tag or none.")
+    ] = "default",
+    img_size: Annotated[int | None, typer.Option(help="With --backbones.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    k: Annotated[str, typer.Option("--k", help="Top-k values.")] = "1,5,10,20,50",
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the top-k curve PNG.")] = None,
+    embedding_map: Annotated[
+        Path | None,
+        typer.Option(help="Write a 2-D PCA map of gallery embeddings coloured by category."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Consumer-to-shop retrieval: queries are the split's consumer photos, the gallery its shop
+    photos; a query hits at k when a photo of its item is among the first k. Overall and per
+    category."""
+    setup_logging(verbose)
+    ks = _ks(k)
+    with clean_errors():
+        from embedder.evaluate import evaluate as run_eval
+        from embedder.evaluate import split_sets
+        from embedder.inference import Encoder
+        from embedder.model import build_model
+        from embedder.plots import embedding_map as draw_map
+        from embedder.plots import topk_curve
+
+        if (weights is None) == (backbones is None):
+            raise ValueError("give either --weights or --backbones")
+        models = (
+            [(str(weights), lambda: build_model(weights=str(weights)))]
+            if weights
+            else [
+                (
+                    name,
+                    lambda name=name: build_model(name, img_size=img_size, pretrained=pretrained),
+                )
+                for name in backbones.split(",")
+                if name
+            ]
+        )
+        sets = split_sets(root, split)
+        reports = {}
+        for name, make in models:
+            encoder = Encoder(make(), device, precision)
+            report, vectors = run_eval(
+                encoder, root, split=split, ks=ks, batch_size=batch_size, workers=workers, sets=sets
+            )
+            reports[name] = report
+            echo(f"{name}: {report.queries} queries, gallery {report.gallery} ({split})")
+            for line in report.table():
+                echo(line)
+            if embedding_map and len(models) == 1:
+                draw_map(vectors["gallery"], vectors["gallery_table"]["category"], embedding_map)
+                echo(f"embedding map: {embedding_map}")
+        if plot:
+            topk_curve({n: r.overall for n, r in reports.items()}, plot)
+            echo(f"top-k curve: {plot}")
+        if as_json:
+            as_json.write_text(json.dumps({n: r.to_json() for n, r in reports.items()}, indent=1))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Congruence: the embedded and the server store hold and answer the same, and match exact search."""
+"""Congruence: embedded and server stores hold and answer the same, and match exact search."""
 
 import numpy as np
 import pytest

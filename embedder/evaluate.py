@@ -1,0 +1,153 @@
+"""Consumer-to-shop retrieval accuracy: top-k hit rate of consumer queries against shop images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embedder.catalog import bbox_of, locate, read_catalog
+
+log = logging.getLogger(__name__)
+DEFAULT_KS = (1, 5, 10, 20, 50)
+Knn = Callable[[np.ndarray, int], np.ndarray]  # (queries, k) → gallery positions (n, k)
+
+
+@dataclass
+class Report:
+    """Top-k accuracy overall and per category, for queries and gallery of one split."""
+
+    split: str
+    ks: tuple[int, ...]
+    overall: dict[int, float]
+    per_category: dict[str, dict[int, float]] = field(default_factory=dict)
+    queries: int = 0
+    gallery: int = 0
+
+    def table(self) -> list[str]:
+        head = f"{'category':<12}{'queries':>8}" + "".join(f"{'top-' + str(k):>9}" for k in self.ks)
+        rows = [head]
+        for name, acc in [*sorted(self.per_category.items()), ("ALL", self.overall)]:
+            n = self.queries if name == "ALL" else acc.get("queries", 0)
+            rows.append(f"{name:<12}{n:>8}" + "".join(f"{acc[k]:>9.3f}" for k in self.ks))
+        return rows
+
+    def to_json(self) -> dict:
+        return {
+            "split": self.split,
+            "queries": self.queries,
+            "gallery": self.gallery,
+            "overall": {f"top{k}": v for k, v in self.overall.items()},
+            "per_category": {
+                c: {f"top{k}": v for k, v in a.items() if k != "queries"}
+                for c, a in self.per_category.items()
+            },
+        }
+
+
+def exact_knn(gallery: np.ndarray) -> Knn:
+    """Brute-force cosine k-NN over unit vectors, in chunks (the reference k-NN)."""
+
+    def knn(queries: np.ndarray, k: int) -> np.ndarray:
+        k = min(k, len(gallery))
+        out = np.empty((len(queries), k), np.int64)
+        for start in range(0, len(queries), 1024):
+            scores = queries[start : start + 1024] @ gallery.T
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(scores, part, 1).argsort(axis=1)[:, ::-1]
+            out[start : start + 1024] = np.take_along_axis(part, order, 1)
+        return out
+
+    return knn
+
+
+def hits_at(
+    neighbours: np.ndarray,
+    query_items: Sequence[str],
+    gallery_items: Sequence[str],
+    ks: Sequence[int],
+) -> np.ndarray:
+    """(n_queries, len(ks)) booleans: an image of the query's item is among its first k."""
+    gallery_items = np.asarray(gallery_items)
+    same = gallery_items[neighbours] == np.asarray(query_items)[:, None]
+    return np.stack([same[:, :k].any(axis=1) for k in ks], axis=1)
+
+
+def accuracy(
+    neighbours: np.ndarray,
+    queries: pd.DataFrame,
+    gallery: pd.DataFrame,
+    ks: Sequence[int],
+    split: str,
+) -> Report:
+    """Aggregate hits overall and per category of the query."""
+    hits = hits_at(neighbours, queries["item_id"].tolist(), gallery["item_id"].tolist(), ks)
+    ks = tuple(ks)
+    report = Report(
+        split,
+        ks,
+        {k: float(hits[:, i].mean()) for i, k in enumerate(ks)},
+        queries=len(queries),
+        gallery=len(gallery),
+    )
+    for category, rows in queries.groupby("category", observed=True).indices.items():
+        acc = {k: float(hits[rows, i].mean()) for i, k in enumerate(ks)}
+        report.per_category[str(category)] = {**acc, "queries": len(rows)}
+    return report
+
+
+def split_sets(root: str | Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Queries (consumer images) and gallery (shop images) of `split`."""
+    table = read_catalog(root)
+    part = table[table["split"] == split]
+    queries = part[part["source"] == "consumer"].reset_index(drop=True)
+    gallery = part[part["source"] == "shop"].reset_index(drop=True)
+    if queries.empty or gallery.empty:
+        raise ValueError(
+            f"split {split!r} has {len(queries)} consumer and {len(gallery)} shop "
+            f"images; evaluation needs Eval/list_eval_partition.txt with that split"
+        )
+    return queries, gallery
+
+
+def embed_table(
+    encoder, root: str | Path, table: pd.DataFrame, *, batch_size: int = 64, workers: int = 1
+) -> np.ndarray:
+    from embedder.inference import embed_files
+
+    base = locate(root).base
+    return embed_files(
+        encoder,
+        [str(base / p) for p in table["path"]],
+        [bbox_of(r) for r in table.itertuples(index=False)],
+        batch_size=batch_size,
+        workers=workers,
+    )
+
+
+def evaluate(
+    encoder,
+    root: str | Path,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 64,
+    workers: int = 1,
+    knn: Knn | None = None,
+    sets: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> tuple[Report, dict]:
+    """Embed the split's queries and gallery and score top-k retrieval.
+
+    `knn` defaults to exact search over the gallery; returns the report and the embeddings
+    ({"queries", "gallery"} arrays with their tables) for plots or store comparisons.
+    """
+    queries, gallery = sets or split_sets(root, split)
+    q = embed_table(encoder, root, queries, batch_size=batch_size, workers=workers)
+    g = embed_table(encoder, root, gallery, batch_size=batch_size, workers=workers)
+    neighbours = (knn or exact_knn(g))(q, max(ks))
+    report = accuracy(neighbours, queries, gallery, ks, split)
+    return report, {"queries": q, "gallery": g, "query_table": queries, "gallery_table": gallery}

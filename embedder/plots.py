@@ -1,0 +1,52 @@
+"""Evaluation plots: the top-k accuracy curve and a 2-D map of embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def topk_curve(curves: Mapping[str, Mapping[int, float]], out: str | Path) -> Path:
+    """One line per model: top-k accuracy against k."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, acc in curves.items():
+        ks = sorted(acc)
+        ax.plot(ks, [acc[k] for k in ks], marker="o", label=Path(name).name)
+    ax.set(xlabel="k", ylabel="top-k accuracy", ylim=(0, 1), title="consumer-to-shop retrieval")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def embedding_map(vectors: np.ndarray, labels: Sequence[str], out: str | Path) -> Path:
+    """PCA of the embeddings to 2-D, one colour per label."""
+    plt = _pyplot()
+    centred = vectors - vectors.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    labels = np.asarray([str(v) for v in labels])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name in sorted(set(labels)):
+        pts = xy[labels == name]
+        ax.scatter(pts[:, 0], pts[:, 1], s=8, label=name, alpha=0.7)
+    ax.set(title="gallery embeddings (PCA)", xticks=[], yticks=[])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,336 @@
+"""Triplet training: consumer anchor, shop positive, same-subcategory negative, or online mining."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_metric_learning import losses, miners, samplers
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from embedder.catalog import bbox_of, locate, read_catalog, read_pairs
+from embedder.checkpoint import load_checkpoint, save_checkpoint
+from embedder.device import autocast, autocast_dtype, resolve_device
+from embedder.evaluate import DEFAULT_KS, evaluate, split_sets
+from embedder.inference import Encoder
+from embedder.model import EmbeddingNet, build_model
+from embedder.transforms import load_image, normalize, train_transform
+
+log = logging.getLogger(__name__)
+MODES = ("reference", "batch-hard", "semihard")
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    root: str
+    out: str
+    backbone: str = "resnet50"
+    img_size: int | None = None
+    dim: int = 512
+    pretrained: str = "default"
+    weights: str | None = None  # start from a checkpoint instead
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    margin: float = 0.5
+    mode: str = "reference"
+    train_stages: str = "layer4"  # backbone children to train, comma-separated, or "all"
+    per_item: int = 2  # images per item in a batch (online mining)
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    ks: tuple[int, ...] = DEFAULT_KS
+    select_k: int = 20  # best checkpoint by validation top-k
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.margin < 0:
+            raise ValueError("epochs ≥ 1, batch size ≥ 2, lr > 0 and margin ≥ 0 are required")
+        if self.mode != "reference" and self.batch_size % self.per_item:
+            raise ValueError(
+                f"--batch-size {self.batch_size} must be a multiple of "
+                f"--per-item {self.per_item} for online mining"
+            )
+
+
+@dataclass
+class History:
+    rows: list[dict] = field(default_factory=list)
+    best: float = -1.0
+
+
+class TripletSet(Dataset):
+    """Reference triplets: each train pair (consumer, shop) plus a negative of the same
+    subcategory with another item, drawn afresh each epoch from a seeded stream."""
+
+    def __init__(self, root, pairs: pd.DataFrame, catalog: pd.DataFrame, spec, seed: int):
+        self.base = locate(root).base
+        self.pairs = pairs.reset_index(drop=True)
+        self.rows = catalog.set_index("path")
+        self.by_sub = {s: g["path"].tolist() for s, g in catalog.groupby("subcategory")}
+        self.strong, self.mild = train_transform(spec, True), train_transform(spec, False)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _image(self, path: str, strong: bool) -> torch.Tensor:
+        row = self.rows.loc[path]
+        img = load_image(self.base / path, bbox_of(row))
+        return (self.strong if strong else self.mild)(img)
+
+    def __getitem__(self, i: int):
+        consumer, shop, item = self.pairs.loc[i, ["consumer", "shop", "item_id"]]
+        sub = self.rows.loc[consumer, "subcategory"]
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        pool = self.by_sub[sub]
+        negative = pool[rng.randrange(len(pool))]
+        for _ in range(20):  # a different item of the same subcategory
+            if self.rows.loc[negative, "item_id"] != item:
+                break
+            negative = pool[rng.randrange(len(pool))]
+        return (
+            self._image(consumer, True),
+            self._image(shop, False),
+            self._image(negative, self.rows.loc[negative, "source"] == "consumer"),
+        )
+
+
+class ItemImages(Dataset):
+    """Every train image with its item label, for item-balanced batches and online mining."""
+
+    def __init__(self, root, table: pd.DataFrame, spec):
+        self.base = locate(root).base
+        self.table = table.reset_index(drop=True)
+        self.labels = pd.factorize(self.table["item_id"])[0]
+        self.strong, self.mild = train_transform(spec, True), train_transform(spec, False)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int):
+        row = self.table.iloc[i]
+        tf = self.strong if row["source"] == "consumer" else self.mild
+        return tf(load_image(self.base / row["path"], bbox_of(row))), int(self.labels[i])
+
+
+def freeze(model: EmbeddingNet, stages: str) -> list[torch.nn.Parameter]:
+    """Train only the named backbone children (and the head); returns the trainable params."""
+    children = dict(model.backbone.named_children())
+    names = list(children) if stages == "all" else [s for s in stages.split(",") if s]
+    unknown = [n for n in names if n not in children]
+    if unknown:
+        raise ValueError(
+            f"--train-stages {','.join(unknown)} not in {model.spec.backbone}: "
+            f"choose from {', '.join(children)} or 'all'"
+        )
+    for name, child in children.items():
+        child.requires_grad_(name in names)
+    model.head.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _loader(cfg: TrainConfig, root, catalog: pd.DataFrame, spec, epoch: int):
+    """The epoch's batches; returns (loader, images per step)."""
+    if cfg.mode == "reference":
+        pairs = read_pairs(root)
+        pairs = pairs[pairs["split"] == "train"]
+        pairs = pairs[pairs["consumer"].isin(catalog["path"]) & pairs["shop"].isin(catalog["path"])]
+        if pairs.empty:
+            raise ValueError("no train pairs: training needs Eval/list_eval_partition.txt")
+        data = TripletSet(root, pairs, catalog, spec, cfg.seed)
+        data.epoch = epoch
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        return DataLoader(
+            data,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=cfg.workers,
+            drop_last=len(data) > cfg.batch_size,
+            pin_memory=torch.cuda.is_available(),
+        ), 3
+    train = catalog[catalog["split"] == "train"]
+    if train.empty:
+        raise ValueError("no train images: training needs Eval/list_eval_partition.txt")
+    data = ItemImages(root, train, spec)
+    sampler = samplers.MPerClassSampler(
+        data.labels, m=cfg.per_item, batch_size=cfg.batch_size, length_before_new_iter=len(data)
+    )
+    return DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    ), 1
+
+
+def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
+    """Fresh model, or the last epoch's checkpoint and history when resuming."""
+    state = out / STATE_FILE
+    if state.is_file():
+        saved = json.loads(state.read_text())
+        model = load_checkpoint(out / saved["last"])
+        history = History(saved["history"], saved["best"])
+        log.info("resuming after epoch %d from %s", saved["epoch"], saved["last"])
+        return model, saved["epoch"], history
+    model = build_model(
+        cfg.backbone,
+        dim=cfg.dim,
+        img_size=cfg.img_size,
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+    )
+    return model, 0, History()
+
+
+def fit(cfg: TrainConfig, progress: bool = True) -> History:
+    """Train for cfg.epochs, writing per-epoch checkpoints, metrics.csv and metrics.png."""
+    cfg.check()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(device, cfg.precision)
+    model, done, history = _model(cfg, out)
+    model.to(device, memory_format=torch.channels_last)
+    params = freeze(model, cfg.train_stages)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    if done and (out / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device))
+    loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
+    miner = {
+        "batch-hard": miners.BatchHardMiner(),
+        "semihard": miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard"),
+        "reference": None,
+    }[cfg.mode]
+    catalog = read_catalog(cfg.root)
+    val_sets = _val_sets(cfg.root)
+    for epoch in range(done + 1, cfg.epochs + 1):
+        _seed_all(cfg.seed * 1000 + epoch)  # data order and dropout depend on (seed, epoch) only
+        loader, per_step = _loader(cfg, cfg.root, catalog, model.spec, epoch)
+        model.train()
+        total, steps, images, started = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            if cfg.mode == "reference":
+                x = torch.cat(batch)
+                n = len(batch[0])
+                idx = torch.arange(n, device=device)
+                tuples, labels = (idx, idx + n, idx + 2 * n), torch.arange(3 * n, device=device)
+            else:
+                x, labels = batch[0], batch[1].to(device)
+                tuples = None
+            with autocast(device, dtype):
+                emb = model(normalize(x, model.spec, device))
+            if miner is not None:
+                with torch.no_grad():
+                    tuples = miner(emb.float(), labels)
+            loss = loss_fn(emb.float(), labels, tuples)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps, images = total + loss.item(), steps + 1, images + len(x)
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "loss": total / max(steps, 1),
+            "seconds": round(seconds, 2),
+            "img_per_s": round(images / seconds, 1),
+            "triplets_per_s": round(images / per_step / seconds, 1) if per_step == 3 else "",
+        }
+        row.update(_validate(model, cfg, device, val_sets))
+        history.rows.append(row)
+        _save_epoch(model, optimizer, cfg, out, epoch, row, history)
+        log.info("epoch %d: %s", epoch, row)
+    return history
+
+
+def _val_sets(root):
+    try:
+        return split_sets(root, "val")
+    except ValueError:
+        log.warning("no val split: epochs are not validated, best = last")
+        return None
+
+
+def _validate(model: EmbeddingNet, cfg: TrainConfig, device, sets) -> dict:
+    if sets is None:
+        return {}
+    report, _ = evaluate(
+        Encoder(model, device, cfg.precision),
+        cfg.root,
+        split="val",
+        ks=cfg.ks,
+        workers=cfg.workers,
+        sets=sets,
+    )
+    return {f"val_top{k}": round(v, 4) for k, v in report.overall.items()}
+
+
+def _save_epoch(
+    model, optimizer, cfg: TrainConfig, out: Path, epoch: int, row: dict, history: History
+) -> None:
+    name = f"epoch_{epoch:03d}.safetensors"
+    save_checkpoint(model, out / name, epoch=epoch, metrics=row)
+    torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    score = row.get(f"val_top{cfg.select_k}", epoch)  # no validation: the latest is best
+    if score >= history.best:
+        history.best = score
+        shutil.copyfile(out / name, out / "best.safetensors")
+    with (out / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history.rows[-1]))
+        writer.writeheader()
+        writer.writerows(history.rows)
+    _plot(history.rows, out / "metrics.png")
+    state = {
+        "epoch": epoch,
+        "last": name,
+        "best": history.best,
+        "history": history.rows,
+        "config": {k: v for k, v in asdict(cfg).items()},
+    }
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(out / STATE_FILE)  # the state moves on only once the epoch's files are written
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["loss"] for r in rows], marker="o")
+    left.set(title="triplet loss", xlabel="epoch")
+    for key in [k for k in rows[-1] if k.startswith("val_top")]:
+        right.plot(epochs, [r.get(key) for r in rows], marker="o", label=key[4:])
+    right.set(title="validation top-k accuracy", xlabel="epoch", ylim=(0, 1))
+    if right.lines:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

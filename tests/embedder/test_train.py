@@ -1,0 +1,130 @@
+"""Training at tiny scale: the loss falls, retrieval improves, a resumed run continues exactly."""
+
+import csv
+import json
+
+import pytest
+
+from embedder import Encoder, build_model, load_checkpoint
+from embedder.evaluate import accuracy, evaluate, exact_knn, hits_at
+from embedder.train import TrainConfig, fit
+
+TINY = dict(
+    backbone="test_resnet",
+    img_size=64,
+    pretrained="none",
+    batch_size=16,
+    lr=1e-3,
+    train_stages="all",
+    workers=0,
+    ks=(1, 5, 10),
+)
+
+
+@pytest.fixture(scope="module")
+def bigger_sample(tmp_path_factory):
+    from ingest.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("train") / "s", items=60, seed=11)
+
+
+def test_hits_at_matches_a_slow_loop():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(30, 8)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[:10] + rng.normal(scale=0.5, size=(10, 8)).astype(np.float32)
+    g_items, q_items = [f"i{n % 12}" for n in range(30)], [f"i{n}" for n in range(10)]
+    neighbours = exact_knn(gallery)(queries, 5)
+    hits = hits_at(neighbours, q_items, g_items, (1, 5))
+    for q in range(10):
+        order = np.argsort(-(gallery @ queries[q]))
+        for col, k in enumerate((1, 5)):
+            assert hits[q, col] == any(g_items[j] == q_items[q] for j in order[:k])
+
+
+def test_training_lowers_loss_and_raises_recall(bigger_sample, tmp_path):
+    before, _ = evaluate(
+        Encoder(build_model("test_resnet", img_size=64, pretrained="none"), "cpu"),
+        bigger_sample,
+        split="test",
+        ks=(1, 5, 10),
+    )
+    history = fit(
+        TrainConfig(root=str(bigger_sample), out=str(tmp_path / "run"), epochs=3, **TINY),
+        progress=False,
+    )
+    assert history.rows[-1]["loss"] < history.rows[0]["loss"]
+    after, _ = evaluate(
+        Encoder(load_checkpoint(tmp_path / "run" / "best.safetensors"), "cpu"),
+        bigger_sample,
+        split="test",
+        ks=(1, 5, 10),
+    )
+    assert after.overall[1] > before.overall[1] and after.overall[5] >= before.overall[5]
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and "val_top5" in rows[0]
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 0
+
+
+def test_resumed_run_continues_from_the_saved_epoch(bigger_sample, tmp_path):
+    straight = fit(
+        TrainConfig(
+            root=str(bigger_sample), out=str(tmp_path / "a"), epochs=2, mode="batch-hard", **TINY
+        ),
+        progress=False,
+    )
+    fit(
+        TrainConfig(
+            root=str(bigger_sample), out=str(tmp_path / "b"), epochs=1, mode="batch-hard", **TINY
+        ),
+        progress=False,
+    )
+    resumed = fit(
+        TrainConfig(
+            root=str(bigger_sample), out=str(tmp_path / "b"), epochs=2, mode="batch-hard", **TINY
+        ),
+        progress=False,
+    )
+    assert [r["epoch"] for r in resumed.rows] == [1, 2]
+    state = json.loads((tmp_path / "b" / "train_state.json").read_text())
+    assert state["epoch"] == 2 and state["last"] == "epoch_002.safetensors"
+    for key in ("loss", "val_top1", "val_top5"):
+        assert resumed.rows[1][key] == pytest.approx(straight.rows[1][key], rel=1e-4)
+
+
+def test_accuracy_reports_per_category():
+    import numpy as np
+    import pandas as pd
+
+    queries = pd.DataFrame({"item_id": ["a", "b"], "category": ["TOPS", "DRESSES"]})
+    gallery = pd.DataFrame({"item_id": ["b", "a"], "category": ["DRESSES", "TOPS"]})
+    report = accuracy(np.array([[1, 0], [1, 0]]), queries, gallery, (1, 2), "test")
+    assert report.overall == {1: 0.5, 2: 1.0}
+    assert report.per_category["DRESSES"][1] == 0.0 and report.per_category["TOPS"][1] == 1.0
+
+
+def test_bad_training_settings_fail_early(bigger_sample, tmp_path):
+    with pytest.raises(ValueError, match="multiple"):
+        fit(
+            TrainConfig(
+                root=str(bigger_sample),
+                out=str(tmp_path),
+                mode="semihard",
+                batch_size=15,
+                per_item=2,
+            ),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="train-stages"):
+        fit(
+            TrainConfig(
+                root=str(bigger_sample),
+                out=str(tmp_path),
+                epochs=1,
+                **{**TINY, "train_stages": "layer9"},
+            ),
+            progress=False,
+        )
