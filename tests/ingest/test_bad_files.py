@@ -1,0 +1,129 @@
+"""Bad files: the run finishes, every good image is in, every bad one is reported with a reason."""
+
+import csv
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embedder import read_catalog
+from ingest.cli import app
+from ingest.runner import ensure_collection, run_ingest
+from search.store import open_store, point_id
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A tiny valid PNG whose header claims width × height (a decompression bomb)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8  # signature, then length(4) type(4) data(13) crc(4)
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21]))
+    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def make_bad_and_odd_files(folder):
+    """Returns (good names, bad names) written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), np.uint8))
+    good = {
+        "cmyk.jpg": lambda p: rgb.convert("CMYK").save(p, "JPEG"),
+        "grey.jpg": lambda p: rgb.convert("L").save(p, "JPEG"),
+        "png_named.jpg": lambda p: rgb.save(p, "PNG"),
+        "rgba.png": lambda p: rgb.convert("RGBA").save(p),
+        "palette.png": lambda p: rgb.convert("P").save(p),
+        "sixteen.png": lambda p: Image.fromarray(
+            np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 20
+        ).save(p),
+        "exif_rotated.jpg": lambda p: _exif_rotated(rgb, p),
+        "with space ünïcødé.jpg": lambda p: rgb.save(p, "JPEG"),
+    }
+    bad = {
+        "zero.jpg": lambda p: p.write_bytes(b""),
+        "truncated.jpg": lambda p: p.write_bytes(_jpeg_bytes(rgb)[:200]),
+        "text.jpg": lambda p: p.write_text("this is not an image\n"),
+        "bomb.png": lambda p: p.write_bytes(_png_with_size(40000, 40000)),
+        "broken_link.jpg": lambda p: os.symlink(folder / "does-not-exist.jpg", p),
+    }
+    for name, make in {**good, **bad}.items():
+        make(folder / name)
+    return set(good), set(bad)
+
+
+def _jpeg_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _exif_rotated(img, path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° on display
+    img.save(path, "JPEG", exif=exif)
+
+
+@pytest.fixture()
+def messy(dataset):
+    good, bad = make_bad_and_odd_files(dataset / "img" / "TOPS" / "Odd" / "id_99999999")
+    return dataset, good, bad
+
+
+def test_bad_files_are_reported_and_good_ones_stored(messy, encoder, tmp_path):
+    root, good, bad = messy
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+        ensure_collection(store, encoder.spec)
+        summary = run_ingest(
+            store,
+            encoder,
+            root,
+            batch_size=8,
+            workers=1,
+            progress=False,
+            report=tmp_path / "failures.csv",
+        )
+        catalog = read_catalog(root)
+        failed = {path.rsplit("/", 1)[1] for path, _ in summary.failures}
+        assert failed == bad
+        assert summary.embedded == len(catalog) - len(bad) == store.count()
+        stored = store.stored([point_id(p) for p in catalog["path"]], ["path"])
+        names = {p["path"].rsplit("/", 1)[1] for p in stored.values()}
+        assert good <= names and not (bad & names)
+    with open(summary.report) as fh:
+        rows = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in csv.DictReader(fh)}
+    assert set(rows) == bad and all(rows.values())
+    assert "DecompressionBomb" in rows["bomb.png"]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from embedder.transforms import load_image
+
+    _exif_rotated(Image.new("RGB", (64, 48)), tmp_path / "r.jpg")
+    assert load_image(tmp_path / "r.jpg").size == (48, 64)
+
+
+def test_strict_makes_failures_an_error(messy, tmp_path, tiny_args):
+    root, _, bad = messy
+    args = [
+        "run",
+        "--root",
+        str(root),
+        "--store",
+        str(tmp_path / "db"),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--report",
+        str(tmp_path / "f.csv"),
+        *tiny_args,
+    ]
+    lenient = CliRunner().invoke(app, args)
+    assert lenient.exit_code == 0 and f"failed {len(bad)}" in lenient.output
+    strict = CliRunner().invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 1 and f"failed {len(bad)}" in strict.output
