@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from embedder._cli import clean_errors, echo, setup_logging
+from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
 
 app = typer.Typer(
     add_completion=False,
@@ -17,8 +18,6 @@ app = typer.Typer(
     help="Train, evaluate and inspect the garment embedding model.",
 )
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
-Precision = Annotated[str, typer.Option(help="auto (bf16 where supported), bf16 or fp32.")]
 Root = Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")]
 
 
@@ -73,6 +72,9 @@ def train(
     per_item: Annotated[int, typer.Option(min=2, help="Images per item in a mined batch.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Data loading processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
+    ] = False,
     k: Annotated[str, typer.Option("--k", help="Validation top-k.")] = "1,5,10,20,50",
     device: Device = "auto",
     precision: Precision = "auto",
@@ -80,7 +82,7 @@ def train(
     verbose: Verbose = False,
 ) -> None:
     """Train with triplet loss; each epoch writes a checkpoint, validation top-k, metrics.csv
-    and metrics.png. Rerun the same command to resume an interrupted run; the best epoch
+    and metrics.png. Add --resume to continue an interrupted run; the best epoch
     (validation top-20) is OUT/best.safetensors, the file to pass to `ingest run --weights`."""
     setup_logging(verbose)
     with clean_errors():
@@ -106,6 +108,7 @@ def train(
             workers=workers,
             seed=seed,
             ks=_ks(k),
+            resume=resume,
         )
         history = fit(cfg, progress=progress)
         for row in history.rows:
@@ -137,8 +140,19 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="Write the top-k curve PNG.")] = None,
     embedding_map: Annotated[
         Path | None,
-        typer.Option(help="Write a 2-D PCA map of gallery embeddings coloured by category."),
+        typer.Option(help="Write a 2-D map of gallery embeddings coloured by category."),
     ] = None,
+    map_method: Annotated[str, typer.Option(help="pca, or tsne (scikit-learn).")] = "pca",
+    via_store: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the queries through the Qdrant collection built with --weights "
+            "(HNSW) and report its accuracy and agreement with exact search."
+        ),
+    ] = False,
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 1,
     device: Device = "auto",
@@ -160,10 +174,14 @@ def evaluate(
 
         if (weights is None) == (backbones is None):
             raise ValueError("give either --weights or --backbones")
-        models = (
-            [(str(weights), lambda: build_model(weights=str(weights)))]
-            if weights
-            else [
+        if via_store and weights is None:
+            raise ValueError(
+                "--via-store needs --weights (the model the collection was built with)"
+            )
+        if weights:
+            models = [(str(weights), lambda: build_model(weights=str(weights)))]
+        else:
+            models = [
                 (
                     name,
                     lambda name=name: build_model(name, img_size=img_size, pretrained=pretrained),
@@ -171,7 +189,6 @@ def evaluate(
                 for name in backbones.split(",")
                 if name
             ]
-        )
         sets = split_sets(root, split)
         reports = {}
         for name, make in models:
@@ -184,13 +201,40 @@ def evaluate(
             for line in report.table():
                 echo(line)
             if embedding_map and len(models) == 1:
-                draw_map(vectors["gallery"], vectors["gallery_table"]["category"], embedding_map)
+                labels = vectors["gallery_table"]["category"]
+                draw_map(vectors["gallery"], labels, embedding_map, map_method)
                 echo(f"embedding map: {embedding_map}")
+        if via_store:
+            reports["store"] = _via_store(
+                encoder, vectors, sets, ks, split, store, qdrant_url, collection
+            )
         if plot:
             topk_curve({n: r.overall for n, r in reports.items()}, plot)
             echo(f"top-k curve: {plot}")
         if as_json:
             as_json.write_text(json.dumps({n: r.to_json() for n, r in reports.items()}, indent=1))
+
+
+def _via_store(encoder, vectors, sets, ks, split, store, qdrant_url, collection):
+    """The same queries through the collection: accuracy and agreement with exact search."""
+    from embedder.evaluate import accuracy, agreement
+    from search.query import store_knn
+    from search.store import StoreError
+
+    queries, gallery = sets
+    with open_from(store, qdrant_url, collection) as db:
+        have = db.require().get("model")
+        if have != encoder.spec.identity():
+            raise StoreError(f"collection {collection!r} was built with {have}, not with --weights")
+        knn = store_knn(db, gallery["path"].tolist(), split)
+        neighbours = knn(vectors["queries"], max(ks))
+    report = accuracy(neighbours, queries, gallery, ks, split)
+    echo(f"via {db.describe()} collection {collection!r} (HNSW):")
+    for line in report.table():
+        echo(line)
+    agree = agreement(neighbours, vectors["neighbours"])
+    echo("agreement with exact search: " + ", ".join(f"{k} {v:.3f}" for k, v in agree.items()))
+    return report
 
 
 @app.command()

@@ -73,8 +73,21 @@ def hits_at(
 ) -> np.ndarray:
     """(n_queries, len(ks)) booleans: an image of the query's item is among its first k."""
     gallery_items = np.asarray(gallery_items)
-    same = gallery_items[neighbours] == np.asarray(query_items)[:, None]
+    found = neighbours >= 0  # -1: no gallery image at that rank (a store returned fewer)
+    same = found & (
+        gallery_items[np.where(found, neighbours, 0)] == np.asarray(query_items)[:, None]
+    )
     return np.stack([same[:, :k].any(axis=1) for k in ks], axis=1)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """How far two neighbour lists agree: mean overlap of the top-k sets and same top-1."""
+    k = min(a.shape[1], b.shape[1])
+    overlap = [len(set(x[:k]) & set(y[:k])) / k for x, y in zip(a, b, strict=True)]
+    return {
+        f"overlap@{k}": float(np.mean(overlap)),
+        "same_top1": float(np.mean(a[:, 0] == b[:, 0])),
+    }
 
 
 def accuracy(
@@ -150,4 +163,10 @@ def evaluate(
     g = embed_table(encoder, root, gallery, batch_size=batch_size, workers=workers)
     neighbours = (knn or exact_knn(g))(q, max(ks))
     report = accuracy(neighbours, queries, gallery, ks, split)
-    return report, {"queries": q, "gallery": g, "query_table": queries, "gallery_table": gallery}
+    return report, {
+        "queries": q,
+        "gallery": g,
+        "query_table": queries,
+        "gallery_table": gallery,
+        "neighbours": neighbours,
+    }

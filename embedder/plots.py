@@ -33,18 +33,29 @@ def topk_curve(curves: Mapping[str, Mapping[int, float]], out: str | Path) -> Pa
     return Path(out)
 
 
-def embedding_map(vectors: np.ndarray, labels: Sequence[str], out: str | Path) -> Path:
-    """PCA of the embeddings to 2-D, one colour per label."""
+def embedding_map(
+    vectors: np.ndarray, labels: Sequence[str], out: str | Path, method: str = "pca"
+) -> Path:
+    """The embeddings in 2-D (PCA, or t-SNE through scikit-learn), one colour per label."""
     plt = _pyplot()
     centred = vectors - vectors.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(
+            2, init="pca", perplexity=min(30, len(vectors) - 1), random_state=0
+        ).fit_transform(centred)
+    elif method == "pca":
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+    else:
+        raise ValueError(f"map method {method!r}: use pca or tsne")
     labels = np.asarray([str(v) for v in labels])
     fig, ax = plt.subplots(figsize=(6, 5))
     for name in sorted(set(labels)):
         pts = xy[labels == name]
         ax.scatter(pts[:, 0], pts[:, 1], s=8, label=name, alpha=0.7)
-    ax.set(title="gallery embeddings (PCA)", xticks=[], yticks=[])
+    ax.set(title=f"gallery embeddings ({method.upper()})", xticks=[], yticks=[])
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)

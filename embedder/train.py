@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     ks: tuple[int, ...] = DEFAULT_KS
     select_k: int = 20  # best checkpoint by validation top-k
+    resume: bool = False  # continue the run in `out` after its last finished epoch
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -189,12 +190,19 @@ def _loader(cfg: TrainConfig, root, catalog: pd.DataFrame, spec, epoch: int):
 def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
     """Fresh model, or the last epoch's checkpoint and history when resuming."""
     state = out / STATE_FILE
+    if state.is_file() and not cfg.resume:
+        raise ValueError(
+            f"{out} already holds a training run; pass --resume to continue it, "
+            f"or choose another --out"
+        )
     if state.is_file():
         saved = json.loads(state.read_text())
         model = load_checkpoint(out / saved["last"])
         history = History(saved["history"], saved["best"])
         log.info("resuming after epoch %d from %s", saved["epoch"], saved["last"])
         return model, saved["epoch"], history
+    if cfg.resume:
+        log.warning("nothing to resume in %s: starting a new run", out)
     model = build_model(
         cfg.backbone,
         dim=cfg.dim,

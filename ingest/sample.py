@@ -183,12 +183,22 @@ def _bbox(alpha: Image.Image) -> tuple[int, int, int, int]:
 
 
 def shop_photo(g: Garment, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, ...]]:
-    """The garment centred on a plain light studio background."""
+    """The garment on a plain light studio background; each shot framed a little differently."""
     tone = int(rng.integers(225, 256))
     canvas = Image.new("RGBA", SHOP_SIZE, (tone, tone, tone, 255))
-    piece = _cutout(g, SHOP_SIZE)
-    canvas.alpha_composite(piece)
-    return canvas.convert("RGB"), _bbox(piece.getchannel("A"))
+    scale = rng.uniform(0.8, 1.0)
+    size = (int(SHOP_SIZE[0] * scale), int(SHOP_SIZE[1] * scale))
+    piece = _cutout(g, SHOP_SIZE).resize(size, Image.BILINEAR)
+    if rng.random() < 0.5:
+        piece = piece.transpose(Image.FLIP_LEFT_RIGHT)
+    layer = Image.new("RGBA", SHOP_SIZE, (0, 0, 0, 0))
+    offset = (
+        int(rng.integers(0, SHOP_SIZE[0] - size[0] + 1)),
+        int(rng.integers(0, SHOP_SIZE[1] - size[1] + 1)),
+    )
+    layer.paste(piece, offset, piece)
+    canvas.alpha_composite(layer)
+    return canvas.convert("RGB"), _bbox(layer.getchannel("A"))
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:

@@ -18,6 +18,8 @@ def model_for(metadata: dict, weights: str | None = None):
     origin = identity["weights"]
     if origin.startswith("sha256:"):
         path = weights or metadata.get("weights_file")
+        if weights and not Path(weights).is_file():
+            raise WeightsError(f"weights file {weights!r} not found")
         if not path or not Path(path).is_file():
             raise WeightsError(
                 f"the collection was embedded with weights {origin}; the recorded "
@@ -42,6 +44,32 @@ def model_for(metadata: dict, weights: str | None = None):
             f"{origin}; the collection must be searched with the model that made it"
         )
     return model
+
+
+def store_knn(store: Store, gallery_paths: Sequence[str], split: str, chunk: int = 256):
+    """A k-NN function for evaluation that asks the collection (HNSW) instead of brute force.
+
+    Searches the split's shop photos; returns gallery positions, -1 where the store returned
+    fewer hits or an image outside `gallery_paths`.
+    """
+    import numpy as np
+
+    from search.store import point_id
+
+    position = {point_id(p): i for i, p in enumerate(gallery_paths)}
+
+    def knn(queries, k: int):
+        out = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), chunk):
+            results = store.search(
+                queries[start : start + chunk], k, {"split": split, "source": "shop"}
+            )
+            for row, hits in enumerate(results, start):
+                for col, hit in enumerate(hits):
+                    out[row, col] = position.get(hit.id, -1)
+        return out
+
+    return knn
 
 
 def check_filters(store: Store, filters: Filters) -> None:

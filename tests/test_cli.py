@@ -166,3 +166,100 @@ def test_offline_default_weights_exit_with_a_hint(sample_root, tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "--weights" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_then_evaluate_exact_and_via_store(sample_root, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    train = runner.invoke(
+        embedder_app,
+        [
+            "train",
+            "--root",
+            str(sample_root),
+            "--out",
+            str(run),
+            "--backbone",
+            "test_resnet",
+            "--img-size",
+            "64",
+            "--pretrained",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--k",
+            "1,5",
+        ],
+    )
+    assert train.exit_code == 0, train.output
+    assert "val_top1" in train.output and (run / "best.safetensors").is_file()
+    again = runner.invoke(embedder_app, ["train", "--root", str(sample_root), "--out", str(run)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    weights = run / "best.safetensors"
+    db = tmp_path / "db"  # fp32 on both sides: bf16 results vary with batch shape
+    ingest = runner.invoke(
+        ingest_app,
+        [
+            "run",
+            "--root",
+            str(sample_root),
+            "--store",
+            str(db),
+            "--weights",
+            str(weights),
+            "--workers",
+            "0",
+            "--no-progress",
+            "--precision",
+            "fp32",
+        ],
+    )
+    assert ingest.exit_code == 0, ingest.output
+    out = tmp_path / "eval.json"
+    result = runner.invoke(
+        embedder_app,
+        [
+            "evaluate",
+            "--root",
+            str(sample_root),
+            "--weights",
+            str(weights),
+            "--k",
+            "1,5",
+            "--via-store",
+            "--store",
+            str(db),
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "k.png"),
+            "--embedding-map",
+            str(tmp_path / "map.png"),
+            "--workers",
+            "0",
+            "--precision",
+            "fp32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "agreement with exact search: overlap@5 1.000, same_top1 1.000" in result.output
+    report = json.loads(out.read_text())
+    exact, store = report[str(weights)], report["store"]
+    assert exact["overall"] == store["overall"] and exact["queries"] > 0
+    assert set(exact["per_category"]) == {"DRESSES", "TOPS", "TROUSERS"}
+    assert (tmp_path / "k.png").is_file() and (tmp_path / "map.png").is_file()
+    other = runner.invoke(
+        search_app,
+        [
+            str(next(sample_root.rglob("shop_01.jpg"))),
+            "--store",
+            str(db),
+            "--weights",
+            str(tmp_path / "missing.st"),
+        ],
+    )
+    assert other.exit_code == 2 and "not found" in other.output

@@ -82,10 +82,14 @@ def test_resumed_run_continues_from_the_saved_epoch(bigger_sample, tmp_path):
         ),
         progress=False,
     )
+    again = TrainConfig(
+        root=str(bigger_sample), out=str(tmp_path / "b"), epochs=2, mode="batch-hard", **TINY
+    )
+    with pytest.raises(ValueError, match="--resume"):
+        fit(again, progress=False)
+    again.resume = True
     resumed = fit(
-        TrainConfig(
-            root=str(bigger_sample), out=str(tmp_path / "b"), epochs=2, mode="batch-hard", **TINY
-        ),
+        again,
         progress=False,
     )
     assert [r["epoch"] for r in resumed.rows] == [1, 2]
