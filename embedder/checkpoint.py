@@ -69,11 +69,15 @@ def load_checkpoint(
             raise ValueError(
                 f"--{name.replace('_', '-')} {asked} conflicts with {have} recorded in {path}"
             )
-    backbone, _ = create_backbone(spec.backbone, "none")
-    model = EmbeddingNet(backbone, spec)
     try:
         state = load_file(str(path))
-        model.load_state_dict(state)
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            model = EmbeddingNet(create_backbone(spec.backbone, "none")[0], spec)
+        model.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            # a backbone with non-persistent buffers: build it for real, then load
+            model = EmbeddingNet(create_backbone(spec.backbone, "none")[0], spec)
+            model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0][:200]
         raise WeightsError(

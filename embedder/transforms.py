@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
 
 from embedder.model import ModelSpec
 
@@ -61,31 +60,49 @@ def _from_16bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
 
 
-def _interp(spec: ModelSpec) -> v2.InterpolationMode:
-    return {"bicubic": v2.InterpolationMode.BICUBIC, "nearest": v2.InterpolationMode.NEAREST}.get(
-        spec.interpolation, v2.InterpolationMode.BILINEAR
-    )
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 
 
-def eval_transform(spec: ModelSpec) -> v2.Compose:
-    """timm-style eval preprocessing to a uint8 CHW tensor: resize shorter side, centre crop."""
-    resize = int(spec.img_size / spec.crop_pct)
-    return v2.Compose(
-        [
-            v2.Resize(resize, interpolation=_interp(spec), antialias=True),
-            v2.CenterCrop(spec.img_size),
-            v2.PILToTensor(),
-        ]
-    )
+class EvalTransform:
+    """timm-style eval preprocessing to a uint8 CHW tensor: resize the shorter side to
+    img_size / crop_pct, centre crop img_size. Pure PIL (pixel-identical to torchvision's
+    Resize + CenterCrop + PILToTensor on PIL images) so that search never imports torchvision."""
+
+    def __init__(self, spec: ModelSpec):
+        self.size = spec.img_size
+        self.resize = int(spec.img_size / spec.crop_pct)
+        self.filter = _PIL_FILTERS.get(spec.interpolation, Image.BILINEAR)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.resize * long / short)
+        img = img.resize(
+            (self.resize, new_long) if w <= h else (new_long, self.resize), self.filter
+        )
+        top = int(round((img.height - self.size) / 2.0))
+        left = int(round((img.width - self.size) / 2.0))
+        img = img.crop((left, top, left + self.size, top + self.size))
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def train_transform(spec: ModelSpec, strong: bool) -> v2.Compose:
+def eval_transform(spec: ModelSpec) -> EvalTransform:
+    return EvalTransform(spec)
+
+
+def train_transform(spec: ModelSpec, strong: bool):
     """Augmentation for training; `strong` for consumer photos (crop, tilt, light, blur)."""
+    from torchvision.transforms import v2
+
+    interpolation = {
+        "bicubic": v2.InterpolationMode.BICUBIC,
+        "nearest": v2.InterpolationMode.NEAREST,
+    }.get(spec.interpolation, v2.InterpolationMode.BILINEAR)
     ops = [
         v2.RandomResizedCrop(
             spec.img_size,
             scale=(0.5 if strong else 0.75, 1.0),
-            interpolation=_interp(spec),
+            interpolation=interpolation,
             antialias=True,
         ),
         v2.RandomHorizontalFlip(),

@@ -92,6 +92,15 @@ def run(
     ] = False,
     hnsw_m: Annotated[int, typer.Option(help="HNSW m of a new collection.")] = 16,
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")] = 100,
+    hnsw_ef: Annotated[
+        int | None, typer.Option(help="Search-time HNSW ef recorded with a new collection.")
+    ] = None,
+    shard_number: Annotated[
+        int | None, typer.Option(min=1, help="Server: shards of a new collection (cluster).")
+    ] = None,
+    replication_factor: Annotated[
+        int | None, typer.Option(min=1, help="Server: copies of each shard (cluster).")
+    ] = None,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
     collection: Collection = "deepfashion",
@@ -120,7 +129,14 @@ def run(
             weights=str(weights) if weights else None,
         )
         encoder = Encoder(model, device, precision)
-        settings = IndexSettings(m=hnsw_m, ef_construct=ef_construct, quantization=quantize)
+        settings = IndexSettings(
+            m=hnsw_m,
+            ef_construct=ef_construct,
+            hnsw_ef=hnsw_ef,
+            quantization=quantize,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+        )
         with open_from(store, qdrant_url, collection) as db:
             ensure_collection(
                 db,

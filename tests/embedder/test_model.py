@@ -76,3 +76,27 @@ def test_corrupt_weights_are_refused(tmp_path, content):
 def test_unknown_backbone_is_a_value_error():
     with pytest.raises(ValueError, match="unknown timm backbone"):
         build_model("no_such_net", pretrained="none")
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "resnet50"])
+def test_eval_transform_matches_torchvision(sample_root, name):
+    from torchvision.transforms import v2
+
+    from embedder.transforms import eval_transform, load_image
+
+    spec = build_model(name, pretrained="none").spec
+    mode = {"bicubic": v2.InterpolationMode.BICUBIC}.get(
+        spec.interpolation, v2.InterpolationMode.BILINEAR
+    )
+    reference = v2.Compose(
+        [
+            v2.Resize(int(spec.img_size / spec.crop_pct), interpolation=mode, antialias=True),
+            v2.CenterCrop(spec.img_size),
+            v2.PILToTensor(),
+        ]
+    )
+    for path in sorted(sample_root.rglob("*.jpg"))[:4]:
+        img = load_image(path)
+        ours = eval_transform(spec)(img)
+        assert ours.dtype == torch.uint8 and ours.shape == (3, spec.img_size, spec.img_size)
+        assert torch.equal(ours, reference(img))

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from embedder import Encoder, build_model, embed_files, read_catalog
@@ -56,3 +57,28 @@ def test_collection_records_the_model_and_refuses_another(store, encoder, sample
         ensure_collection(store, other.spec)
     ensure_collection(store, other.spec, recreate=True)
     assert store.count() == 0 and store.metadata()["model"]["dim"] == 128
+
+
+def test_shards_one_after_another_equal_one_full_ingest(tiny_model, sample_root, tmp_path):
+    encoder = Encoder(tiny_model, "cpu", "fp32")  # bf16 results vary with batch composition
+
+    def contents(store):
+        return {
+            pid: (payload, vec.tobytes())
+            for points in store.scroll(64)
+            for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
+        }
+
+    with open_store(url=f"file:{tmp_path / 'full'}", collection="c") as full:
+        _ingest(full, encoder, sample_root)
+        expected = contents(full)
+    with open_store(url=f"file:{tmp_path / 'parts'}", collection="c") as parts:
+        shares = [_ingest(parts, encoder, sample_root, shard=(k, 3)).embedded for k in (1, 2, 3)]
+        assert all(shares) and sum(shares) == len(expected)
+        got = contents(parts)
+    assert got.keys() == expected.keys()
+    for pid, (payload, vec) in expected.items():
+        assert got[pid][0] == payload
+        np.testing.assert_allclose(
+            np.frombuffer(got[pid][1], np.float32), np.frombuffer(vec, np.float32), atol=1e-5
+        )

@@ -1,0 +1,93 @@
+"""`search` cold start: process start → printed results, with ResNet50 on CPU (target ≤ 2.5 s).
+
+    python benchmarks/search_cold_start.py [--runs 5] [--backbone resnet50]
+
+Builds a small collection with a ResNet50 checkpoint, then times whole `search` processes
+(median of --runs) against the floor of any such process (python importing torch and timm),
+`search --help` (must not import torch), and batch mode (Q queries in one process against Q
+processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], runs: int) -> float:
+    walls = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--queries", type=int, default=8)
+    args = parser.parse_args()
+    from embedder import build_model, save_checkpoint
+    from ingest.sample import write_sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_sample(f"{tmp}/sample", items=12, seed=0)
+        weights = f"{tmp}/w.safetensors"
+        save_checkpoint(build_model(args.backbone, pretrained="none"), weights)
+        subprocess.run(
+            [
+                BIN / "ingest",
+                "run",
+                "--root",
+                str(root),
+                "--weights",
+                weights,
+                "--store",
+                f"{tmp}/db",
+                "--no-progress",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        queries = sorted(str(p) for p in root.rglob("comsumer_01.jpg"))[: args.queries]
+        one = [
+            str(BIN / "search"),
+            queries[0],
+            "--top",
+            "20",
+            "--category",
+            "TOPS",
+            "--store",
+            f"{tmp}/db",
+        ]
+        floor = timed([sys.executable, "-c", "import torch, timm"], args.runs)
+        search = timed(one, args.runs)
+        helps = timed([str(BIN / "search"), "--help"], args.runs)
+        batch = timed(
+            [str(BIN / "search"), *queries, "--top", "20", "--store", f"{tmp}/db"],
+            max(1, args.runs // 2),
+        )
+    print(f"{args.backbone}, CPU, median of {args.runs} runs")
+    print(f"python -c 'import torch, timm' (floor):   {floor:6.2f} s")
+    print(
+        f"search QUERY --top 20 --category TOPS:     {search:6.2f} s   "
+        f"({search / floor:.2f}x the floor; target <= 2.5 s)"
+    )
+    print(f"search --help:                             {helps:6.2f} s")
+    print(
+        f"search with {len(queries)} queries in one process:      {batch:6.2f} s   "
+        f"({len(queries) * search / batch:.1f}x faster than {len(queries)} processes)"
+    )
+
+
+if __name__ == "__main__":
+    main()
