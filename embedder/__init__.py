@@ -15,7 +15,7 @@ _EXPORTS = {
     "embed_batches": "inference",
     "embed_files": "inference",
     "EmbeddingNet": "model",
-    "ModelSpec": "model",
+    "ModelSpec": "spec",
     "WeightsError": "model",
     "build_model": "model",
 }

@@ -7,16 +7,20 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedder.device import autocast, autocast_dtype, resolve_device
-from embedder.model import EmbeddingNet, ModelSpec
+from embedder.spec import ModelSpec
 from embedder.transforms import eval_transform, load_image, normalize
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Box = tuple[int, int, int, int] | None
 
@@ -76,12 +80,20 @@ class Encoder:
     """Mapper: runs the model on uint8 batches with the chosen device and precision."""
 
     def __init__(
-        self, model: EmbeddingNet, device: str | torch.device = "auto", precision: str = "auto"
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        spec: ModelSpec | None = None,
     ):
+        """`spec` is needed only for a model that does not carry one (a traced copy)."""
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        self.spec = model.spec
+        self.spec = spec or model.spec
+        if isinstance(model, torch.jit.ScriptModule):
+            self.model = model.eval()  # traced on CPU with its layout and autocast baked in
+        else:
+            self.model = model.eval().to(self.device, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:

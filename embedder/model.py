@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import timm
 import torch
@@ -12,56 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedder.errors import UserError
+from embedder.spec import DEFAULT_BACKBONE, DEFAULT_DIM, ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "resnet50"
-DEFAULT_DIM = 512
 RANDOM_INIT_SEED = 0
 
 
 class WeightsError(UserError, RuntimeError):
     """Weights cannot be loaded (missing file, corrupt file, no network for a pretrained tag)."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model and preprocess its input; saved in checkpoints.
-
-    `weights` names where the parameters came from: "none" (seeded random init),
-    "timm:<backbone.tag>" (timm's pretrained ImageNet weights) or "sha256:<digest>" (a checkpoint).
-    """
-
-    backbone: str = DEFAULT_BACKBONE
-    dim: int = DEFAULT_DIM
-    img_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-    dropout: float = 0.2
-    weights: str = "none"
-    extra: dict = field(default_factory=dict, compare=False)
-
-    def identity(self) -> dict:
-        """What a collection records to refuse vectors from any other model."""
-        return {
-            "backbone": self.backbone,
-            "dim": self.dim,
-            "img_size": self.img_size,
-            "weights": self.weights,
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        data = json.loads(text)
-        for key in ("mean", "std"):
-            data[key] = tuple(data[key])
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 class EmbeddingNet(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from embedder.model import ModelSpec
+from embedder.spec import ModelSpec
 
 BBOX_MARGIN = 0.1  # keep a little context around the annotated garment
 

@@ -54,6 +54,13 @@ def search(
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
+    traced: Annotated[
+        bool,
+        typer.Option(
+            help="On CPU, keep a traced copy of the model in ~/.cache/fashion-retrieval for "
+            "faster starts (FASHION_RETRIEVAL_CACHE moves it)."
+        ),
+    ] = True,
     weights: Annotated[
         Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
     ] = None,
@@ -81,12 +88,12 @@ def search(
                 raise FileNotFoundError(f"query image {str(query)!r} not found")
         with open_from(store, qdrant_url, collection) as db:
             meta = db.require()
-            from search.query import check_filters, model_for, search_images
+            from search.query import check_filters, query_encoder, search_images
 
             check_filters(db, filters)
-            from embedder.inference import Encoder
-
-            encoder = Encoder(model_for(meta, str(weights) if weights else None), device, precision)
+            encoder, cache_model = query_encoder(
+                meta, str(weights) if weights else None, device, precision, traced=traced
+            )
             results = search_images(db, encoder, queries, top=top, filters=filters, exact=exact)
         elapsed = time.perf_counter() - started
         if as_json:
@@ -130,3 +137,5 @@ def search(
                 )
                 write_sheet(out, query, hits, meta.get("dataset_root"))
                 typer.echo(f"contact sheet: {out}", err=as_json)
+        if cache_model is not None:
+            cache_model()  # after answering: the next start loads the traced copy

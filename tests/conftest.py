@@ -11,6 +11,14 @@ TINY = {"backbone": "test_resnet", "img_size": 64, "pretrained": "none"}
 TINY_ARGS = ["--backbone", "test_resnet", "--img-size", "64", "--pretrained", "none"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Traced-model copies go to a temporary folder, never the user's ~/.cache."""
+    import os
+
+    os.environ["FASHION_RETRIEVAL_CACHE"] = str(tmp_path_factory.mktemp("traced"))
+
+
 @pytest.fixture(scope="session")
 def tiny_args() -> list[str]:
     """CLI flags for the tiny untrained model."""
