@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (b) and (c)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = write_sample(f"{tmp}/sample", items=max(8, args.n // 3), seed=0)
@@ -86,10 +87,11 @@ def main() -> None:
             if extra not in set(files):
                 extra.unlink()
         model = build_model(args.backbone, pretrained="none")
-        encoder = Encoder(model, args.device, "auto")
+        encoder = Encoder(model, args.device, "auto", compile=args.compile)
         print(
             f"{args.backbone} {model.spec.img_size}px on {encoder.device} "
-            f"({'bf16' if encoder.dtype else 'fp32'}), torch threads {torch.get_num_threads()},"
+            f"({'bf16' if encoder.dtype else 'fp32'}{', compiled' if args.compile else ''}), "
+            f"torch threads {torch.get_num_threads()},"
             f" batch {args.batch_size}, {args.workers} decode worker(s), {len(files)} images"
         )
         ref = (

@@ -85,8 +85,14 @@ class Encoder:
         device: str | torch.device = "auto",
         precision: str = "auto",
         spec: ModelSpec | None = None,
+        compile: bool = False,
     ):
-        """`spec` is needed only for a model that does not carry one (a traced copy)."""
+        """`spec` is needed only for a model that does not carry one (a traced copy).
+
+        compile: torch.compile the model (worth it for long runs: ~30 s to compile ResNet50 on
+        2 CPU cores, then ~1.3x faster); batches are padded to the first batch's size so that
+        a short last batch does not compile again.
+        """
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.spec = spec or model.spec
@@ -94,13 +100,23 @@ class Encoder:
             self.model = model.eval()  # traced on CPU with its layout and autocast baked in
         else:
             self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.compiled_batch = 0
+        if compile:
+            self.model = torch.compile(self.model)
+            self.compiled_batch = -1  # set by the first batch
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        n = len(pixels)
+        if self.compiled_batch == -1:
+            self.compiled_batch = n
+        if 0 < n < self.compiled_batch:  # same shape as compiled: no second compilation
+            pad = pixels.new_zeros((self.compiled_batch - n, *pixels.shape[1:]))
+            pixels = torch.cat([pixels, pad])
         x = normalize(pixels, self.spec, self.device)
         with autocast(self.device, self.dtype):
             out = self.model(x)
-        return out.float().cpu().numpy()
+        return out[:n].float().cpu().numpy()
 
 
 def loader(

@@ -106,6 +106,12 @@ def run(
     collection: Collection = "deepfashion",
     device: Device = "auto",
     precision: Precision = "auto",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile the model: ~30 s to start, then ~1.3x faster."
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: Verbose = False,
 ) -> None:
@@ -128,7 +134,7 @@ def run(
             pretrained=pretrained,
             weights=str(weights) if weights else None,
         )
-        encoder = Encoder(model, device, precision)
+        encoder = Encoder(model, device, precision, compile=compile)
         settings = IndexSettings(
             m=hnsw_m,
             ef_construct=ef_construct,
