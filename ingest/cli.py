@@ -87,6 +87,9 @@ def run(
         Path, typer.Option(help="Where failed files and reasons are written.")
     ] = Path("ingest-failures.csv"),
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any file failed.")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Delete points whose image files are gone from ROOT.")
+    ] = False,
     quantize: Annotated[
         bool, typer.Option(help="int8 scalar quantization (with rescoring) on a new collection.")
     ] = False,
@@ -124,10 +127,12 @@ def run(
         from embedder.catalog import locate
         from embedder.inference import Encoder
         from embedder.model import build_model
+        from ingest.plan import read_work
         from ingest.runner import ensure_collection, run_ingest
         from search.store import IndexSettings
 
         base = locate(root).base
+        work = read_work(root, limit=limit, shard=parts)  # bad roots fail before anything is made
         model = build_model(
             backbone,
             img_size=img_size,
@@ -168,6 +173,8 @@ def run(
                     shard=parts,
                     report=report,
                     progress=progress,
+                    prune=prune,
+                    catalog=work,
                 )
             except KeyboardInterrupt:
                 typer.echo(
@@ -200,7 +207,7 @@ def publish(
     with clean_errors():
         from tqdm import tqdm
 
-        from ingest.publish import copy_collection
+        from ingest.transfer import copy_collection
         from search.store import open_store
 
         with (
@@ -213,6 +220,54 @@ def publish(
             echo(
                 f"published {copied} points to {target.describe()} collection {target.collection!r}"
             )
+
+
+@app.command()
+def snapshot(
+    out: Annotated[Path, typer.Option(help="Snapshot file to write (a tar).")],
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
+    verbose: Verbose = False,
+) -> None:
+    """Write a collection (model metadata, ids, payloads, vectors) to one file. The format is
+    the same for the embedded and the server store: restore into either."""
+    setup_logging(verbose)
+    with clean_errors():
+        from tqdm import tqdm
+
+        from ingest.transfer import write_snapshot
+
+        with open_from(store, qdrant_url, collection) as db:
+            total = db.require() and db.count()
+            with tqdm(total=total, unit="pt", desc="snapshot") as bar:
+                count = write_snapshot(db, out, progress=bar.update)
+        echo(f"snapshot of {count} points from {db.describe()} collection {collection!r}: {out}")
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Option("--from", help="Snapshot file from `ingest snapshot`.")],
+    recreate: Annotated[bool, typer.Option(help="Replace an existing collection.")] = False,
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
+    verbose: Verbose = False,
+) -> None:
+    """Recreate a collection from a snapshot file, in the embedded store or on a server."""
+    setup_logging(verbose)
+    with clean_errors():
+        from tqdm import tqdm
+
+        from ingest.transfer import read_header, restore_snapshot
+
+        if not source.is_file():
+            raise FileNotFoundError(f"snapshot {str(source)!r} not found")
+        total = read_header(source)["count"]
+        with open_from(store, qdrant_url, collection) as db:
+            with tqdm(total=total, unit="pt", desc="restore") as bar:
+                count = restore_snapshot(source, db, recreate=recreate, progress=bar.update)
+            echo(f"restored {count} points into {db.describe()} collection {collection!r}")
 
 
 @app.command()

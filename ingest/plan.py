@@ -43,10 +43,37 @@ def payload(row) -> dict:
     return out
 
 
-def shard_of(ids: pd.Series, shard: tuple[int, int]) -> pd.Series:
-    """Rows in share K of N, by point id: deterministic and independent of file order."""
+def in_shard(pid: str, shard: tuple[int, int]) -> bool:
+    """Whether a point id falls in share K of N: deterministic, independent of file order."""
     k, n = shard
-    return ids.map(lambda pid: int(pid.replace("-", ""), 16) % n == k - 1)
+    return int(pid.replace("-", ""), 16) % n == k - 1
+
+
+def shard_of(ids: pd.Series, shard: tuple[int, int]) -> pd.Series:
+    return ids.map(lambda pid: in_shard(pid, shard))
+
+
+def stale_ids(store: Store, keep: set[str], shard: tuple[int, int] | None = None) -> list[str]:
+    """Stored points (of this share) whose image is no longer in the catalog."""
+    return [
+        pid
+        for points in store.scroll(4096, vectors=False)
+        for pid in points.ids
+        if pid not in keep and (shard is None or in_shard(pid, shard))
+    ]
+
+
+def read_work(
+    root: str | Path, *, limit: int | None = None, shard: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """The catalog rows this run is responsible for, with their point ids."""
+    catalog = read_catalog(root)
+    catalog["id"] = catalog["path"].map(point_id).astype("string")
+    if shard is not None:
+        catalog = catalog[shard_of(catalog["id"], shard)].reset_index(drop=True)
+    if limit is not None:
+        catalog = catalog.head(limit)
+    return catalog
 
 
 def make_plan(
@@ -55,14 +82,12 @@ def make_plan(
     *,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
+    catalog: pd.DataFrame | None = None,
 ) -> Plan:
-    """Read the catalog and compare it with the store: unchanged stored images are skipped."""
-    catalog = read_catalog(root)
-    catalog["id"] = catalog["path"].map(point_id).astype("string")
-    if shard is not None:
-        catalog = catalog[shard_of(catalog["id"], shard)].reset_index(drop=True)
-    if limit is not None:
-        catalog = catalog.head(limit)
+    """Compare the work (read now, or passed from read_work) with the store: unchanged stored
+    images are skipped."""
+    if catalog is None:
+        catalog = read_work(root, limit=limit, shard=shard)
     stored = store.stored(catalog["id"].tolist(), CHANGE_FIELDS) if store.exists() else {}
     keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
     unchanged = pd.Series(

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from embedder.inference import Encoder, embed_batches
 from embedder.model import ModelSpec
-from ingest.plan import make_plan, payload
+from ingest.plan import make_plan, payload, stale_ids
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
@@ -27,6 +27,7 @@ class Summary:
     embedded: int = 0
     present: int = 0
     changed: int = 0
+    pruned: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
@@ -46,7 +47,8 @@ class Summary:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
         out = [
             f"seen {self.seen}, embedded {self.embedded} ({self.changed} changed), "
-            f"already present {self.present}, failed {self.failed}",
+            f"already present {self.present}, failed {self.failed}"
+            + (f", pruned {self.pruned}" if self.pruned else ""),
             f"{self.images_per_second:.1f} img/s embedding; stages: {stages}; "
             f"total {self.total_seconds:.1f}s; collection now holds {self.collection_points}",
         ]
@@ -102,15 +104,25 @@ def run_ingest(
     shard: tuple[int, int] | None = None,
     report: str | Path = "ingest-failures.csv",
     progress: bool = True,
+    prune: bool = False,
+    catalog=None,
 ) -> Summary:
     """Embed every image under `root` not already stored unchanged, and upsert it into `store`.
 
     Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues where
     the last one stopped; the collection must already exist (see ensure_collection).
+    prune: delete points (of this shard) whose files are no longer under `root`.
+    catalog: the work from ingest.plan.read_work, when the caller read it already.
     """
+    if prune and limit is not None:
+        raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
     started = time.perf_counter()
     summary = Summary()
-    plan = make_plan(root, store, limit=limit, shard=shard)
+    plan = make_plan(root, store, limit=limit, shard=shard, catalog=catalog)
+    if prune:
+        stale = stale_ids(store, set(plan.catalog["id"]), shard)
+        store.delete(stale)
+        summary.pruned = len(stale)
     summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
     summary.seconds["plan"] = time.perf_counter() - started
     todo = plan.todo

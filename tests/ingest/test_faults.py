@@ -1,0 +1,304 @@
+"""Crashes, changes and mismatches: nothing lost, nothing duplicated, every error clear."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embedder import read_catalog
+from ingest.cli import app as ingest_app
+from ingest.runner import ensure_collection, run_ingest
+from search.store import open_store, point_id
+
+BIN = Path(sys.executable).parent
+SLOW = ["--backbone", "resnet50", "--pretrained", "none", "--batch-size", "4"]  # ~3 s of work
+
+
+def _run_until(args, done_at: int, sig: int) -> subprocess.CompletedProcess:
+    """Start `ingest run`, send `sig` once its progress bar passes `done_at` images."""
+    proc = subprocess.Popen(
+        [BIN / "ingest", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen, err = [0], []
+
+    def watch():
+        buf = ""
+        while ch := proc.stderr.read(1):
+            buf += ch
+            err.append(ch)
+            if m := re.findall(r"(\d+)/\d+ \[", buf[-80:]):
+                seen[0] = int(m[-1])
+
+    threading.Thread(target=watch, daemon=True).start()
+    deadline = time.time() + 120
+    while seen[0] < done_at and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    out = proc.stdout.read()
+    proc.wait(60)
+    time.sleep(0.1)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(err))
+
+
+def _count(db) -> int:
+    with open_store(store_dir=str(db), collection="deepfashion") as store:
+        return store.count()
+
+
+@pytest.mark.parametrize("sig, workers", [(signal.SIGKILL, "0"), (signal.SIGINT, "1")])
+def test_interrupted_run_then_rerun_gives_exactly_the_catalog(sample_root, tmp_path, sig, workers):
+    db = tmp_path / "db"
+    args = ["--root", str(sample_root), "--store", str(db), "--workers", workers, *SLOW]
+    stopped = _run_until(args, 24, sig)
+    if sig == signal.SIGINT:
+        assert stopped.returncode == 130 and "interrupted" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+    kept = _count(db)
+    total = len(read_catalog(sample_root))
+    assert 0 < kept < total  # acknowledged points survived the crash (the WAL)
+    rerun = subprocess.run(
+        [BIN / "ingest", "run", *args, "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"embedded {total - kept} (0 changed), already present {kept}, failed 0" in rerun.stdout
+    assert _count(db) == total  # ids are uuid5(path): nothing duplicated
+
+
+def test_changed_files_are_reembedded_and_prune_removes_gone_ones(dataset, encoder, tmp_path):
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+        ensure_collection(store, encoder.spec)
+        first = run_ingest(store, encoder, dataset, workers=0, progress=False)
+        table = read_catalog(dataset)
+        changed, gone = table.path[0], table.path[1]
+        with Image.open(dataset / changed) as img:
+            img.rotate(90).save(dataset / changed)
+        (dataset / gone).unlink()
+        kept = run_ingest(store, encoder, dataset, workers=0, progress=False)
+        assert (kept.embedded, kept.changed, kept.pruned) == (1, 1, 0)
+        assert store.count() == first.seen  # without --prune the gone image stays
+        pruned = run_ingest(store, encoder, dataset, workers=0, progress=False, prune=True)
+        assert (pruned.embedded, pruned.pruned) == (0, 1)
+        assert store.count() == first.seen - 1
+        assert not store.stored([point_id(gone)], ["path"])
+        with pytest.raises(ValueError, match="--limit"):
+            run_ingest(store, encoder, dataset, progress=False, prune=True, limit=3)
+
+
+def test_search_refuses_weights_other_than_the_collections(sample_root, tmp_path, tiny_model):
+    from embedder import build_model, save_checkpoint
+    from search.cli import app as search_app
+
+    save_checkpoint(tiny_model, tmp_path / "a.safetensors")
+    other = build_model("test_resnet", img_size=64, pretrained="none", dropout=0.0)
+    with __import__("torch").no_grad():
+        other.head.bias.add_(1.0)
+    save_checkpoint(other, tmp_path / "b.safetensors")
+    runner = CliRunner()
+    db = str(tmp_path / "db")
+    base = ["run", "--root", str(sample_root), "--store", db, "--workers", "0", "--no-progress"]
+    assert (
+        runner.invoke(ingest_app, [*base, "--weights", str(tmp_path / "a.safetensors")]).exit_code
+        == 0
+    )
+    refused = runner.invoke(ingest_app, [*base, "--weights", str(tmp_path / "b.safetensors")])
+    assert refused.exit_code == 2 and "embedded with another model" in refused.output
+    assert "--recreate" in refused.output
+    query = str(next(sample_root.rglob("shop_01.jpg")))
+    wrong = runner.invoke(
+        search_app,
+        [query, "--store", db, "--weights", str(tmp_path / "b.safetensors"), "--no-traced"],
+    )
+    assert wrong.exit_code == 2 and "do not match the collection" in wrong.output
+    rebuilt = runner.invoke(
+        ingest_app, [*base, "--weights", str(tmp_path / "b.safetensors"), "--recreate"]
+    )
+    assert rebuilt.exit_code == 0 and "already present 0" in rebuilt.output
+
+
+def test_cli_errors_are_one_line(sample_root, tmp_path, tiny_args):
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    db = str(tmp_path / "db")
+    assert (
+        runner.invoke(
+            ingest_app,
+            [
+                "run",
+                "--root",
+                str(sample_root),
+                "--store",
+                db,
+                "--workers",
+                "0",
+                "--no-progress",
+                *tiny_args,
+            ],
+        ).exit_code
+        == 0
+    )
+    from search.cli import app as search_app
+
+    cases = [
+        (
+            ingest_app,
+            ["run", "--root", str(tmp_path / "empty"), "--store", db, *tiny_args],
+            "no images",
+        ),
+        (
+            ingest_app,
+            [
+                "run",
+                "--root",
+                str(sample_root),
+                "--store",
+                db,
+                "--weights",
+                str(tmp_path / "bad.safetensors"),
+            ],
+            "not a valid safetensors file",
+        ),
+        (
+            ingest_app,
+            [
+                "run",
+                "--root",
+                str(sample_root),
+                "--store",
+                db,
+                "--weights",
+                str(tmp_path / "none.safetensors"),
+            ],
+            "not found",
+        ),
+        (search_app, [str(tmp_path / "notes.jpg"), "--store", db], "cannot read image"),
+        (
+            search_app,
+            [str(tmp_path / "notes.jpg"), "--qdrant-url", "http://127.0.0.1:9"],
+            "cannot reach Qdrant at http://127.0.0.1:9",
+        ),
+        (
+            search_app,
+            [str(tmp_path / "notes.jpg"), "--qdrant-url", "ftp://x"],
+            "must start with http:// or https://",
+        ),
+        (ingest_app, ["info", "--store", db, "--collection", "missing"], "does not exist"),
+    ]
+    for app, args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_locked_store_and_unreachable_server_never_echo_the_key(sample_root, tmp_path, tiny_args):
+    db = tmp_path / "db"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            ingest_app,
+            [
+                "run",
+                "--root",
+                str(sample_root),
+                "--store",
+                str(db),
+                "--workers",
+                "0",
+                "--no-progress",
+                *tiny_args,
+            ],
+        ).exit_code
+        == 0
+    )
+    with open_store(store_dir=str(db), collection="deepfashion") as held:
+        held.count()
+        locked = subprocess.run(
+            [BIN / "ingest", "info", "--store", str(db)], capture_output=True, text=True
+        )
+    assert locked.returncode == 2 and "in use by another process" in locked.stderr
+    env = {**os.environ, "QDRANT_API_KEY": "s3cret-key-value", "QDRANT_URL": "https://127.0.0.1:9"}
+    out = subprocess.run([BIN / "ingest", "info"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "cannot reach Qdrant at https://127.0.0.1:9" in out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_wrong_api_key_is_reported_as_such(tmp_path):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self):  # what Qdrant answers a request with a wrong key
+            body = b'{"status":{"error":"Invalid api-key"},"time":0.0}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            **os.environ,
+            "QDRANT_API_KEY": "wrong-key-123",
+            "QDRANT_URL": f"http://127.0.0.1:{server.server_port}",
+        }
+        out = subprocess.run([BIN / "ingest", "info"], capture_output=True, text=True, env=env)
+    finally:
+        server.shutdown()
+    assert out.returncode == 2 and "refused the API key" in out.stderr
+    assert "wrong-key-123" not in out.stdout + out.stderr
+
+
+def test_snapshot_restores_into_either_store_kind(sample_root, encoder, tmp_path):
+    from ingest.transfer import restore_snapshot, write_snapshot
+
+    def contents(store):  # vectors rounded: cosine stores re-normalise on upsert (last bits)
+        return {
+            pid: (payload, vec)
+            for points in store.scroll(64)
+            for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
+        }
+
+    def same(a, b):
+        assert a.keys() == b.keys()
+        for pid, (payload, vec) in a.items():
+            assert b[pid][0] == payload
+            np.testing.assert_allclose(b[pid][1], vec, atol=1e-6)
+
+    with open_store(store_dir=str(tmp_path / "edge"), collection="c") as edge:
+        ensure_collection(edge, encoder.spec)
+        run_ingest(edge, encoder, sample_root, workers=0, progress=False)
+        write_snapshot(edge, tmp_path / "c.snap", batch=50)
+        expected, meta = contents(edge), edge.metadata()
+    with open_store(url=f"file:{tmp_path / 'server'}", collection="c") as server:
+        assert restore_snapshot(tmp_path / "c.snap", server) == len(expected)
+        same(contents(server), expected)
+        assert server.metadata() == meta
+        write_snapshot(server, tmp_path / "back.snap")
+    with open_store(store_dir=str(tmp_path / "edge2"), collection="c") as again:
+        restore_snapshot(tmp_path / "back.snap", again)
+        same(contents(again), expected)
+        from search.store import StoreError
+
+        with pytest.raises(StoreError, match="--recreate"):
+            restore_snapshot(tmp_path / "back.snap", again)
+        (tmp_path / "junk.snap").write_bytes(b"junk")
+        with pytest.raises(StoreError, match="not a snapshot"):
+            restore_snapshot(tmp_path / "junk.snap", again, recreate=True)
