@@ -96,8 +96,8 @@ def run(
     hnsw_m: Annotated[int, typer.Option(help="HNSW m of a new collection.")] = 16,
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")] = 100,
     hnsw_ef: Annotated[
-        int | None, typer.Option(help="Search-time HNSW ef recorded with a new collection.")
-    ] = None,
+        int, typer.Option(help="Search-time HNSW ef recorded with a new collection.")
+    ] = 512,
     shard_number: Annotated[
         int | None, typer.Option(min=1, help="Server: shards of a new collection (cluster).")
     ] = None,

@@ -54,6 +54,10 @@ def search(
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
+    hnsw_ef: Annotated[
+        int | None,
+        typer.Option(help="HNSW ef for this search [default: the collection's, 512 unless set]."),
+    ] = None,
     traced: Annotated[
         bool,
         typer.Option(
@@ -91,6 +95,7 @@ def search(
             from search.query import check_filters, query_encoder, search_images
 
             check_filters(db, filters)
+            db.set_hnsw_ef(hnsw_ef)
             encoder, cache_model = query_encoder(
                 meta, str(weights) if weights else None, device, precision, traced=traced
             )

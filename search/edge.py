@@ -45,6 +45,7 @@ class EdgeStore(Store):
         self._shard: qe.EdgeShard | None = None
         self._lock = None
         self._search_params: qe.SearchParams | None = None
+        self._params_ready = False
 
     def describe(self) -> str:
         return f"embedded store {str(self.root)!r}"
@@ -81,8 +82,13 @@ class EdgeStore(Store):
                 raise StoreError(
                     f"cannot open {self.describe()} collection {self.collection!r}: {exc}"
                 ) from None
-            self._search_params = self._params(self.metadata().get("index", {}))
         return self._shard
+
+    def _query_params(self) -> qe.SearchParams | None:
+        if not self._params_ready:
+            self._search_params = self._params(self.index_settings())
+            self._params_ready = True
+        return self._search_params
 
     @staticmethod
     def _params(index: dict) -> qe.SearchParams | None:
@@ -130,7 +136,7 @@ class EdgeStore(Store):
         tmp = self.folder / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.replace(self.folder / METADATA_FILE)  # written last: its presence means "created"
-        self._search_params = self._params(index)
+        self._params_ready = False
         self._shard.flush()
 
     def drop(self) -> None:
@@ -190,11 +196,11 @@ class EdgeStore(Store):
         if ids:
             self._open().update(qe.UpdateOperation.delete_points(list(ids)))
 
-    def search(
+    def _search(
         self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
     ) -> list[list[Hit]]:
         shard = self._open()
-        params = qe.SearchParams(exact=True) if exact else self._search_params
+        params = qe.SearchParams(exact=True) if exact else self._query_params()
         requests = [
             qe.QueryRequest(
                 limit=top,

@@ -47,8 +47,9 @@ class ServerStore(Store):
         self.url = url
         self.collection = collection
         self.client = _client(url, api_key)
+        self.local = url == ":memory:" or url.startswith("file:")
         self._params: models.SearchParams | None = None
-        self._params_loaded = False
+        self._params_ready = False
 
     def describe(self) -> str:
         return f"Qdrant at {self.url}"
@@ -120,8 +121,11 @@ class ServerStore(Store):
         return dict(info.config.metadata or {})
 
     def _search_params(self) -> models.SearchParams | None:
-        if not self._params_loaded:
-            index = self.metadata().get("index", {})
+        if not self._params_ready and self.local:
+            self._params, self._params_ready = None, True  # local mode is exact: no HNSW params
+        if not self._params_ready:
+            index = self.index_settings()
+            self._params = None
             quant = (
                 models.QuantizationSearchParams(rescore=True, oversampling=2.0)
                 if index.get("quantization")
@@ -129,7 +133,7 @@ class ServerStore(Store):
             )
             if index.get("hnsw_ef") is not None or quant is not None:
                 self._params = models.SearchParams(hnsw_ef=index.get("hnsw_ef"), quantization=quant)
-            self._params_loaded = True
+            self._params_ready = True
         return self._params
 
     def finish(self) -> None:
@@ -194,7 +198,7 @@ class ServerStore(Store):
                 wait=True,
             )
 
-    def search(
+    def _search(
         self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
     ) -> list[list[Hit]]:
         params = models.SearchParams(exact=True) if exact else self._search_params()
