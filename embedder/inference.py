@@ -72,8 +72,9 @@ class Embedded:
     index: list[int]
     vectors: np.ndarray
     failed: list[tuple[int, str]]
-    seconds_wait: float = 0.0  # time spent waiting for decoded input
+    seconds_wait: float = 0.0  # time spent waiting for the reader (decoded input on cpu)
     seconds_model: float = 0.0
+    seconds_decode: float = 0.0  # device decode in the main process
 
 
 class Encoder:
@@ -119,6 +120,9 @@ class Encoder:
         return out[:n].float().cpu().numpy()
 
 
+DECODERS = ("cpu", "device")
+
+
 def loader(
     paths: Sequence[str | Path],
     boxes: Sequence[Box] | None,
@@ -127,13 +131,21 @@ def loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
+    decode: str = "cpu",
 ) -> DataLoader:
+    """Reader: workers decode to uint8 pixels (cpu), or read JPEG bytes (device decode)."""
+    if decode == "device":
+        from embedder.device_decode import JpegFiles, collate_items
+
+        data, collate_fn = JpegFiles(paths, boxes, spec), collate_items
+    else:
+        data, collate_fn = ImageFiles(paths, boxes, spec), collate
     return DataLoader(
-        ImageFiles(paths, boxes, spec),
+        data,
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory and decode == "cpu",
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
     )
@@ -146,13 +158,25 @@ def embed_batches(
     *,
     batch_size: int = 32,
     workers: int = 1,
+    decode: str = "cpu",
 ) -> Iterator[Embedded]:
-    """Decode in `workers` processes (overlapping the model), embed, yield batch by batch."""
+    """Read (and on the CPU path decode) in `workers` processes, overlapping the model; embed;
+    yield batch by batch. decode="device" decodes JPEGs on the encoder's device (nvjpeg)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
+    if decode not in DECODERS:
+        raise ValueError(f"unknown decode {decode!r}: use cpu or device")
     pin = encoder.device.type == "cuda"
     batches = iter(
-        loader(paths, boxes, encoder.spec, batch_size=batch_size, workers=workers, pin_memory=pin)
+        loader(
+            paths,
+            boxes,
+            encoder.spec,
+            batch_size=batch_size,
+            workers=workers,
+            pin_memory=pin,
+            decode=decode,
+        )
     )
     while True:
         t0 = time.perf_counter()
@@ -160,12 +184,19 @@ def embed_batches(
         t1 = time.perf_counter()
         if batch is None:
             return
+        if decode == "device":
+            from embedder.device_decode import decode_batch
+
+            batch = Batch(*decode_batch(batch, encoder.spec, encoder.device))
+        t2 = time.perf_counter()
         vectors = (
             encoder(batch.pixels)
             if batch.pixels is not None
             else np.zeros((0, encoder.spec.dim), np.float32)
         )
-        yield Embedded(batch.index, vectors, batch.failed, t1 - t0, time.perf_counter() - t1)
+        yield Embedded(
+            batch.index, vectors, batch.failed, t1 - t0, time.perf_counter() - t2, t2 - t1
+        )
 
 
 def embed_files(

@@ -109,6 +109,12 @@ def run(
     collection: Collection = "deepfashion",
     device: Device = "auto",
     precision: Precision = "auto",
+    decode: Annotated[
+        str,
+        typer.Option(
+            help="cpu: workers decode; device: workers read, JPEGs decode on the GPU (nvjpeg)."
+        ),
+    ] = "cpu",
     compile: Annotated[
         bool,
         typer.Option(
@@ -175,6 +181,7 @@ def run(
                     progress=progress,
                     prune=prune,
                     catalog=work,
+                    decode_on=decode,
                 )
             except KeyboardInterrupt:
                 typer.echo(

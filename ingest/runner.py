@@ -40,7 +40,7 @@ class Summary:
 
     @property
     def images_per_second(self) -> float:
-        busy = self.seconds.get("read", 0) + self.seconds.get("model", 0)
+        busy = sum(self.seconds.get(k, 0) for k in ("read", "decode", "model"))
         return self.embedded / busy if busy else 0.0
 
     def lines(self) -> list[str]:
@@ -106,6 +106,7 @@ def run_ingest(
     progress: bool = True,
     prune: bool = False,
     catalog=None,
+    decode_on: str = "cpu",
 ) -> Summary:
     """Embed every image under `root` not already stored unchanged, and upsert it into `store`.
 
@@ -113,6 +114,7 @@ def run_ingest(
     the last one stopped; the collection must already exist (see ensure_collection).
     prune: delete points (of this shard) whose files are no longer under `root`.
     catalog: the work from ingest.plan.read_work, when the caller read it already.
+    decode_on: "cpu" (workers decode) or "device" (workers read, JPEGs decode on the GPU).
     """
     if prune and limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
@@ -128,10 +130,15 @@ def run_ingest(
     todo = plan.todo
     writer = Writer(store)
     bar = tqdm(total=len(todo), unit="img", desc="ingest", disable=not progress, smoothing=0.05)
-    read = model = 0.0
+    read = model = decode = 0.0
     try:
         for part in embed_batches(
-            encoder, plan.files(), plan.boxes(), batch_size=batch_size, workers=workers
+            encoder,
+            plan.files(),
+            plan.boxes(),
+            batch_size=batch_size,
+            workers=workers,
+            decode=decode_on,
         ):
             rows = todo.iloc[part.index]
             writer(
@@ -143,6 +150,7 @@ def run_ingest(
             )
             summary.failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
             read, model = read + part.seconds_wait, model + part.seconds_model
+            decode += part.seconds_decode
             bar.update(len(part.index) + len(part.failed))
     finally:
         bar.close()
@@ -150,6 +158,8 @@ def run_ingest(
         store.flush()
         summary.embedded = writer.stored
     summary.seconds.update(read=read, model=model, write=writer.seconds)
+    if decode_on == "device":
+        summary.seconds["decode"] = decode
     if summary.embedded:
         t0 = time.perf_counter()
         store.finish()

@@ -1,0 +1,160 @@
+"""JPEG decode on the model's device (nvjpeg on CUDA): workers only read bytes.
+
+On a GPU, decode rather than the model limits bulk ingest; torchvision's batched `decode_jpeg`
+on CUDA moves it off the CPU. Workers read the file and its header (format, size, EXIF
+orientation); the main process decodes the batch on the device, applies orientation, crops to
+the bbox, resizes and centre-crops there. Files that are not plain RGB/greyscale JPEGs (PNG,
+CMYK, ...) are decoded by the worker on the CPU as before, and a JPEG the device cannot decode
+is retried on the CPU, so the set of failures is the CPU path's.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from embedder.spec import ModelSpec
+from embedder.transforms import BBOX_MARGIN, eval_transform, load_image
+
+Box = tuple[int, int, int, int] | None
+
+
+@dataclass
+class Item:
+    """One file as a worker hands it over: raw JPEG bytes, or ready pixels, or a failure."""
+
+    index: int
+    data: torch.Tensor | None = None  # 1-D uint8 JPEG bytes, decoded on the device
+    pixels: torch.Tensor | None = None  # uint8 CHW, already decoded on the CPU
+    box: Box = None
+    orientation: int = 1
+    size: tuple[int, int] = (0, 0)
+    failure: str = ""
+    path: str = ""
+
+
+class JpegFiles(Dataset):
+    """Reader for device decode: bytes and header facts for JPEGs, CPU pixels for the rest."""
+
+    def __init__(self, paths, boxes, spec: ModelSpec):
+        self.paths, self.boxes, self.spec = [str(p) for p in paths], boxes, spec
+        self.transform = eval_transform(spec)
+        self.min_side = int(spec.img_size / spec.crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Item:
+        from embedder.inference import describe_failure
+
+        path, box = self.paths[i], self.boxes[i] if self.boxes is not None else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:  # header only: no pixels decoded here
+                    fmt, mode, size = img.format, img.mode, img.size
+                    orientation = int(img.getexif().get(0x0112, 1))
+            if fmt != "JPEG" or mode not in ("RGB", "L"):
+                pixels = self.transform(load_image(path, box, self.min_side))
+                return Item(i, pixels=pixels, path=path)
+            data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+            return Item(i, data=data, box=box, orientation=orientation, size=size, path=path)
+        except Exception as exc:  # every unreadable file becomes a reported failure
+            return Item(i, failure=describe_failure(exc), path=path)
+
+
+def collate_items(items: list[Item]) -> list[Item]:
+    return items
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1-8) to a CHW tensor, as PIL's exif_transpose does."""
+    hw = (-2, -1)
+    return {
+        2: lambda x: x.flip(-1),
+        3: lambda x: x.flip(hw),
+        4: lambda x: x.flip(-2),
+        5: lambda x: x.transpose(-2, -1),
+        6: lambda x: torch.rot90(x, -1, hw),
+        7: lambda x: x.transpose(-2, -1).flip(hw),
+        8: lambda x: torch.rot90(x, 1, hw),
+    }.get(orientation, lambda x: x)(img)
+
+
+def prepare(img: torch.Tensor, item: Item, spec: ModelSpec) -> torch.Tensor:
+    """Oriented, bbox-cropped, resized (shorter side img_size/crop_pct), centre-cropped uint8."""
+    img = orient(img, item.orientation)
+    if item.box is not None:
+        height, width = img.shape[-2:]
+        sx, sy = width / item.size[0], height / item.size[1]
+        x1, y1, x2, y2 = item.box
+        mx, my = (x2 - x1) * BBOX_MARGIN, (y2 - y1) * BBOX_MARGIN
+        left, top = max(0, round((x1 - mx) * sx)), max(0, round((y1 - my) * sy))
+        right, bottom = min(width, round((x2 + mx) * sx)), min(height, round((y2 + my) * sy))
+        if right - left >= 8 and bottom - top >= 8:
+            img = img[:, top:bottom, left:right]
+    height, width = img.shape[-2:]
+    resize = int(spec.img_size / spec.crop_pct)
+    if width <= height:
+        size = (int(resize * height / width), resize)
+    else:
+        size = (resize, int(resize * width / height))
+    mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
+    out = F.interpolate(
+        img[None].float(), size=size, mode=mode, antialias=True, align_corners=False
+    )[0]
+    top = int(round((size[0] - spec.img_size) / 2.0))
+    left = int(round((size[1] - spec.img_size) / 2.0))
+    out = out[:, top : top + spec.img_size, left : left + spec.img_size]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _decode(items: list[Item], device: torch.device) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
+        warnings.simplefilter("ignore")
+        try:
+            return decode_jpeg([it.data for it in items], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: isolate it
+            out = []
+            for it in items:
+                try:
+                    out.append(decode_jpeg(it.data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def decode_batch(items: list[Item], spec: ModelSpec, device: torch.device):
+    """→ (positions, uint8 NCHW pixels on `device` or None, [(position, reason)])."""
+    from embedder.inference import describe_failure
+
+    index, pixels, failed = [], [], []
+    jpegs = [it for it in items if it.data is not None]
+    decoded = dict(zip((it.index for it in jpegs), _decode(jpegs, device), strict=True))
+    for it in items:
+        if it.failure:
+            failed.append((it.index, it.failure))
+            continue
+        if it.pixels is not None:
+            index.append(it.index)
+            pixels.append(it.pixels.to(device, non_blocking=True))
+            continue
+        img = decoded[it.index]
+        try:
+            if img is None:  # the device decoder refused it: the CPU path decides
+                img = eval_transform(spec)(load_image(it.path, it.box)).to(device)
+                pixels.append(img)
+            else:
+                pixels.append(prepare(img, it, spec))
+            index.append(it.index)
+        except Exception as exc:
+            failed.append((it.index, describe_failure(exc)))
+    return index, (torch.stack(pixels) if pixels else None), failed
