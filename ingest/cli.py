@@ -37,6 +37,7 @@ def sample(
     out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
     items: Annotated[int, typer.Option(min=1, help="Number of garments (items).")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    processes: Annotated[int, typer.Option(min=1, help="Drawing processes.")] = 1,
     verbose: Verbose = False,
 ) -> None:
     """Write a generated dataset in DeepFashion consumer-to-shop layout: img/ with shop and
@@ -46,7 +47,7 @@ def sample(
     with clean_errors():
         from ingest.sample import write_sample
 
-        write_sample(out, items=items, seed=seed)
+        write_sample(out, items=items, seed=seed, processes=processes)
         images = sum(1 for _ in (out / "img").rglob("*.jpg"))
         echo(f"wrote {items} items, {images} images to {out}")
 

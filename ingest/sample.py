@@ -244,36 +244,52 @@ def _split(rng: np.random.Generator) -> str:
     return "train" if r < 0.6 else ("val" if r < 0.8 else "test")
 
 
-def write_sample(out: str | Path, items: int = 60, seed: int = 0) -> Path:
+def _write_item(out: Path, index: int, seed: int) -> tuple[list[str], list[str]]:
+    """Write one garment's photos; returns its (pair lines, bbox lines)."""
+    g = _garment(index, seed)
+    rng = np.random.default_rng([seed, index, 1])
+    split = _split(rng)
+    folder = out / "img" / g.category / g.subcategory / g.item_id
+    folder.mkdir(parents=True, exist_ok=True)
+    rel = f"img/{g.category}/{g.subcategory}/{g.item_id}"
+    kind = CLOTHES_TYPE[g.category]
+    shops, consumers, boxes = [], [], []
+    for n in range(1, int(rng.integers(1, 3)) + 1):
+        img, box = shop_photo(g, rng)
+        img.save(folder / f"shop_{n:02d}.jpg", quality=92)
+        shops.append(f"{rel}/shop_{n:02d}.jpg")
+        boxes.append(f"{shops[-1]} {kind} 1 {box[0]} {box[1]} {box[2]} {box[3]}")
+    for n in range(1, int(rng.integers(1, 4)) + 1):
+        img, box = consumer_photo(g, rng)
+        img.save(folder / f"comsumer_{n:02d}.jpg", quality=int(rng.integers(40, 86)))
+        consumers.append(f"{rel}/comsumer_{n:02d}.jpg")
+        boxes.append(f"{consumers[-1]} {kind} 2 {box[0]} {box[1]} {box[2]} {box[3]}")
+    return [f"{c} {s} {g.item_id} {split}" for c in consumers for s in shops], boxes
+
+
+def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int = 1) -> Path:
     """Write `items` garments as a DeepFashion consumer-to-shop tree under `out`; return `out`.
 
-    Deterministic per (seed, item): the same seed gives byte-identical files.
+    Deterministic per (seed, item): the same seed gives byte-identical files, whatever the
+    number of `processes` drawing them.
     """
     if items < 1:
         raise ValueError("items must be at least 1")
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
     out = Path(out)
-    pairs: list[str] = []
-    boxes: list[str] = []
-    for index in range(items):
-        g = _garment(index, seed)
-        rng = np.random.default_rng([seed, index, 1])
-        split = _split(rng)
-        folder = out / "img" / g.category / g.subcategory / g.item_id
-        folder.mkdir(parents=True, exist_ok=True)
-        rel = f"img/{g.category}/{g.subcategory}/{g.item_id}"
-        kind = CLOTHES_TYPE[g.category]
-        shops, consumers = [], []
-        for n in range(1, int(rng.integers(1, 3)) + 1):
-            img, box = shop_photo(g, rng)
-            img.save(folder / f"shop_{n:02d}.jpg", quality=92)
-            shops.append(f"{rel}/shop_{n:02d}.jpg")
-            boxes.append(f"{shops[-1]} {kind} 1 {box[0]} {box[1]} {box[2]} {box[3]}")
-        for n in range(1, int(rng.integers(1, 4)) + 1):
-            img, box = consumer_photo(g, rng)
-            img.save(folder / f"comsumer_{n:02d}.jpg", quality=int(rng.integers(40, 86)))
-            consumers.append(f"{rel}/comsumer_{n:02d}.jpg")
-            boxes.append(f"{consumers[-1]} {kind} 2 {box[0]} {box[1]} {box[2]} {box[3]}")
-        pairs += [f"{c} {s} {g.item_id} {split}" for c in consumers for s in shops]
+    if processes == 1:
+        written = [_write_item(out, index, seed) for index in range(items)]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(processes) as pool:
+            written = list(
+                pool.map(partial(_write_item, out, seed=seed), range(items), chunksize=64)
+            )
+    pairs = [line for item_pairs, _ in written for line in item_pairs]
+    boxes = [line for _, item_boxes in written for line in item_boxes]
     _write_list(
         out / "Eval" / "list_eval_partition.txt",
         "image_pair_name_1 image_pair_name_2 item_id evaluation_status",

@@ -18,7 +18,8 @@ def test_sample_is_deterministic_per_seed(tmp_path):
     a = write_sample(tmp_path / "a", items=6, seed=1)
     b = write_sample(tmp_path / "b", items=6, seed=1)
     c = write_sample(tmp_path / "c", items=6, seed=2)
-    assert _digest(a) == _digest(b) != _digest(c)
+    d = write_sample(tmp_path / "d", items=6, seed=1, processes=2)
+    assert _digest(a) == _digest(b) == _digest(d) != _digest(c)
 
 
 def test_sample_layout_and_list_files(sample_root):
