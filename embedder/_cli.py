@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from typing import Annotated
 
 import typer
 
 from embedder.errors import UserError
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import clean_errors, echo, setup_logging
+from embedder._cli import Verbose, clean_errors, echo, setup_logging
 from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
 
 app = typer.Typer(
@@ -17,7 +17,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, evaluate and inspect the garment embedding model.",
 )
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 Root = Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")]
 
 

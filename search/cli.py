@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import clean_errors, echo, setup_logging
+from embedder._cli import Verbose, clean_errors, echo, setup_logging
 from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
 
 app = typer.Typer(
@@ -73,7 +73,7 @@ def search(
     collection: Collection = "deepfashion",
     device: Device = "auto",
     precision: Precision = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Embed QUERY photo(s) with the model that built the collection and print the nearest
     images: rank, score (cosine), category, subcategory, item_id, source, path."""

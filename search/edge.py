@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
-from search.store import INDEXED_FIELDS, Filters, Hit, IndexSettings, Points, Store, StoreError
+from search.store import (
+    INDEXED_FIELDS,
+    Filters,
+    Hit,
+    IndexSettings,
+    Points,
+    Store,
+    StoreError,
+    records_to_points,
+)
 
 METADATA_FILE = "collection.json"
 
@@ -220,12 +229,7 @@ class EdgeStore(Store):
                 qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=vectors)
             )
             if records:
-                vecs = (
-                    np.asarray([_vector(r) for r in records], np.float32)
-                    if vectors
-                    else np.zeros((len(records), 0), np.float32)
-                )
-                yield Points([str(r.id) for r in records], vecs, [r.payload or {} for r in records])
+                yield records_to_points(records, vectors, _vector)
             if offset is None:
                 return
 

@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from search.store import INDEXED_FIELDS, Filters, Hit, IndexSettings, Points, Store, StoreError
+from search.store import (
+    INDEXED_FIELDS,
+    Filters,
+    Hit,
+    IndexSettings,
+    Points,
+    Store,
+    StoreError,
+    records_to_points,
+)
 
 log = logging.getLogger(__name__)
 BULK_INDEXING_THRESHOLD = 0  # no HNSW while bulk loading; built once in finish()
@@ -232,12 +241,7 @@ class ServerStore(Store):
                 with_vectors=vectors,
             )
             if records:
-                vecs = (
-                    np.asarray([r.vector for r in records], np.float32)
-                    if vectors
-                    else np.zeros((len(records), 0), np.float32)
-                )
-                yield Points([str(r.id) for r in records], vecs, [r.payload or {} for r in records])
+                yield records_to_points(records, vectors)
             if offset is None:
                 return
 

@@ -41,6 +41,16 @@ class Points:
         return len(self.ids)
 
 
+def records_to_points(records, with_vectors: bool, vector=lambda record: record.vector) -> Points:
+    """Scrolled records (edge or client; both have .id .vector .payload) as one Points batch."""
+    vectors = (
+        np.asarray([vector(r) for r in records], np.float32)
+        if with_vectors
+        else np.zeros((len(records), 0), np.float32)
+    )
+    return Points([str(r.id) for r in records], vectors, [r.payload or {} for r in records])
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str

@@ -26,6 +26,31 @@ def tiny_args() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def ingest_tiny(tiny_args):
+    """`ingest run ROOT --store DB` with the tiny model through the CLI; returns the result."""
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+
+    def run(root, db, *extra: str):
+        args = [
+            "run",
+            "--root",
+            str(root),
+            "--store",
+            str(db),
+            "--workers",
+            "0",
+            "--no-progress",
+            *tiny_args,
+            *extra,
+        ]
+        return CliRunner().invoke(app, args)
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     from ingest.sample import write_sample
 

@@ -19,22 +19,9 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def ingested(sample_root, tmp_path_factory, tiny_args):
+def ingested(sample_root, tmp_path_factory, ingest_tiny):
     db = tmp_path_factory.mktemp("cli") / "qdrant_data"
-    result = runner.invoke(
-        ingest_app,
-        [
-            "run",
-            "--root",
-            str(sample_root),
-            "--store",
-            str(db),
-            "--workers",
-            "0",
-            "--no-progress",
-            *tiny_args,
-        ],
-    )
+    result = ingest_tiny(sample_root, str(db))
     assert result.exit_code == 0, result.output
     return db, result.output
 
@@ -53,24 +40,11 @@ def test_sample_command_writes_a_tree(tmp_path):
     assert (tmp_path / "s" / "Eval" / "list_eval_partition.txt").is_file()
 
 
-def test_ingest_prints_a_summary_and_a_rerun_skips_everything(ingested, sample_root, tiny_args):
+def test_ingest_prints_a_summary_and_a_rerun_skips_everything(ingested, sample_root, ingest_tiny):
     db, output = ingested
     images = len(list(sample_root.rglob("*.jpg")))
     assert f"seen {images}, embedded {images}" in output and "failed 0" in output
-    again = runner.invoke(
-        ingest_app,
-        [
-            "run",
-            "--root",
-            str(sample_root),
-            "--store",
-            str(db),
-            "--workers",
-            "0",
-            "--no-progress",
-            *tiny_args,
-        ],
-    )
+    again = ingest_tiny(sample_root, str(db))
     assert (
         again.exit_code == 0 and f"embedded 0 (0 changed), already present {images}" in again.output
     )

@@ -9,10 +9,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from embedder import read_catalog
-from ingest.cli import app
 from ingest.runner import ensure_collection, run_ingest
 from search.store import open_store, point_id
 
@@ -108,22 +106,10 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(tmp_path / "r.jpg").size == (48, 64)
 
 
-def test_strict_makes_failures_an_error(messy, tmp_path, tiny_args):
+def test_strict_makes_failures_an_error(messy, tmp_path, ingest_tiny):
     root, _, bad = messy
-    args = [
-        "run",
-        "--root",
-        str(root),
-        "--store",
-        str(tmp_path / "db"),
-        "--workers",
-        "0",
-        "--no-progress",
-        "--report",
-        str(tmp_path / "f.csv"),
-        *tiny_args,
-    ]
-    lenient = CliRunner().invoke(app, args)
+    report = ["--report", str(tmp_path / "f.csv")]
+    lenient = ingest_tiny(root, tmp_path / "db", *report)
     assert lenient.exit_code == 0 and f"failed {len(bad)}" in lenient.output
-    strict = CliRunner().invoke(app, [*args, "--strict"])
+    strict = ingest_tiny(root, tmp_path / "db", *report, "--strict")
     assert strict.exit_code == 1 and f"failed {len(bad)}" in strict.output

@@ -127,29 +127,13 @@ def test_search_refuses_weights_other_than_the_collections(sample_root, tmp_path
     assert rebuilt.exit_code == 0 and "already present 0" in rebuilt.output
 
 
-def test_cli_errors_are_one_line(sample_root, tmp_path, tiny_args):
+def test_cli_errors_are_one_line(sample_root, tmp_path, tiny_args, ingest_tiny):
     runner = CliRunner()
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.jpg").write_text("not an image")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
     db = str(tmp_path / "db")
-    assert (
-        runner.invoke(
-            ingest_app,
-            [
-                "run",
-                "--root",
-                str(sample_root),
-                "--store",
-                db,
-                "--workers",
-                "0",
-                "--no-progress",
-                *tiny_args,
-            ],
-        ).exit_code
-        == 0
-    )
+    assert ingest_tiny(sample_root, db).exit_code == 0
     from search.cli import app as search_app
 
     cases = [
@@ -204,26 +188,9 @@ def test_cli_errors_are_one_line(sample_root, tmp_path, tiny_args):
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_locked_store_and_unreachable_server_never_echo_the_key(sample_root, tmp_path, tiny_args):
+def test_locked_store_and_unreachable_server_never_echo_the_key(sample_root, tmp_path, ingest_tiny):
     db = tmp_path / "db"
-    runner = CliRunner()
-    assert (
-        runner.invoke(
-            ingest_app,
-            [
-                "run",
-                "--root",
-                str(sample_root),
-                "--store",
-                str(db),
-                "--workers",
-                "0",
-                "--no-progress",
-                *tiny_args,
-            ],
-        ).exit_code
-        == 0
-    )
+    assert ingest_tiny(sample_root, str(db)).exit_code == 0
     with open_store(store_dir=str(db), collection="deepfashion") as held:
         held.count()
         locked = subprocess.run(

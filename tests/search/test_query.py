@@ -7,32 +7,15 @@ import sys
 
 from typer.testing import CliRunner
 
-from ingest.cli import app as ingest_app
 from search.cli import app as search_app
 
 
-def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, tiny_args):
+def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, ingest_tiny):
     env_cache = tmp_path / "traced"
     os.environ["FASHION_RETRIEVAL_CACHE"] = str(env_cache)
     db = str(tmp_path / "db")
     runner = CliRunner()
-    assert (
-        runner.invoke(
-            ingest_app,
-            [
-                "run",
-                "--root",
-                str(sample_root),
-                "--store",
-                db,
-                "--workers",
-                "0",
-                "--no-progress",
-                *tiny_args,
-            ],
-        ).exit_code
-        == 0
-    )
+    assert ingest_tiny(sample_root, db).exit_code == 0
     query = str(next(sample_root.rglob("comsumer_01.jpg")))
     args = [query, "--top", "5", "--json", "--store", db]
     eager = runner.invoke(search_app, args)  # builds the model with timm, then caches a trace
