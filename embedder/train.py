@@ -73,6 +73,17 @@ class History:
     best: float = -1.0
 
 
+UNCROPPED = 0.5  # share of consumer photos shown whole: user queries come without a box
+
+
+def box_for_training(row, consumer: bool):
+    """The annotated box, except that consumer photos are sometimes shown whole, so that the
+    model also finds the garment in an uncropped phone photo."""
+    if consumer and random.random() < UNCROPPED:
+        return None
+    return bbox_of(row)
+
+
 class TripletSet(Dataset):
     """Reference triplets: each train pair (consumer, shop) plus a negative of the same
     subcategory with another item, drawn afresh each epoch from a seeded stream."""
@@ -90,7 +101,7 @@ class TripletSet(Dataset):
 
     def _image(self, path: str, strong: bool) -> torch.Tensor:
         row = self.rows.loc[path]
-        img = load_image(self.base / path, bbox_of(row))
+        img = load_image(self.base / path, box_for_training(row, strong))
         return (self.strong if strong else self.mild)(img)
 
     def __getitem__(self, i: int):
@@ -124,8 +135,11 @@ class ItemImages(Dataset):
 
     def __getitem__(self, i: int):
         row = self.table.iloc[i]
-        tf = self.strong if row["source"] == "consumer" else self.mild
-        return tf(load_image(self.base / row["path"], bbox_of(row))), int(self.labels[i])
+        consumer = row["source"] == "consumer"
+        tf = self.strong if consumer else self.mild
+        return tf(load_image(self.base / row["path"], box_for_training(row, consumer))), int(
+            self.labels[i]
+        )
 
 
 def freeze(model: EmbeddingNet, stages: str) -> list[torch.nn.Parameter]:

@@ -33,6 +33,18 @@ def _table(hits) -> list[str]:
     return [fmt.format(*COLUMNS), *(fmt.format(*r) for r in rows)]
 
 
+def _box(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter("--bbox takes x1,y1,x2,y2 in pixels") from None
+    if x2 <= x1 or y2 <= y1:
+        raise typer.BadParameter("--bbox needs x2 > x1 and y2 > y1")
+    return x1, y1, x2, y2
+
+
 @app.command()
 def search(
     queries: Annotated[
@@ -51,6 +63,13 @@ def search(
         typer.Option(
             help="Write a contact sheet PNG (query + results, scores, item ids). With several "
             "queries, one sheet per query: NAME-1.png, NAME-2.png, ..."
+        ),
+    ] = None,
+    bbox: Annotated[
+        str | None,
+        typer.Option(
+            help="x1,y1,x2,y2: the garment's box in the photo (pixels). Dataset photos use "
+            "their annotated box by default; other photos are used whole."
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
@@ -86,6 +105,7 @@ def search(
         for k, v in (("category", category), ("subcategory", subcategory), ("source", source))
         if v
     }
+    box = _box(bbox)
     with clean_errors():
         for query in queries:
             if not query.is_file():
@@ -99,7 +119,15 @@ def search(
             encoder, cache_model = query_encoder(
                 meta, str(weights) if weights else None, device, precision, traced=traced
             )
-            results = search_images(db, encoder, queries, top=top, filters=filters, exact=exact)
+            results = search_images(
+                db,
+                encoder,
+                queries,
+                top=top,
+                filters=filters,
+                exact=exact,
+                boxes=[box] * len(queries) if box else None,
+            )
         elapsed = time.perf_counter() - started
         if as_json:
             answers = [

@@ -124,6 +124,28 @@ def check_filters(store: Store, filters: Filters) -> None:
             raise StoreError(f"unknown --{key} {value!r}; the collection has: {listing}")
 
 
+Box = tuple[int, int, int, int]
+
+
+def stored_boxes(store: Store, images: Sequence[str | Path]) -> list[Box | None]:
+    """The annotated bbox of each query that is itself an image of the collection's dataset
+    (so a dataset photo is embedded exactly as it was at ingest), else None."""
+    from search.store import point_id
+
+    root = store.metadata().get("dataset_root")
+    if not root:
+        return [None] * len(images)
+    ids = []
+    for image in images:
+        try:
+            rel = Path(image).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:  # not under the dataset
+            rel = None
+        ids.append(point_id(rel) if rel else None)
+    found = store.stored([i for i in ids if i], ["bbox"])
+    return [tuple(found[i]["bbox"]) if i in found and found[i].get("bbox") else None for i in ids]
+
+
 def search_images(
     store: Store,
     encoder,
@@ -132,8 +154,13 @@ def search_images(
     top: int = 20,
     filters: Filters | None = None,
     exact: bool = False,
+    boxes: Sequence[Box | None] | None = None,
 ) -> list[list[Hit]]:
-    """Top-`top` neighbours of each query photo (all embedded in one batch loop)."""
+    """Top-`top` neighbours of each query photo (all embedded in one batch loop).
+
+    boxes: the garment's box in each photo; by default the annotated box of photos that belong
+    to the collection's dataset, else the whole photo.
+    """
     from embedder.inference import embed_files
 
     if top < 1:
@@ -141,5 +168,7 @@ def search_images(
     for image in images:
         if not Path(image).is_file():
             raise FileNotFoundError(f"query image {str(image)!r} not found")
-    vectors = embed_files(encoder, [str(i) for i in images], batch_size=32)
+    if boxes is None:
+        boxes = stored_boxes(store, images)
+    vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
     return store.search(vectors, top, filters or None, exact=exact)

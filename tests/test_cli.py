@@ -73,6 +73,8 @@ def test_search_table_json_and_sheet(ingested, sample_root, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--bbox", "1,2,3"], "--bbox takes x1,y1,x2,y2"),
+        (["--bbox", "10,10,5,20"], "x2 > x1"),
         (["--category", "SHOES"], "unknown --category 'SHOES'; the collection has: DRESSES, TOPS"),
         (["--collection", "nope"], "collection 'nope' does not exist"),
     ],

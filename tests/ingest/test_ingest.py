@@ -36,13 +36,25 @@ def test_interrupted_run_is_completed_by_the_next(store, encoder, sample_root):
     assert store.count() == rest.seen
 
 
-def test_a_shop_image_finds_itself_first(store, encoder, sample_root):
+def test_a_dataset_image_finds_itself_first(store, encoder, sample_root, tmp_path):
     _ingest(store, encoder, sample_root)
     table = read_catalog(sample_root)
     shop = table[table.source == "shop"].iloc[3]
-    hits = search_images(store, encoder, [sample_root / shop.path], top=5)[0]
-    assert hits[0].payload["path"] == shop.path
-    assert hits[0].score == pytest.approx(1.0, abs=0.01)
+    consumer = table[table.source == "consumer"].iloc[5]  # cropped to its bbox at ingest
+    queries = [sample_root / shop.path, sample_root / consumer.path]
+    for row, hits in zip(
+        [shop, consumer], search_images(store, encoder, queries, top=5), strict=True
+    ):
+        assert hits[0].payload["path"] == row.path
+        assert hits[0].score == pytest.approx(1.0, abs=0.01)
+    copy = tmp_path / "outside.jpg"  # the same photo outside the dataset is used whole
+    copy.write_bytes((sample_root / consumer.path).read_bytes())
+    whole = search_images(store, encoder, [copy], top=5)[0]
+    assert whole[0].score < hits[0].score
+    boxed = search_images(
+        store, encoder, [copy], top=5, boxes=[(consumer.x1, consumer.y1, consumer.x2, consumer.y2)]
+    )[0]
+    assert boxed[0].payload["path"] == consumer.path
 
 
 def test_collection_records_the_model_and_refuses_another(store, encoder, sample_root):
