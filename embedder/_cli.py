@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -26,6 +27,10 @@ def clean_errors():
     """Known failures → 'error: …' on stderr and exit 2; Ctrl-C → exit 130. No tracebacks."""
     try:
         yield
+    except BrokenPipeError:  # `search ... | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

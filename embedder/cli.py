@@ -237,6 +237,50 @@ def _via_store(encoder, vectors, sets, ks, split, store, qdrant_url, collection)
 
 
 @app.command()
+def project(
+    root: Root,
+    weights: Annotated[Path, typer.Option(help="Checkpoint to add the projection to.")],
+    out: Annotated[Path, typer.Option(help="Where to write the new checkpoint.")],
+    dim: Annotated[int, typer.Option(min=1, help="Projected size, e.g. 128.")] = 128,
+    whiten: Annotated[bool, typer.Option(help="Whiten (unit variance per component).")] = False,
+    split: Annotated[str, typer.Option(help="Split to measure the effect on.")] = "test",
+    k: Annotated[str, typer.Option("--k", help="Top-k values.")] = "1,5,10,20,50",
+    workers: Annotated[int, typer.Option(min=0)] = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Fit PCA (or whitening) of the embeddings on the train split's shop images, build it into
+    a new checkpoint (applied at embed time by ingest and search), and print top-k accuracy on
+    --split before and after."""
+    setup_logging(verbose)
+    ks = _ks(k)
+    with clean_errors():
+        from embedder.checkpoint import save_checkpoint
+        from embedder.evaluate import evaluate as run_eval
+        from embedder.evaluate import split_sets
+        from embedder.inference import Encoder
+        from embedder.model import build_model
+        from embedder.projection import fit_on_gallery, with_projection
+
+        model = build_model(weights=str(weights))
+        encoder = Encoder(model, device, precision)
+        mean, matrix = fit_on_gallery(encoder, root, dim, whiten, workers)
+        projected = with_projection(model, mean, matrix, whiten)
+        spec = save_checkpoint(projected, out, projection_of=str(weights))
+        sets = split_sets(root, split)
+        for name, m in (
+            (f"{model.spec.out_dim}-d", model),
+            (f"{dim}-d {'whitened' if whiten else 'PCA'}", projected),
+        ):
+            report, _ = run_eval(
+                Encoder(m, device, precision), root, split=split, ks=ks, workers=workers, sets=sets
+            )
+            echo(f"{name}: " + ", ".join(f"top-{k} {v:.3f}" for k, v in report.overall.items()))
+        echo(f"wrote {out} ({spec.backbone}, {dim}-d, weights {spec.weights})")
+
+
+@app.command()
 def info(weights: Annotated[Path, typer.Argument(help="A .safetensors checkpoint.")]) -> None:
     """Print what a checkpoint records: backbone, dim, image size, normalisation, metrics."""
     with clean_errors():

@@ -192,7 +192,7 @@ def embed_batches(
         vectors = (
             encoder(batch.pixels)
             if batch.pixels is not None
-            else np.zeros((0, encoder.spec.dim), np.float32)
+            else np.zeros((0, encoder.spec.out_dim), np.float32)
         )
         yield Embedded(
             batch.index, vectors, batch.failed, t1 - t0, time.perf_counter() - t2, t2 - t1
@@ -208,7 +208,7 @@ def embed_files(
     workers: int = 0,
 ) -> np.ndarray:
     """All vectors in input order; raises ValueError naming the first file that failed."""
-    out = np.zeros((len(paths), encoder.spec.dim), np.float32)
+    out = np.zeros((len(paths), encoder.spec.out_dim), np.float32)
     for part in embed_batches(encoder, paths, boxes, batch_size=batch_size, workers=workers):
         if part.failed:
             i, reason = part.failed[0]

@@ -31,10 +31,16 @@ class EmbeddingNet(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(backbone.num_features, spec.dim)
+        if spec.projection:  # fitted by embedder.projection, saved with the weights
+            self.register_buffer("pca_mean", torch.zeros(spec.dim))
+            self.register_buffer("pca_matrix", torch.zeros(spec.dim, spec.projection))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
-        return F.normalize(self.head(self.dropout(features)).float(), dim=-1)
+        out = F.normalize(self.head(self.dropout(features)).float(), dim=-1)
+        if self.spec.projection:
+            out = F.normalize((out - self.pca_mean) @ self.pca_matrix, dim=-1)
+        return out
 
 
 def create_backbone(name: str, pretrained: str) -> tuple[nn.Module, str]:

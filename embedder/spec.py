@@ -26,13 +26,20 @@ class ModelSpec:
     crop_pct: float = 0.875
     dropout: float = 0.2
     weights: str = "none"
+    projection: int = 0  # PCA (or whitening) of the head's output to this size; 0: none
+    whiten: bool = False
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def out_dim(self) -> int:
+        """The size of the vectors the model outputs (and a collection stores)."""
+        return self.projection or self.dim
 
     def identity(self) -> dict:
         """What a collection records to refuse vectors from any other model."""
         return {
             "backbone": self.backbone,
-            "dim": self.dim,
+            "dim": self.out_dim,
             "img_size": self.img_size,
             "weights": self.weights,
         }

@@ -72,7 +72,7 @@ def ensure_collection(
         store.drop()
     if not store.exists():
         store.create(
-            spec.dim,
+            spec.out_dim,
             {
                 "model": spec.identity(),
                 "model_spec": spec.to_json(),

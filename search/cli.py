@@ -112,13 +112,20 @@ def search(
                 raise FileNotFoundError(f"query image {str(query)!r} not found")
         with open_from(store, qdrant_url, collection) as db:
             meta = db.require()
-            from search.query import check_filters, query_encoder, search_images
+            from search.query import (
+                boxes_of,
+                check_filters,
+                dataset_points,
+                query_encoder,
+                search_images,
+            )
 
             check_filters(db, filters)
             db.set_hnsw_ef(hnsw_ef)
             encoder, cache_model = query_encoder(
                 meta, str(weights) if weights else None, device, precision, traced=traced
             )
+            known = dataset_points(db, queries)  # dataset photos: their bbox and item
             results = search_images(
                 db,
                 encoder,
@@ -126,7 +133,7 @@ def search(
                 top=top,
                 filters=filters,
                 exact=exact,
-                boxes=[box] * len(queries) if box else None,
+                boxes=[box] * len(queries) if box else boxes_of(known),
             )
         elapsed = time.perf_counter() - started
         if as_json:
@@ -168,7 +175,7 @@ def search(
                     if len(queries) == 1
                     else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
                 )
-                write_sheet(out, query, hits, meta.get("dataset_root"))
+                write_sheet(out, query, hits, meta.get("dataset_root"), known[n - 1].get("item_id"))
                 typer.echo(f"contact sheet: {out}", err=as_json)
         if cache_model is not None:
             cache_model()  # after answering: the next start loads the traced copy

@@ -127,14 +127,14 @@ def check_filters(store: Store, filters: Filters) -> None:
 Box = tuple[int, int, int, int]
 
 
-def stored_boxes(store: Store, images: Sequence[str | Path]) -> list[Box | None]:
-    """The annotated bbox of each query that is itself an image of the collection's dataset
-    (so a dataset photo is embedded exactly as it was at ingest), else None."""
+def dataset_points(store: Store, images: Sequence[str | Path]) -> list[dict]:
+    """For each query that is itself an image of the collection's dataset, its stored payload
+    (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was at ingest."""
     from search.store import point_id
 
     root = store.metadata().get("dataset_root")
     if not root:
-        return [None] * len(images)
+        return [{} for _ in images]
     ids = []
     for image in images:
         try:
@@ -142,8 +142,12 @@ def stored_boxes(store: Store, images: Sequence[str | Path]) -> list[Box | None]
         except ValueError:  # not under the dataset
             rel = None
         ids.append(point_id(rel) if rel else None)
-    found = store.stored([i for i in ids if i], ["bbox"])
-    return [tuple(found[i]["bbox"]) if i in found and found[i].get("bbox") else None for i in ids]
+    found = store.stored([i for i in ids if i], ["bbox", "item_id"])
+    return [found.get(i, {}) if i else {} for i in ids]
+
+
+def boxes_of(points: Sequence[dict]) -> list[Box | None]:
+    return [tuple(p["bbox"]) if p.get("bbox") else None for p in points]
 
 
 def search_images(
@@ -169,6 +173,6 @@ def search_images(
         if not Path(image).is_file():
             raise FileNotFoundError(f"query image {str(image)!r} not found")
     if boxes is None:
-        boxes = stored_boxes(store, images)
+        boxes = boxes_of(dataset_points(store, images))
     vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
     return store.search(vectors, top, filters or None, exact=exact)

@@ -22,16 +22,21 @@ def _tile(path: Path | None, lines: list[str], accent: str) -> Image.Image:
     except Exception:  # a missing or unreadable file still gets its labelled tile
         ImageDraw.Draw(tile).text((8, TILE // 2), "image not found", fill="grey")
     draw = ImageDraw.Draw(tile)
-    draw.rectangle((0, 0, TILE - 1, TILE + LABEL - 1), outline=accent, width=2)
+    draw.rectangle((0, 0, TILE - 1, TILE + LABEL - 1), outline=accent, width=3)
     for n, line in enumerate(lines):
         draw.text((4, TILE + 2 + 15 * n), line[:26], fill="black")
     return tile
 
 
 def write_sheet(
-    out: str | Path, query: str | Path, hits: list[Hit], dataset_root: str | None
+    out: str | Path,
+    query: str | Path,
+    hits: list[Hit],
+    dataset_root: str | None,
+    query_item: str | None = None,
 ) -> Path:
-    """Query tile first (blue), then results in rank order, COLUMNS per row."""
+    """Query tile first (blue), then results in rank order, COLUMNS per row; when the query's
+    item is known (a dataset photo), results of that item are outlined in green."""
     base = Path(dataset_root) if dataset_root else None
     tiles = [_tile(Path(query), ["query", Path(query).name], "royalblue")]
     for rank, hit in enumerate(hits, 1):
@@ -43,7 +48,9 @@ def write_sheet(
                     f"#{rank} {hit.score:.3f} {hit.payload.get('source', '')}",
                     f"{hit.payload.get('item_id', '?')}",
                 ],
-                "lightgrey",
+                "limegreen"
+                if query_item and hit.payload.get("item_id") == query_item
+                else "lightgrey",
             )
         )
     rows = (len(tiles) + COLUMNS - 1) // COLUMNS

@@ -64,6 +64,8 @@ def test_search_table_json_and_sheet(ingested, sample_root, tmp_path):
     assert "UNTRAINED" in result.output
     with Image.open(sheet) as img:
         assert img.width >= 5 * 160
+        first = img.crop((160, 0, 320, 194))  # the first result: the query's own item
+        assert (50, 205, 50) in {c for _, c in first.getcolors(1 << 16)}  # outlined in green
     out = runner.invoke(search_app, [str(query), "--top", "3", "--json", "--store", str(db)])
     answer = json.loads(out.stdout)
     assert out.exit_code == 0 and len(answer[0]["results"]) == 3

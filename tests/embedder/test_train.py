@@ -132,3 +132,44 @@ def test_bad_training_settings_fail_early(bigger_sample, tmp_path):
             ),
             progress=False,
         )
+
+
+def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
+    import numpy as np
+
+    from embedder import save_checkpoint
+    from embedder.projection import fit_projection, with_projection
+
+    model = build_model("test_resnet", img_size=64, pretrained="none")
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 512)).astype(np.float32) * np.linspace(3, 0.1, 512)
+    mean, matrix = fit_projection(data, 16, whiten=True)
+    projected = (data - mean) @ matrix
+    np.testing.assert_allclose(projected.std(axis=0, ddof=1), 1.0, rtol=1e-3)  # whitened
+    np.testing.assert_allclose(np.corrcoef(projected.T), np.eye(16), atol=1e-4)
+    small = with_projection(model, mean, matrix, whiten=True)
+    assert small.spec.out_dim == 16 and small.spec.identity()["dim"] == 16
+    save_checkpoint(small, tmp_path / "p.safetensors")
+    loaded = load_checkpoint(tmp_path / "p.safetensors")
+    files = sorted(str(p) for p in bigger_sample.rglob("*.jpg"))[:5]
+    from embedder import embed_files
+
+    a = embed_files(Encoder(small, "cpu", "fp32"), files)
+    b = embed_files(Encoder(loaded, "cpu", "fp32"), files)
+    assert a.shape == (5, 16)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="projection size"):
+        fit_projection(data, 1000)
+    from ingest.runner import ensure_collection, run_ingest
+    from search.query import search_images
+    from search.store import open_store
+
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+        encoder = Encoder(loaded, "cpu", "fp32")
+        ensure_collection(store, loaded.spec)
+        run_ingest(store, encoder, bigger_sample, limit=12, workers=0, progress=False)
+        assert store.metadata()["dim"] == 16 and store.count() == 12
+        hits = search_images(store, encoder, [files[0]], top=3)[0]
+        assert files[0].endswith(hits[0].payload["path"])
+        assert hits[0].score == pytest.approx(1.0, abs=1e-3)  # whitening magnifies fp32 noise
