@@ -113,3 +113,19 @@ def test_strict_makes_failures_an_error(messy, tmp_path, ingest_tiny):
     assert lenient.exit_code == 0 and f"failed {len(bad)}" in lenient.output
     strict = ingest_tiny(root, tmp_path / "db", *report, "--strict")
     assert strict.exit_code == 1 and f"failed {len(bad)}" in strict.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_reported(dataset, encoder, tmp_path):
+    locked = next(dataset.rglob("shop_01.jpg"))
+    locked.chmod(0)
+    try:
+        with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+            ensure_collection(store, encoder.spec)
+            summary = run_ingest(
+                store, encoder, dataset, workers=0, progress=False, report=tmp_path / "f.csv"
+            )
+        assert [p for p, _ in summary.failures] == [locked.relative_to(dataset).as_posix()]
+        assert "Permission" in summary.failures[0][1]
+    finally:
+        locked.chmod(0o644)
