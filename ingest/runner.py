@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,38 @@ from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
 log = logging.getLogger(__name__)
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the run to stop after the batch in hand (everything embedded is
+    stored, then KeyboardInterrupt); a second one interrupts at once. A no-op off the main
+    thread, where Python delivers no signals."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if os.getpid() != self._pid:
+            return  # a forked decode worker: the main process decides
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this batch (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._pid = os.getpid()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 @dataclass
@@ -131,32 +166,36 @@ def run_ingest(
     writer = Writer(store)
     bar = tqdm(total=len(todo), unit="img", desc="ingest", disable=not progress, smoothing=0.05)
     read = model = decode = 0.0
-    try:
-        for part in embed_batches(
-            encoder,
-            plan.files(),
-            plan.boxes(),
-            batch_size=batch_size,
-            workers=workers,
-            decode=decode_on,
-        ):
-            rows = todo.iloc[part.index]
-            writer(
-                Points(
-                    rows["id"].tolist(),
-                    part.vectors,
-                    [payload(r) for r in rows.itertuples(index=False)],
+    with StopOnInterrupt() as stop:
+        try:
+            for part in embed_batches(
+                encoder,
+                plan.files(),
+                plan.boxes(),
+                batch_size=batch_size,
+                workers=workers,
+                decode=decode_on,
+            ):
+                rows = todo.iloc[part.index]
+                writer(
+                    Points(
+                        rows["id"].tolist(),
+                        part.vectors,
+                        [payload(r) for r in rows.itertuples(index=False)],
+                    )
                 )
-            )
-            summary.failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
-            read, model = read + part.seconds_wait, model + part.seconds_model
-            decode += part.seconds_decode
-            bar.update(len(part.index) + len(part.failed))
-    finally:
-        bar.close()
-        writer.close()  # on Ctrl-C too: what was embedded is stored
-        store.flush()
-        summary.embedded = writer.stored
+                summary.failures += [
+                    (str(todo["path"].iat[i]), reason) for i, reason in part.failed
+                ]
+                read, model = read + part.seconds_wait, model + part.seconds_model
+                decode += part.seconds_decode
+                bar.update(len(part.index) + len(part.failed))
+                stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
+        finally:
+            bar.close()
+            writer.close()  # on Ctrl-C too: what was embedded is stored
+            store.flush()
+            summary.embedded = writer.stored
     summary.seconds.update(read=read, model=model, write=writer.seconds)
     if decode_on == "device":
         summary.seconds["decode"] = decode

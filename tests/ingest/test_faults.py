@@ -20,7 +20,18 @@ from ingest.runner import ensure_collection, run_ingest
 from search.store import open_store, point_id
 
 BIN = Path(sys.executable).parent
-SLOW = ["--backbone", "resnet50", "--pretrained", "none", "--batch-size", "4"]  # ~3 s of work
+# resnet50 in fp32, two images a step: several seconds for the sample, so that the signal,
+# sent once 16 images are done, always lands mid-run, however fast the machine
+SLOW = [
+    "--backbone",
+    "resnet50",
+    "--pretrained",
+    "none",
+    "--batch-size",
+    "2",
+    "--precision",
+    "fp32",
+]
 
 
 def _run_until(args, done_at: int, sig: int) -> subprocess.CompletedProcess:
@@ -59,7 +70,7 @@ def _count(db) -> int:
 def test_interrupted_run_then_rerun_gives_exactly_the_catalog(sample_root, tmp_path, sig, workers):
     db = tmp_path / "db"
     args = ["--root", str(sample_root), "--store", str(db), "--workers", workers, *SLOW]
-    stopped = _run_until(args, 24, sig)
+    stopped = _run_until(args, 16, sig)
     if sig == signal.SIGINT:
         assert stopped.returncode == 130 and "interrupted" in stopped.stderr
         assert "Traceback" not in stopped.stderr
