@@ -71,10 +71,18 @@ def run(
     img_size: Annotated[
         int | None, typer.Option(help="Input size, without --weights [default: the backbone's].")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass [default: 32 on CPU, 256 on CUDA]."),
+    ] = None,
     workers: Annotated[
-        int, typer.Option(min=0, help="Decoding processes (overlap decode with the model).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=0,
+            help="Reader processes, overlapping decode with the model [default: 1 on CPU, "
+            "up to 8 on CUDA].",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     shard: Annotated[
         str | None,
@@ -146,6 +154,10 @@ def run(
             weights=str(weights) if weights else None,
         )
         encoder = Encoder(model, device, precision, compile=compile)
+        on_gpu = encoder.device.type == "cuda"
+        batch_size = batch_size or (256 if on_gpu else 32)
+        if workers is None:
+            workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1
         settings = IndexSettings(
             m=hnsw_m,
             ef_construct=ef_construct,
@@ -166,7 +178,7 @@ def run(
             echo(
                 f"ingest {base} → {db.describe()} collection {collection!r} "
                 f"({model.spec.backbone}, weights {model.spec.weights}, {encoder.device}, "
-                f"{'bf16' if encoder.dtype else 'fp32'})"
+                f"{'bf16' if encoder.dtype else 'fp32'}, batch {batch_size}, {workers} workers)"
             )
             try:
                 summary = run_ingest(
@@ -293,8 +305,3 @@ def info(
         for key in ("category", "source", "split"):
             counts = db.values(key)
             echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
