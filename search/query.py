@@ -66,12 +66,9 @@ def query_encoder(
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, precision)
     spec = ModelSpec.from_json(metadata["model_spec"]) if metadata.get("model_spec") else None
-    usable = traced and dev.type == "cpu" and spec is not None
-    if (
-        usable
-        and spec.identity() == metadata.get("model")
-        and not (weights and not Path(weights).is_file())
-    ):
+    # an explicit --weights file is always loaded and checked against the collection
+    usable = traced and dev.type == "cpu" and spec is not None and not weights
+    if usable and spec.identity() == metadata.get("model"):
         from embedder.compiled import load_traced
 
         if (module := load_traced(spec, dtype)) is not None:

@@ -127,9 +127,9 @@ def test_search_refuses_weights_other_than_the_collections(sample_root, tmp_path
     assert refused.exit_code == 2 and "embedded with another model" in refused.output
     assert "--recreate" in refused.output
     query = str(next(sample_root.rglob("shop_01.jpg")))
+    assert runner.invoke(search_app, [query, "--store", db]).exit_code == 0  # caches a trace
     wrong = runner.invoke(
-        search_app,
-        [query, "--store", db, "--weights", str(tmp_path / "b.safetensors"), "--no-traced"],
+        search_app, [query, "--store", db, "--weights", str(tmp_path / "b.safetensors")]
     )
     assert wrong.exit_code == 2 and "do not match the collection" in wrong.output
     rebuilt = runner.invoke(
