@@ -164,14 +164,21 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(cfg: TrainConfig, root, catalog: pd.DataFrame, spec, epoch: int):
+def _train_pairs(root, catalog: pd.DataFrame) -> pd.DataFrame:
+    """The train split's consumer/shop pairs whose two images are both in the catalog."""
+    pairs = read_pairs(root)
+    pairs = pairs[pairs["split"] == "train"]
+    pairs = pairs[pairs["consumer"].isin(catalog["path"]) & pairs["shop"].isin(catalog["path"])]
+    if pairs.empty:
+        raise ValueError("no train pairs: training needs Eval/list_eval_partition.txt")
+    return pairs
+
+
+def _loader(
+    cfg: TrainConfig, root, catalog: pd.DataFrame, pairs: pd.DataFrame | None, spec, epoch: int
+):
     """The epoch's batches; returns (loader, images per step)."""
     if cfg.mode == "reference":
-        pairs = read_pairs(root)
-        pairs = pairs[pairs["split"] == "train"]
-        pairs = pairs[pairs["consumer"].isin(catalog["path"]) & pairs["shop"].isin(catalog["path"])]
-        if pairs.empty:
-            raise ValueError("no train pairs: training needs Eval/list_eval_partition.txt")
         data = TripletSet(root, pairs, catalog, spec, cfg.seed)
         data.epoch = epoch
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -246,11 +253,12 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
         "semihard": miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard"),
         "reference": None,
     }[cfg.mode]
-    catalog = read_catalog(cfg.root)
+    catalog = read_catalog(cfg.root)  # read once: every epoch draws from the same tables
+    pairs = _train_pairs(cfg.root, catalog) if cfg.mode == "reference" else None
     val_sets = _val_sets(cfg.root)
     for epoch in range(done + 1, cfg.epochs + 1):
         _seed_all(cfg.seed * 1000 + epoch)  # data order and dropout depend on (seed, epoch) only
-        loader, per_step = _loader(cfg, cfg.root, catalog, model.spec, epoch)
+        loader, per_step = _loader(cfg, cfg.root, catalog, pairs, model.spec, epoch)
         model.train()
         total, steps, images, started = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
