@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,13 @@ from search.store import (
 METADATA_FILE = "collection.json"
 
 
-def edge_filter(filters: Filters | None) -> qe.Filter | None:
-    if not filters:
+def edge_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> qe.Filter | None:
+    if not filters and not exclude:
         return None
     return qe.Filter(
-        must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in filters.items()]
+        must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in (filters or {}).items()]
+        or None,
+        must_not=[qe.HasIdCondition(set(exclude))] if exclude else None,
     )
 
 
@@ -200,39 +202,65 @@ class EdgeStore(Store):
         ]
         self._open().update(qe.UpdateOperation.upsert_points(batch))
 
+    def set_payloads(self, updates) -> None:
+        shard = self._open()
+        for pid, fields in updates.items():
+            shard.update(qe.UpdateOperation.set_payload([pid], fields))
+
     def delete(self, ids: list[str]) -> None:
         if ids:
             self._open().update(qe.UpdateOperation.delete_points(list(ids)))
 
     def _search(
-        self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
+        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
         shard = self._open()
         params = qe.SearchParams(exact=True) if exact else self._query_params()
+        rows = np.asarray(vectors, np.float32).tolist()
         requests = [
             qe.QueryRequest(
                 limit=top,
                 query=qe.Query.Nearest(vec),
                 with_payload=True,
-                filter=edge_filter(filters),
+                filter=edge_filter(per_query[n] if per_query else filters, exclude),
                 params=params,
             )
-            for vec in np.asarray(vectors, np.float32).tolist()
+            for n, vec in enumerate(rows)
         ]
         results = shard.query_batch(qe.QueryBatchRequest(requests))
         return [[Hit(str(p.id), float(p.score), p.payload or {}) for p in res] for res in results]
 
-    def scroll(self, batch: int = 256, vectors: bool = True) -> Iterator[Points]:
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        records = self._open().retrieve(list(ids), with_payload=False, with_vector=True)
+        return {str(r.id): np.asarray(_vector(r), np.float32) for r in records}
+
+    def scroll(
+        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+    ) -> Iterator[Points]:
         shard, offset = self._open(), None
         while True:
             records, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=vectors)
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=batch,
+                    filter=edge_filter(filters),
+                    with_payload=True,
+                    with_vector=vectors,
+                )
             )
             if records:
                 yield records_to_points(records, vectors, _vector)
             if offset is None:
                 return
 
-    def values(self, key: str, limit: int = 1000) -> dict[str, int]:
-        response = self._open().facet(qe.FacetRequest(key=key, limit=limit, exact=True))
+    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
+        response = self._open().facet(
+            qe.FacetRequest(key=key, limit=limit, exact=True, filter=edge_filter(filters))
+        )
         return {str(h.value): int(h.count) for h in response.hits}

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
 from search.store import (
+    GROUP_FIELD,
     INDEXED_FIELDS,
     Filters,
+    Group,
     Hit,
     IndexSettings,
     Points,
@@ -25,14 +27,16 @@ BULK_INDEXING_THRESHOLD = 0  # no HNSW while bulk loading; built once in finish(
 INDEXING_THRESHOLD = 10_000  # KB, Qdrant's default
 
 
-def server_filter(filters: Filters | None) -> models.Filter | None:
-    if not filters:
+def server_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> models.Filter | None:
+    if not filters and not exclude:
         return None
     return models.Filter(
         must=[
             models.FieldCondition(key=k, match=models.MatchValue(value=v))
-            for k, v in filters.items()
+            for k, v in (filters or {}).items()
         ]
+        or None,
+        must_not=[models.HasIdCondition(has_id=list(exclude))] if exclude else None,
     )
 
 
@@ -197,6 +201,20 @@ class ServerStore(Store):
             ),
         )
 
+    def set_payloads(self, updates) -> None:
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=[pid]))
+            for pid, fields in updates.items()
+        ]
+        for start in range(0, len(operations), 1000):
+            self._call(
+                "write payloads",
+                self.client.batch_update_points,
+                self.collection,
+                operations[start : start + 1000],
+                wait=True,
+            )
+
     def delete(self, ids: list[str]) -> None:
         if ids:
             self._call(
@@ -208,18 +226,24 @@ class ServerStore(Store):
             )
 
     def _search(
-        self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
+        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
         params = models.SearchParams(exact=True) if exact else self._search_params()
         requests = [
             models.QueryRequest(
                 query=vec,
                 limit=top,
-                filter=server_filter(filters),
+                filter=server_filter(per_query[n] if per_query else filters, exclude),
                 params=params,
                 with_payload=True,
             )
-            for vec in np.asarray(vectors, np.float32).tolist()
+            for n, vec in enumerate(np.asarray(vectors, np.float32).tolist())
         ]
         responses = self._call(
             "search", self.client.query_batch_points, self.collection, requests=requests
@@ -228,13 +252,62 @@ class ServerStore(Store):
             [Hit(str(p.id), float(p.score), p.payload or {}) for p in r.points] for r in responses
         ]
 
-    def scroll(self, batch: int = 256, vectors: bool = True) -> Iterator[Points]:
+    def search_groups(
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
+        group_size: int = 10,
+    ) -> list[list[Group]]:
+        """Qdrant's own group query (group_by item_id), one request per query vector."""
+        params = models.SearchParams(exact=True) if exact else self._search_params()
+        out = []
+        for vec in np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist():
+            result = self._call(
+                "search",
+                self.client.query_points_groups,
+                self.collection,
+                group_by=GROUP_FIELD,
+                query=vec,
+                query_filter=server_filter(filters, exclude),
+                search_params=params,
+                limit=top,
+                group_size=group_size,
+                with_payload=True,
+            )
+            out.append(
+                [
+                    Group(
+                        str(g.id), [Hit(str(p.id), float(p.score), p.payload or {}) for p in g.hits]
+                    )
+                    for g in result.groups
+                ]
+            )
+        return out
+
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        records = self._call(
+            "read points",
+            self.client.retrieve,
+            self.collection,
+            list(ids),
+            with_payload=False,
+            with_vectors=True,
+        )
+        return {str(r.id): np.asarray(r.vector, np.float32) for r in records}
+
+    def scroll(
+        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+    ) -> Iterator[Points]:
         offset = None
         while True:
             records, offset = self._call(
                 "read points",
                 self.client.scroll,
                 self.collection,
+                scroll_filter=server_filter(filters),
                 limit=batch,
                 offset=offset,
                 with_payload=True,
@@ -245,12 +318,13 @@ class ServerStore(Store):
             if offset is None:
                 return
 
-    def values(self, key: str, limit: int = 1000) -> dict[str, int]:
+    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
         response = self._call(
             "read payload values",
             self.client.facet,
             self.collection,
             key=key,
+            facet_filter=server_filter(filters),
             limit=limit,
             exact=True,
         )

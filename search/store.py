@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,7 @@ INDEXED_FIELDS = ("category", "subcategory", "item_id", "source", "split")
 POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
 
 Filters = Mapping[str, str]
+GROUP_FIELD = "item_id"  # one garment: its consumer and shop photos
 
 
 class StoreError(UserError, RuntimeError):
@@ -56,6 +57,29 @@ class Hit:
     id: str
     score: float
     payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One garment in a grouped answer: its best photos, best first (hits[0] ranks the group)."""
+
+    id: str
+    hits: list[Hit]
+
+    @property
+    def score(self) -> float:
+        return self.hits[0].score
+
+
+def passes(hit: Hit, filters: Filters | None, exclude: Collection[str] = ()) -> bool:
+    """Whether a hit satisfies equality filters and is not one of the excluded point ids."""
+    return hit.id not in exclude and all(
+        hit.payload.get(k) == v for k, v in (filters or {}).items()
+    )
+
+
+def group_key(hit: Hit) -> str:
+    return str(hit.payload.get(GROUP_FIELD) or hit.id)
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,10 @@ class Store(ABC):
     @abstractmethod
     def delete(self, ids: list[str]) -> None: ...
 
+    @abstractmethod
+    def set_payloads(self, updates: Mapping[str, dict]) -> None:
+        """Merge each point's given payload fields into its stored payload (vectors untouched)."""
+
     oversample: int = 4  # filtered search: unfiltered candidates per requested hit
     hnsw_ef: int | None = None  # overrides the collection's recorded search-time ef
 
@@ -121,9 +149,15 @@ class Store(ABC):
         return index
 
     def search(
-        self, vectors: np.ndarray, top: int, filters: Filters | None = None, exact: bool = False
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
     ) -> list[list[Hit]]:
-        """Nearest neighbours by cosine for each row of `vectors`, best first.
+        """Nearest neighbours by cosine for each row of `vectors`, best first; `exclude`: point
+        ids never returned (a stored photo's "more like this" leaves out the photo itself).
 
         A filtered approximate search first takes the `oversample` × `top` unfiltered
         neighbours and keeps those that pass the filter: when at least `top` pass, they are
@@ -133,34 +167,97 @@ class Store(ABC):
         where Qdrant's filtered traversal needs a four times larger ef for the same recall.
         """
         vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
+        exclude = tuple(exclude)
         if not filters or exact or self.oversample <= 1:
-            return self._search(vectors, top, filters, exact)
-        candidates = self._search(vectors, top * self.oversample, None, False)
+            return self._search(vectors, top, filters, exact, exclude)
+        candidates = self._search(vectors, top * self.oversample + len(exclude), None, False, ())
         results: list[list[Hit] | None] = []
         for hits in candidates:
-            kept = [h for h in hits if all(h.payload.get(k) == v for k, v in filters.items())]
+            kept = [h for h in hits if passes(h, filters, exclude)]
             results.append(kept[:top] if len(kept) >= top else None)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             for i, hits in zip(
-                missing, self._search(vectors[missing], top, filters, False), strict=True
+                missing, self._search(vectors[missing], top, filters, False, exclude), strict=True
             ):
                 results[i] = hits
         return results
 
+    def search_groups(
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
+        group_size: int = 10,
+    ) -> list[list[Group]]:
+        """The `top` best garments (grouped by item_id) for each query, each with up to
+        `group_size` of its photos that pass the filters, best first.
+
+        Emulated with plain searches (Qdrant's group query is a server feature): take
+        candidates, group them in score order, widen the candidates until `top` groups are
+        seen (or the collection is exhausted), then refill groups that may have more photos
+        below the candidates with a search restricted to their item. With exact search this
+        is the exact grouped answer; the server store uses Qdrant's own group query.
+        """
+        vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
+        total = self.count()
+        out = []
+        for vec in vectors:
+            limit = max(top * 4, group_size)
+            while True:
+                hits = self.search(vec[None], limit, filters, exact, exclude)[0]
+                groups: dict[str, list[Hit]] = {}
+                for hit in hits:
+                    groups.setdefault(group_key(hit), []).append(hit)
+                exhausted = len(hits) < limit or limit >= total
+                if len(groups) >= top or exhausted:
+                    break
+                limit = min(limit * 4, total)
+            chosen = list(groups.items())[:top]
+            short = [n for n, (_, g) in enumerate(chosen) if len(g) < group_size]
+            if short and not exhausted:  # photos of these items may rank below the candidates
+                refill = self._search(
+                    np.repeat(vec[None], len(short), 0),
+                    group_size,
+                    None,
+                    exact,
+                    exclude,
+                    [{**(filters or {}), GROUP_FIELD: chosen[n][0]} for n in short],
+                )
+                for n, more in zip(short, refill, strict=True):
+                    chosen[n] = (chosen[n][0], more or chosen[n][1])
+            out.append([Group(key, g[:group_size]) for key, g in chosen])
+        return out
+
     @abstractmethod
     def _search(
-        self, vectors: np.ndarray, top: int, filters: Filters | None, exact: bool
+        self,
+        vectors: np.ndarray,
+        top: int,
+        filters: Filters | None,
+        exact: bool,
+        exclude: Sequence[str] = (),
+        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
-        """The store's own nearest-neighbour search."""
+        """The store's own nearest-neighbour search, in one batch; `per_query` gives each
+        query its own filters instead of `filters`."""
 
     @abstractmethod
-    def scroll(self, batch: int = 256, vectors: bool = True) -> Iterator[Points]:
-        """Every point, in id order, `batch` at a time."""
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of the ids that exist."""
 
     @abstractmethod
-    def values(self, key: str, limit: int = 1000) -> dict[str, int]:
-        """Distinct values of a payload field with their counts (a facet)."""
+    def scroll(
+        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+    ) -> Iterator[Points]:
+        """Every point (that passes `filters`), in id order, `batch` at a time."""
+
+    @abstractmethod
+    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
+        """Distinct values of a payload field with their counts (a facet), among the points
+        that pass `filters`."""
 
     @abstractmethod
     def finish(self) -> None:

@@ -85,3 +85,61 @@ def test_missing_collection_is_a_clear_error(tmp_path):
 def test_store_options_conflict(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         open_store(store_dir=str(tmp_path), url=":memory:")
+
+
+def _brute_groups(everything, query, top, size, filters=None, exclude=()):
+    """Grouped answer by a slow, obvious loop: every point scored, best photo ranks its item."""
+    scored = sorted(
+        (
+            (float(vec @ query), pid, payload)
+            for pid, (payload, vec) in everything.items()
+            if pid not in exclude and all(payload.get(k) == v for k, v in (filters or {}).items())
+        ),
+        reverse=True,
+    )
+    groups: dict[str, list[str]] = {}
+    for _, pid, payload in scored:
+        groups.setdefault(payload["item_id"], []).append(pid)
+    return [(item, pids[:size]) for item, pids in list(groups.items())[:top]]
+
+
+@pytest.mark.parametrize("filters", [None, {"category": "TOPS"}, {"source": "shop"}])
+def test_both_stores_group_by_garment_like_a_slow_loop(filled, filters):
+    everything = _everything(filled["embedded"])
+    ids = list(everything)
+    queries = np.stack([everything[i][1] for i in ids[:4]])
+    exclude = [ids[0]]
+    for store in filled.values():
+        answers = store.search_groups(queries, 5, filters, exclude=exclude, group_size=3)
+        for row, groups in enumerate(answers):
+            expected = _brute_groups(everything, queries[row], 5, 3, filters, exclude)
+            assert [g.id for g in groups] == [item for item, _ in expected], store.kind
+            for group, (_, pids) in zip(groups, expected, strict=True):
+                assert {h.id for h in group.hits} == set(pids), store.kind
+                assert [h.score for h in group.hits] == sorted(
+                    (h.score for h in group.hits), reverse=True
+                )
+                assert all(h.payload["item_id"] == group.id for h in group.hits)
+                assert ids[0] not in {h.id for h in group.hits}
+
+
+def test_both_stores_leave_out_excluded_points_and_read_vectors(filled):
+    everything = _everything(filled["embedded"])
+    first = next(iter(everything))
+    for store in filled.values():
+        vec = store.vectors([first])[first]
+        np.testing.assert_allclose(vec, everything[first][1], atol=1e-6)
+        hits = store.search(vec[None], 5, exclude=[first])[0]
+        assert len(hits) == 5 and first not in {h.id for h in hits}
+        filtered = store.search(vec[None], 5, {"category": "TOPS"}, exclude=[first])[0]
+        assert first not in {h.id for h in filtered}
+
+
+def test_both_stores_scroll_and_count_values_under_a_filter(filled):
+    for store in filled.values():
+        item = next(store.scroll(1, vectors=False)).payloads[0]["item_id"]
+        photos = [p for pts in store.scroll(8, False, {"item_id": item}) for p in pts.payloads]
+        assert photos and {p["item_id"] for p in photos} == {item}
+        assert len(photos) == store.count({"item_id": item})
+        subs = store.values("subcategory", filters={"category": "TOPS"})
+        assert sum(subs.values()) == store.count({"category": "TOPS"})
