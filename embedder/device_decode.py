@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from embedder.spec import ModelSpec
-from embedder.transforms import BBOX_MARGIN, eval_transform, load_image
+from embedder.transforms import BBOX_MARGIN, clip_box, eval_transform, load_image
 
 Box = tuple[int, int, int, int] | None
 
@@ -90,10 +90,12 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
 def prepare(img: torch.Tensor, item: Item, spec: ModelSpec) -> torch.Tensor:
     """Oriented, bbox-cropped, resized (shorter side img_size/crop_pct), centre-cropped uint8."""
     img = orient(img, item.orientation)
-    if item.box is not None:
+    upright = item.size[::-1] if item.orientation in (5, 6, 7, 8) else item.size
+    box = clip_box(item.box, *upright) if item.box is not None else None
+    if box is not None:
         height, width = img.shape[-2:]
-        sx, sy = width / item.size[0], height / item.size[1]
-        x1, y1, x2, y2 = item.box
+        sx, sy = width / upright[0], height / upright[1]
+        x1, y1, x2, y2 = box
         mx, my = (x2 - x1) * BBOX_MARGIN, (y2 - y1) * BBOX_MARGIN
         left, top = max(0, round((x1 - mx) * sx)), max(0, round((y1 - my) * sy))
         right, bottom = min(width, round((x2 + mx) * sx)), min(height, round((y2 + my) * sy))

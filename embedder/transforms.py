@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,46 +13,65 @@ from PIL import Image, ImageOps
 from embedder.spec import ModelSpec
 
 BBOX_MARGIN = 0.1  # keep a little context around the annotated garment
+MIN_BOX = 8  # pixels: a smaller box is no garment
+log = logging.getLogger(__name__)
 
 
 def load_image(
-    path: str | Path, bbox: tuple[int, int, int, int] | None = None, min_side: int | None = None
+    path, bbox: tuple[float, float, float, float] | None = None, min_side: int | None = None
 ) -> Image.Image:
-    """Open an image as RGB, EXIF orientation applied, cropped to `bbox` (original pixels).
+    """Open an image (a path or a binary file object) as RGB, EXIF orientation applied, cropped
+    to `bbox` (x1, y1, x2, y2 in the pixels of the upright photo, as a viewer shows it).
 
-    With `min_side`, large JPEGs are decoded at a reduced scale (libjpeg DCT scaling) no smaller
-    than needed, which cuts decode time several-fold on big photos.
+    The box is clipped to the photo; a box that is empty or not finite after clipping is
+    ignored (the whole photo is used) with a warning. With `min_side`, large JPEGs are decoded
+    at a reduced scale (libjpeg DCT scaling) no smaller than needed, which cuts decode time
+    several-fold on big photos.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a failure
         return _load(path, bbox, min_side)
 
 
+def clip_box(bbox, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """`bbox` clipped to a width × height photo; None when it is empty, tiny or not finite."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
+    y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
+    if x2 - x1 < MIN_BOX or y2 - y1 < MIN_BOX:
+        return None
+    return x1, y1, x2, y2
+
+
 def _load(path, bbox, min_side) -> Image.Image:
     with Image.open(path) as img:
-        full = img.size
+        stored = img.size
+        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
+        full = (stored[1], stored[0]) if turned else stored  # the upright photo's size
+        box = clip_box(bbox, *full) if bbox is not None else None
+        if bbox is not None and box is None:
+            log.warning("ignoring box %s outside or degenerate for a %dx%d photo", bbox, *full)
         if min_side and img.format == "JPEG":
-            side = (
-                min_side
-                if bbox is None
-                else min_side
-                * max(full[0] / max(1, bbox[2] - bbox[0]), full[1] / max(1, bbox[3] - bbox[1]))
-            )
+            side = min_side
+            if box is not None:  # decode the box, not the photo, at min_side or more
+                side *= max(full) / min(box[2] - box[0], box[3] - box[1])
             img.draft("RGB", (int(side), int(side)))
         img = ImageOps.exif_transpose(img)
         rgb = img.convert("RGB") if img.mode != "I;16" else _from_16bit(img)
-    if bbox is not None:
+    if box is not None:
         sx, sy = rgb.width / full[0], rgb.height / full[1]
-        x1, y1, x2, y2 = bbox
+        x1, y1, x2, y2 = box
         mx, my = (x2 - x1) * BBOX_MARGIN, (y2 - y1) * BBOX_MARGIN
-        box = (
+        crop = (
             max(0, (x1 - mx) * sx),
             max(0, (y1 - my) * sy),
             min(rgb.width, (x2 + mx) * sx),
             min(rgb.height, (y2 + my) * sy),
         )
-        if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:  # ignore degenerate boxes
-            rgb = rgb.crop(tuple(int(round(v)) for v in box))
+        if crop[2] - crop[0] >= MIN_BOX and crop[3] - crop[1] >= MIN_BOX:
+            rgb = rgb.crop(tuple(int(round(v)) for v in crop))
     return rgb
 
 
