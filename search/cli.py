@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,26 +11,13 @@ import typer
 
 from embedder._cli import Verbose, clean_errors, echo, setup_logging
 from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
+from search.service import MAX_TOP, Grouping, Source
 
 app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     help="Find the photos most similar to a garment photo in a Qdrant collection.",
 )
-
-COLUMNS = ("rank", "score", "category", "subcategory", "item_id", "source", "path")
-
-
-def _table(hits) -> list[str]:
-    rows = [
-        [str(n), f"{h.score:.4f}", *(str(h.payload.get(c, "")) for c in COLUMNS[2:])]
-        for n, h in enumerate(hits, 1)
-    ]
-    widths = [
-        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)
-    ]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*COLUMNS), *(fmt.format(*r) for r in rows)]
 
 
 def _box(text: str | None) -> tuple[int, int, int, int] | None:
@@ -48,15 +35,33 @@ def _box(text: str | None) -> tuple[int, int, int, int] | None:
 @app.command()
 def search(
     queries: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="Query photo(s). Several at once share one model load.", show_default=False
         ),
-    ],
-    top: Annotated[int, typer.Option("--top", "-k", help="How many results per query.")] = 20,
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", "-k", min=1, max=MAX_TOP, help="How many results per query.")
+    ] = 20,
     category: Annotated[str | None, typer.Option(help="Only this category, e.g. TOPS.")] = None,
     subcategory: Annotated[str | None, typer.Option(help="Only this subcategory.")] = None,
-    source: Annotated[str | None, typer.Option(help="Only shop or consumer photos.")] = None,
+    source: Annotated[Source | None, typer.Option(help="Only shop or consumer photos.")] = None,
+    group: Annotated[
+        Grouping,
+        typer.Option(
+            help="item: one line per garment (its best photo, and how many of its photos "
+            "matched); none: every photo."
+        ),
+    ] = Grouping.none,
+    like: Annotated[
+        str | None,
+        typer.Option(
+            help="More like this stored photo (a point id or a dataset path such as "
+            "img/TOPS/Tees/id_00000005/shop_01.jpg) instead of query photos; the photo itself "
+            "is left out.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
     sheet: Annotated[
         Path | None,
@@ -68,8 +73,9 @@ def search(
     bbox: Annotated[
         str | None,
         typer.Option(
+            metavar="X1,Y1,X2,Y2",
             help="x1,y1,x2,y2: the garment's box in the photo (pixels). Dataset photos use "
-            "their annotated box by default; other photos are used whole."
+            "their annotated box by default; other photos are used whole.",
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
@@ -95,87 +101,133 @@ def search(
     verbose: Verbose = False,
 ) -> None:
     """Embed QUERY photo(s) with the model that built the collection and print the nearest
-    images: rank, score (cosine), category, subcategory, item_id, source, path."""
+    images: rank, score (cosine), category, subcategory, item_id, source, path.
+
+    The web app: `search serve --help`."""
     setup_logging(verbose)
     started = time.perf_counter()
-    if source not in (None, "shop", "consumer"):
-        raise typer.BadParameter("--source must be shop or consumer")
-    filters = {
-        k: v
-        for k, v in (("category", category), ("subcategory", subcategory), ("source", source))
-        if v
-    }
+    queries = queries or []
     box = _box(bbox)
+    if bool(queries) == bool(like):
+        raise typer.BadParameter("give query photo(s) or --like POINT, one of the two")
     with clean_errors():
-        for query in queries:
-            if not query.is_file():
-                raise FileNotFoundError(f"query image {str(query)!r} not found")
-        with open_from(store, qdrant_url, collection) as db:
-            meta = db.require()
-            from search.query import (
-                boxes_of,
-                check_filters,
-                dataset_points,
-                query_encoder,
-                search_images,
-            )
+        from search import render
+        from search.service import Query, SearchService, check_query_file
 
-            check_filters(db, filters)
-            db.set_hnsw_ef(hnsw_ef)
-            encoder, cache_model = query_encoder(
-                meta, str(weights) if weights else None, device, precision, traced=traced
-            )
-            known = dataset_points(db, queries)  # dataset photos: their bbox and item
-            results = search_images(
+        query = Query.make(top, category, subcategory, source, group, exact)
+        for path in queries:
+            check_query_file(path)
+        with (
+            open_from(store, qdrant_url, collection) as db,
+            SearchService(
                 db,
-                encoder,
-                queries,
-                top=top,
-                filters=filters,
-                exact=exact,
-                boxes=[box] * len(queries) if box else boxes_of(known),
+                weights=str(weights) if weights else None,
+                device=device,
+                precision=precision,
+                traced=traced,
+            ) as service,
+        ):
+            db.set_hnsw_ef(hnsw_ef)
+            answers = (
+                [service.similar(like, query)]
+                if like
+                else service.search_files(queries, query, box)
             )
-        elapsed = time.perf_counter() - started
-        if as_json:
-            answers = [
-                {
-                    "query": str(q),
-                    "results": [
-                        {"rank": n, "id": h.id, "score": h.score, **h.payload}
-                        for n, h in enumerate(hits, 1)
-                    ],
-                }
-                for q, hits in zip(queries, results, strict=True)
-            ]
-            echo(json.dumps(answers, indent=1))
-        else:
-            for query, hits in zip(queries, results, strict=True):
-                echo(
-                    f"query {query}: {len(hits)} results"
-                    + (f" ({', '.join(f'{k}={v}' for k, v in filters.items())})" if filters else "")
-                )
-                for line in _table(hits):
-                    echo(line)
-            model = meta["model"]
-            echo(
-                f"model {model['backbone']} weights {model['weights']}"
-                + (
-                    "  (UNTRAINED: random weights, results are not meaningful)"
-                    if model["weights"] == "none"
-                    else ""
-                )
-                + f"; {elapsed:.2f}s"
-            )
-        if sheet:
-            from search.sheet import write_sheet
+            elapsed = time.perf_counter() - started
+            if as_json:
+                echo(render.to_json(answers, query.group))
+            else:
+                for answer in answers:
+                    echo(render.heading(answer, dict(query.filters), query.group))
+                    for line in render.table(answer.results, query.group):
+                        echo(line)
+                echo(render.model_line(service.metadata, elapsed))
+            if sheet:
+                from search.sheet import write_sheet
 
-            for n, (query, hits) in enumerate(zip(queries, results, strict=True), 1):
-                out = (
-                    sheet
-                    if len(queries) == 1
-                    else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
-                )
-                write_sheet(out, query, hits, meta.get("dataset_root"), known[n - 1].get("item_id"))
-                typer.echo(f"contact sheet: {out}", err=as_json)
-        if cache_model is not None:
-            cache_model()  # after answering: the next start loads the traced copy
+                for n, answer in enumerate(answers, 1):
+                    out = (
+                        sheet
+                        if len(answers) == 1
+                        else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
+                    )
+                    picture = service.image_file(answer.query) if answer.exclude else answer.query
+                    write_sheet(
+                        out,
+                        picture,
+                        [r.hit for r in answer.results],
+                        str(service.images) if service.images else None,
+                        answer.item_id,
+                    )
+                    typer.echo(f"contact sheet: {out}", err=as_json)
+
+
+serve_app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    help="The web app: find a garment from a photo in the browser.",
+)
+
+
+@serve_app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 to accept other machines).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder the photos are served from [default: the one recorded at ingest]."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Model worker threads; concurrent queries are batched into one forward pass.",
+        ),
+    ] = 1,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest accepted upload, in MB (larger: HTTP 413).")
+    ] = 20.0,
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = "deepfashion",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Serve the search page at / and its JSON API at /api (OpenAPI docs at /docs, Prometheus
+    metrics at /metrics). The collection and its model are loaded once and kept warm."""
+    setup_logging(verbose)
+    with clean_errors():
+        from search.web import Settings, run
+
+        run(
+            Settings(
+                store=str(store) if store else None,
+                url=qdrant_url,
+                collection=collection,
+                images=str(images) if images else None,
+                weights=str(weights) if weights else None,
+                device=device,
+                precision=precision,
+                workers=workers,
+                max_upload=int(max_upload_mb * 1_000_000),
+            ),
+            host=host,
+            port=port,
+        )
+
+
+def main() -> None:
+    """Console script: `search serve ...` runs the web app, anything else is a search."""
+    if sys.argv[1:2] == ["serve"]:
+        serve_app(sys.argv[2:], prog_name="search serve")
+    else:
+        app()

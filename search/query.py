@@ -1,11 +1,11 @@
-"""Answering queries: embed photos with the collection's own model, then nearest neighbours."""
+"""The query side's model: rebuild (or load a traced copy of) the model a collection records."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.store import Filters, Hit, Store, StoreError
+from search.store import Store, StoreError
 
 
 def model_for(metadata: dict, weights: str | None = None):
@@ -110,66 +110,3 @@ def store_knn(store: Store, gallery_paths: Sequence[str], split: str, chunk: int
         return out
 
     return knn
-
-
-def check_filters(store: Store, filters: Filters) -> None:
-    """An unknown filter value is an error that lists the known ones, not an empty answer."""
-    for key, value in filters.items():
-        known = store.values(key)
-        if value not in known:
-            listing = ", ".join(sorted(known)) or "none"
-            raise StoreError(f"unknown --{key} {value!r}; the collection has: {listing}")
-
-
-Box = tuple[int, int, int, int]
-
-
-def dataset_points(store: Store, images: Sequence[str | Path]) -> list[dict]:
-    """For each query that is itself an image of the collection's dataset, its stored payload
-    (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was at ingest."""
-    from search.store import point_id
-
-    root = store.metadata().get("dataset_root")
-    if not root:
-        return [{} for _ in images]
-    ids = []
-    for image in images:
-        try:
-            rel = Path(image).resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:  # not under the dataset
-            rel = None
-        ids.append(point_id(rel) if rel else None)
-    found = store.stored([i for i in ids if i], ["bbox", "item_id"])
-    return [found.get(i, {}) if i else {} for i in ids]
-
-
-def boxes_of(points: Sequence[dict]) -> list[Box | None]:
-    return [tuple(p["bbox"]) if p.get("bbox") else None for p in points]
-
-
-def search_images(
-    store: Store,
-    encoder,
-    images: Sequence[str | Path],
-    *,
-    top: int = 20,
-    filters: Filters | None = None,
-    exact: bool = False,
-    boxes: Sequence[Box | None] | None = None,
-) -> list[list[Hit]]:
-    """Top-`top` neighbours of each query photo (all embedded in one batch loop).
-
-    boxes: the garment's box in each photo; by default the annotated box of photos that belong
-    to the collection's dataset, else the whole photo.
-    """
-    from embedder.inference import embed_files
-
-    if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
-    for image in images:
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"query image {str(image)!r} not found")
-    if boxes is None:
-        boxes = boxes_of(dataset_points(store, images))
-    vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
-    return store.search(vectors, top, filters or None, exact=exact)

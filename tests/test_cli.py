@@ -72,6 +72,54 @@ def test_search_table_json_and_sheet(ingested, sample_root, tmp_path):
     assert answer[0]["results"][0]["path"] == query.relative_to(sample_root).as_posix()
 
 
+def test_search_group_item_prints_one_line_per_garment(ingested, sample_root):
+    db, _ = ingested
+    query = next((sample_root / "img" / "TOPS").rglob("comsumer_01.jpg"))
+    args = [str(query), "--top", "6", "--group", "item", "--store", str(db)]
+    result = runner.invoke(search_app, args)
+    assert result.exit_code == 0, result.output
+    assert "6 garments" in result.output and "photos" in result.output.splitlines()[1]
+    rows = [line.split() for line in result.output.splitlines() if line[:1].isdigit()]
+    items = [row[5] for row in rows]
+    assert len(rows) == 6 and len(set(items)) == 6 and items[0] == query.parent.name
+    answer = json.loads(runner.invoke(search_app, [*args, "--json"]).stdout)[0]
+    assert answer["item_id"] == query.parent.name
+    for row, res in zip(rows, answer["results"], strict=True):
+        assert int(row[2]) == res["matches"] == len(res["photos"])
+        assert {p["item_id"] for p in res["photos"]} == {res["item_id"]}
+
+
+def test_search_like_a_stored_photo_leaves_it_out(ingested, sample_root):
+    db, _ = ingested
+    photo = next((sample_root / "img" / "DRESSES").rglob("shop_01.jpg"))
+    rel = photo.relative_to(sample_root).as_posix()
+    by_path = runner.invoke(search_app, ["--like", rel, "--top", "5", "--json", "--store", str(db)])
+    assert by_path.exit_code == 0, by_path.output
+    results = json.loads(by_path.stdout)[0]["results"]
+    assert len(results) == 5 and rel not in {r["path"] for r in results}
+    from search.store import point_id
+
+    by_id = runner.invoke(
+        search_app, ["--like", point_id(rel), "--top", "5", "--json", "--store", str(db)]
+    )
+    assert [r["id"] for r in json.loads(by_id.stdout)[0]["results"]] == [r["id"] for r in results]
+    absolute = runner.invoke(search_app, ["--like", str(photo), "--top", "5", "--store", str(db)])
+    assert absolute.exit_code == 0 and "like " in absolute.output
+    both = runner.invoke(search_app, [str(photo), "--like", rel, "--store", str(db)])
+    assert both.exit_code == 2 and "one of the two" in both.output
+    missing = runner.invoke(search_app, ["--like", "img/none.jpg", "--store", str(db)])
+    assert missing.exit_code == 2 and "no stored photo" in missing.output
+
+
+def test_search_serve_explains_itself():
+    out = subprocess.run([BIN / "search", "serve", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--images" in out.stdout and "127.0.0.1" in out.stdout
+    assert (
+        "search serve --help"
+        in subprocess.run([BIN / "search", "--help"], capture_output=True, text=True).stdout
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -241,3 +289,37 @@ def test_train_then_evaluate_exact_and_via_store(sample_root, tmp_path, tiny_arg
         ],
     )
     assert other.exit_code == 2 and "not found" in other.output
+
+
+def test_image_url_payload_for_the_dashboard(sample_root, tmp_path, ingest_tiny):
+    from search.store import open_store
+
+    db = str(tmp_path / "db")
+
+    def urls(**where):
+        with open_store(**where, collection="deepfashion") as store:
+            return {
+                i: p.get("image_url")
+                for pts in store.scroll(64)
+                for i, p in zip(pts.ids, pts.payloads, strict=True)
+            }
+
+    first = ingest_tiny(sample_root, db, "--image-url", "http://shop.example:8000/images")
+    assert first.exit_code == 0, first.output
+    assert all(
+        u == f"http://shop.example:8000/images/{i}.jpg" for i, u in urls(store_dir=db).items()
+    )
+    # a new base reaches every stored point without embedding anything again
+    again = ingest_tiny(sample_root, db, "--image-url", "https://app.example/images/")
+    assert again.exit_code == 0 and "embedded 0 (0 changed)" in again.output
+    assert all(u == f"https://app.example/images/{i}.jpg" for i, u in urls(store_dir=db).items())
+    target = f"file:{tmp_path / 'server'}"
+    result = runner.invoke(
+        ingest_app,
+        ["publish", "--to", target, "--store", db, "--image-url", "http://h:8000/images/"],
+    )
+    assert result.exit_code == 0, result.output
+    published = urls(url=target)
+    assert published and all(u == f"http://h:8000/images/{i}.jpg" for i, u in published.items())
+    bad = ingest_tiny(sample_root, db, "--image-url", "images/")
+    assert bad.exit_code == 2 and "absolute http(s) URL" in bad.output

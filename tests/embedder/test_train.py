@@ -162,7 +162,7 @@ def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
     with pytest.raises(ValueError, match="projection size"):
         fit_projection(data, 1000)
     from ingest.runner import ensure_collection, run_ingest
-    from search.query import search_images
+    from search.service import search_images
     from search.store import open_store
 
     with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:

@@ -3,7 +3,8 @@ import pytest
 
 from embedder import Encoder, build_model, embed_files, read_catalog
 from ingest.runner import ensure_collection, run_ingest
-from search.query import model_for, search_images
+from search.query import model_for
+from search.service import search_images
 from search.store import StoreError, open_store
 
 

@@ -1,0 +1,75 @@
+"""Rendering answers for the terminal: a table per query, or JSON for programs."""
+
+from __future__ import annotations
+
+import json
+
+from search.service import Answer, Grouping, Result
+
+COLUMNS = ("rank", "score", "category", "subcategory", "item_id", "source", "path")
+GROUPED = ("rank", "score", "photos", "category", "subcategory", "item_id", "source", "path")
+
+
+def _cell(value) -> str:
+    """One table cell on one line: control characters (a newline in a file name) escaped."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def table(results: list[Result], group: Grouping = Grouping.none) -> list[str]:
+    columns = GROUPED if group is Grouping.item else COLUMNS
+    rows = [
+        [
+            str(r.rank),
+            f"{r.hit.score:.4f}",
+            *([str(r.matches)] if group is Grouping.item else []),
+            *(_cell(r.hit.payload.get(c, "")) for c in COLUMNS[2:]),
+        ]
+        for r in results
+    ]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
+    ]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*columns), *(fmt.format(*r) for r in rows)]
+
+
+def result_dict(result: Result, group: Grouping = Grouping.none) -> dict:
+    """A result as plain data: rank, id, score, the payload; grouped: matches and photos."""
+    out = {"rank": result.rank, "id": result.hit.id, "score": result.hit.score}
+    out.update(result.hit.payload)
+    if group is Grouping.item:
+        out["matches"] = result.matches
+        out["photos"] = [{"id": h.id, "score": h.score, **h.payload} for h in result.photos]
+    return out
+
+
+def to_json(answers: list[Answer], group: Grouping = Grouping.none) -> str:
+    return json.dumps(
+        [
+            {
+                "query": a.query,
+                **({"item_id": a.item_id} if a.item_id else {}),
+                "results": [result_dict(r, group) for r in a.results],
+            }
+            for a in answers
+        ],
+        indent=1,
+    )
+
+
+def heading(answer: Answer, filters: dict, group: Grouping) -> str:
+    what = "garments" if group is Grouping.item else "results"
+    label = f"like {answer.query}" if answer.exclude else answer.query
+    conditions = f" ({', '.join(f'{k}={v}' for k, v in filters.items())})" if filters else ""
+    return f"query {label}: {len(answer.results)} {what}{conditions}"
+
+
+def model_line(metadata: dict, seconds: float) -> str:
+    model = metadata["model"]
+    untrained = (
+        "  (UNTRAINED: random weights, results are not meaningful)"
+        if model["weights"] == "none"
+        else ""
+    )
+    return f"model {model['backbone']} weights {model['weights']}{untrained}; {seconds:.2f}s"

@@ -1,0 +1,456 @@
+"""The search service: the one set of query functions behind the `search` CLI and the web app.
+
+Embed a query (a dataset photo, any photo file, or uploaded bytes), search with filters, group
+by garment, "more like this" for a stored photo, a garment's photos, facets, and the image file
+of a point. Callers render; nothing here prints or knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from embedder.errors import UserError
+from search.store import GROUP_FIELD, Filters, Hit, Store, StoreError, point_id
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+MAX_TOP = 1000
+FILTER_FIELDS = ("category", "subcategory", "source")
+QUERY_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})  # what ingest reads
+
+
+class Grouping(str, Enum):
+    """How results are listed: one per garment (its best photo) or every photo."""
+
+    item = "item"
+    none = "none"
+
+
+class Source(str, Enum):
+    shop = "shop"
+    consumer = "consumer"
+
+
+class NotFound(StoreError, LookupError):
+    """An unknown point, item or image (HTTP 404)."""
+
+
+class UnknownValue(StoreError):
+    """A filter value the collection does not hold (HTTP 422); `known` lists the ones it does."""
+
+    def __init__(self, key: str, value: str, known: Sequence[str]):
+        self.key, self.value, self.known = key, value, sorted(known)
+        listing = ", ".join(self.known) or "none"
+        super().__init__(f"unknown --{key} {value!r}; the collection has: {listing}")
+
+
+class BadImage(UserError, ValueError):
+    """An upload or query file that is not a usable image (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search for, besides the photo: how many, which filters, grouped or not."""
+
+    top: int = 20
+    filters: Filters = field(default_factory=dict)
+    group: Grouping = Grouping.none
+    group_size: int = 10  # photos listed per garment in a grouped answer
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top <= MAX_TOP:
+            raise ValueError(f"--top must be between 1 and {MAX_TOP}, got {self.top}")
+        unknown = set(self.filters) - set(FILTER_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown filter {sorted(unknown)}; use {', '.join(FILTER_FIELDS)}")
+
+    @classmethod
+    def make(
+        cls,
+        top: int = 20,
+        category: str | None = None,
+        subcategory: str | None = None,
+        source: Source | str | None = None,
+        group: Grouping | str = Grouping.none,
+        exact: bool = False,
+    ) -> Query:
+        """A query from optional filter values (empty or None: no filter)."""
+        source = source.value if isinstance(source, Source) else source
+        filters = {
+            k: v
+            for k, v in (("category", category), ("subcategory", subcategory), ("source", source))
+            if v
+        }
+        return cls(top=top, filters=filters, group=Grouping(group), exact=exact)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of an answer: a photo, or (grouped) a garment shown by its best photo.
+
+    `photos` holds the garment's matching photos, best first (just the hit when ungrouped);
+    `matches` is how many of them matched.
+    """
+
+    rank: int
+    hit: Hit
+    photos: list[Hit]
+
+    @property
+    def matches(self) -> int:
+        return len(self.photos)
+
+    @property
+    def item_id(self) -> str | None:
+        return self.hit.payload.get(GROUP_FIELD)
+
+
+@dataclass
+class Answer:
+    """The results for one query, what the query was, and where the time went."""
+
+    query: str
+    results: list[Result]
+    item_id: str | None = None  # the query photo's own garment, when it is a dataset photo
+    exclude: str | None = None  # the stored photo a "more like this" left out
+    seconds: dict[str, float] = field(default_factory=dict)  # model, store
+
+
+def check_filters(store: Store, filters: Filters) -> None:
+    """An unknown filter value is an error that lists the known ones, not an empty answer."""
+    for key, value in filters.items():
+        known = store.values(key)
+        if value not in known:
+            raise UnknownValue(key, value, list(known))
+
+
+def dataset_points(store: Store, images: Sequence[str | Path]) -> list[dict]:
+    """For each query that is itself an image of the collection's dataset, its stored payload
+    (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was at ingest."""
+    root = store.metadata().get("dataset_root")
+    if not root:
+        return [{} for _ in images]
+    ids = []
+    for image in images:
+        try:
+            rel = Path(image).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:  # not under the dataset
+            rel = None
+        ids.append(point_id(rel) if rel else None)
+    found = store.stored([i for i in ids if i], ["bbox", "item_id"])
+    return [{**found[i], "id": i} if i in found else {} for i in ids]
+
+
+def boxes_of(points: Sequence[dict]) -> list[Box | None]:
+    return [tuple(p["bbox"]) if p.get("bbox") else None for p in points]
+
+
+def check_query_file(path: str | Path) -> Path:
+    """A query photo must be an existing image file of a kind ingest reads."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadImage(f"query {str(path)!r} is a folder, not an image file")
+    if not path.is_file():
+        raise FileNotFoundError(f"query image {str(path)!r} not found")
+    if path.suffix.lower() not in QUERY_SUFFIXES:
+        kinds = ", ".join(sorted(QUERY_SUFFIXES))
+        raise BadImage(f"query {str(path)!r} is not an image ingest reads ({kinds})")
+    return path
+
+
+def answer_vectors(
+    store: Store, vectors: np.ndarray, query: Query, exclude: Sequence[str] = ()
+) -> list[list[Result]]:
+    """Search (or grouped search) for each vector; the one place results are ranked."""
+    if query.group is Grouping.item:
+        grouped = store.search_groups(
+            vectors, query.top, query.filters, query.exact, exclude, query.group_size
+        )
+        return [
+            [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups, 1)]
+            for groups in grouped
+        ]
+    found = store.search(vectors, query.top, query.filters, query.exact, exclude)
+    return [[Result(rank, h, [h]) for rank, h in enumerate(hits, 1)] for hits in found]
+
+
+def search_images(
+    store: Store,
+    encoder,
+    images: Sequence[str | Path],
+    *,
+    top: int = 20,
+    filters: Filters | None = None,
+    exact: bool = False,
+    boxes: Sequence[Box | None] | None = None,
+) -> list[list[Hit]]:
+    """Top-`top` neighbours of each query photo (all embedded in one batch loop).
+
+    boxes: the garment's box in each photo; by default the annotated box of photos that belong
+    to the collection's dataset, else the whole photo.
+    """
+    from embedder.inference import embed_files
+
+    query = Query(top=top, filters=dict(filters or {}), exact=exact)
+    for image in images:
+        check_query_file(image)
+    if boxes is None:
+        boxes = boxes_of(dataset_points(store, images))
+    vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
+    return [[r.hit for r in results] for results in answer_vectors(store, vectors, query)]
+
+
+class SearchService:
+    """A collection and the model that made it, kept open for many queries.
+
+    The CLI makes one per command; the web app makes one at start-up and shares it between
+    requests: store calls are serialised by a lock (they take milliseconds), and model calls
+    go through `forward`, which the web app replaces with a batching worker pool.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        weights: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        traced: bool = True,
+        images: str | Path | None = None,
+    ):
+        self.store = store
+        self.metadata = store.require()
+        if not self.metadata.get("model"):
+            raise StoreError("the collection records no model; it was not made by `ingest run`")
+        self.weights, self.device, self.precision, self.traced = weights, device, precision, traced
+        root = images or self.metadata.get("dataset_root")
+        self.images = Path(root).expanduser() if root else None
+        self.lock = threading.RLock()
+        self._encoder = None
+        self._cache_model: Callable[[], None] | None = None
+        self._facets: dict | None = None
+        self.forward: Callable = self._forward
+
+    # the model --------------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        """The collection's model, loaded (and checked against the collection) on first use."""
+        with self.lock:
+            if self._encoder is None:
+                from search.query import query_encoder
+
+                self._encoder, self._cache_model = query_encoder(
+                    self.metadata, self.weights, self.device, self.precision, traced=self.traced
+                )
+            return self._encoder
+
+    def _forward(self, pixels) -> np.ndarray:
+        return self.encoder(pixels)
+
+    def warm(self) -> None:
+        """Load the model and run it once, so the first real query is not the slow one."""
+        import torch
+
+        size = self.encoder.spec.img_size
+        self.forward(torch.zeros((1, 3, size, size), dtype=torch.uint8))
+
+    def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        if not np.isfinite(vectors).all():
+            raise StoreError("the model gave a non-finite query vector; rerun with --no-traced")
+        return vectors
+
+    def embed_files(self, paths: Sequence[str | Path], boxes: Sequence[Box | None]) -> np.ndarray:
+        from embedder.inference import embed_files
+
+        vectors = embed_files(self.encoder, [str(p) for p in paths], list(boxes), batch_size=32)
+        return self._check_vectors(vectors)
+
+    def embed_upload(self, data: bytes, bbox: Box | None = None) -> np.ndarray:
+        """One uploaded photo (bytes) → its vector; BadImage when it is not a usable image."""
+        from PIL import Image, UnidentifiedImageError
+
+        from embedder.inference import describe_failure
+        from embedder.transforms import eval_transform, load_image
+
+        spec = self.encoder.spec
+        try:
+            img = load_image(io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct))
+            pixels = eval_transform(spec)(img)
+        except UnidentifiedImageError:
+            raise BadImage("not an image (JPEG, PNG, WebP, BMP or GIF)") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise BadImage("image has too many pixels (a decompression bomb?)") from None
+        except Exception as exc:  # truncated, damaged, unsupported mode
+            raise BadImage(f"cannot decode the image: {describe_failure(exc)}") from None
+        return self._check_vectors(self.forward(pixels[None]))
+
+    # queries ----------------------------------------------------------------------------------
+    def check(self, query: Query) -> None:
+        with self.lock:
+            check_filters(self.store, query.filters)
+
+    def _answer(self, vectors: np.ndarray, query: Query, exclude: Sequence[str] = ()):
+        with self.lock:
+            return answer_vectors(self.store, vectors, query, exclude)
+
+    def search_files(
+        self, paths: Sequence[str | Path], query: Query, bbox: Box | None = None
+    ) -> list[Answer]:
+        """Search with photo files; dataset photos use their annotated box unless `bbox`."""
+        paths = [check_query_file(p) for p in paths]
+        self.check(query)
+        with self.lock:
+            known = dataset_points(self.store, paths)
+        t0 = time.perf_counter()
+        vectors = self.embed_files(paths, [bbox] * len(paths) if bbox else boxes_of(known))
+        t1 = time.perf_counter()
+        results = self._answer(vectors, query)
+        t2 = time.perf_counter()
+        per = {"model": (t1 - t0) / len(paths), "store": (t2 - t1) / len(paths)}
+        return [
+            Answer(str(p), r, k.get("item_id"), seconds=dict(per))
+            for p, r, k in zip(paths, results, known, strict=True)
+        ]
+
+    def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
+        self.check(query)
+        t0 = time.perf_counter()
+        vector = self.embed_upload(data, bbox)
+        t1 = time.perf_counter()
+        results = self._answer(vector, query)[0]
+        return Answer(
+            "upload", results, seconds={"model": t1 - t0, "store": time.perf_counter() - t1}
+        )
+
+    def resolve(self, point: str) -> str:
+        """A point id, or a dataset path (relative to the dataset or a file under it) → id."""
+        try:
+            return str(uuid.UUID(point))
+        except ValueError:
+            pass
+        rel = point
+        if self.images is not None and os.path.isabs(point):
+            try:
+                rel = Path(point).resolve().relative_to(self.images.resolve()).as_posix()
+            except ValueError:
+                raise NotFound(f"{point!r} is not under the dataset {str(self.images)!r}") from None
+        return point_id(Path(rel).as_posix())
+
+    def point(self, point: str) -> dict:
+        """The stored payload of a point (id or dataset path), with its id."""
+        pid = self.resolve(point)
+        with self.lock:
+            payload = self.store.stored([pid], list(_PAYLOAD))
+        if pid not in payload:
+            raise NotFound(f"no stored photo {point!r} in collection {self.store.collection!r}")
+        return {"id": pid, **payload[pid]}
+
+    def similar(self, point: str, query: Query) -> Answer:
+        """ "More like this" for a stored photo: its own vector as the query, itself left out."""
+        self.check(query)
+        stored = self.point(point)
+        t0 = time.perf_counter()
+        with self.lock:
+            vector = self.store.vectors([stored["id"]])[stored["id"]]
+        results = self._answer(vector[None], query, exclude=[stored["id"]])[0]
+        return Answer(
+            stored["id"],
+            results,
+            stored.get("item_id"),
+            exclude=stored["id"],
+            seconds={"model": 0.0, "store": time.perf_counter() - t0},
+        )
+
+    def item(self, item_id: str) -> list[Hit]:
+        """Every stored photo of one garment: shop photos first, then consumer, by path."""
+        with self.lock:
+            photos = [
+                Hit(pid, 1.0, payload)
+                for points in self.store.scroll(256, vectors=False, filters={GROUP_FIELD: item_id})
+                for pid, payload in zip(points.ids, points.payloads, strict=True)
+            ]
+        if not photos:
+            raise NotFound(f"no garment {item_id!r} in collection {self.store.collection!r}")
+        return sorted(
+            photos, key=lambda h: (h.payload.get("source") != "shop", h.payload.get("path", ""))
+        )
+
+    def facets(self) -> dict:
+        """Counts for the filter controls: categories, subcategories per category, sources."""
+        with self.lock:
+            if self._facets is None:
+                categories = self.store.values("category")
+                self._facets = {
+                    "categories": categories,
+                    "subcategories": {
+                        c: self.store.values("subcategory", filters={"category": c})
+                        for c in sorted(categories)
+                    },
+                    "sources": self.store.values("source"),
+                }
+            return self._facets
+
+    def info(self) -> dict:
+        with self.lock:
+            return {
+                "collection": self.store.collection,
+                "store": self.store.describe(),
+                "points": self.store.count(),
+                "model": self.metadata["model"],
+                "index": self.store.index_settings(),
+                "dataset_root": str(self.images) if self.images else None,
+            }
+
+    def image_file(self, point: str) -> Path:
+        """The image file of a stored point, only ever below the dataset root."""
+        try:
+            pid = str(uuid.UUID(point))
+        except ValueError:
+            raise NotFound(f"no image {point!r}: images are addressed by point id") from None
+        if self.images is None:
+            raise NotFound("the collection records no dataset folder; start with --images DIR")
+        with self.lock:
+            rel = self.store.stored([pid], ["path"]).get(pid, {}).get("path")
+        if not rel:
+            raise NotFound(f"no stored photo {pid}")
+        root = os.path.normpath(self.images.resolve())
+        path = os.path.normpath(os.path.join(root, rel))
+        if os.path.commonpath([root, path]) != root or Path(path).suffix.lower() not in (
+            QUERY_SUFFIXES
+        ):
+            raise NotFound(f"photo {pid} is not an image below the dataset folder")
+        if not os.path.isfile(path):
+            raise NotFound(f"the image file of {pid} is missing under {str(self.images)!r}")
+        return Path(path)
+
+    def close(self) -> None:
+        """Write the traced copy of the model for faster starts, if one was built (after
+        answering: the next start loads it). The store stays open: its opener closes it."""
+        if self._cache_model is not None:
+            try:
+                self._cache_model()
+            except OSError as exc:
+                log.warning("could not cache the traced model: %s", exc)
+            self._cache_model = None
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_PAYLOAD = ("category", "subcategory", "item_id", "source", "split", "path", "bbox", "image_url")
