@@ -1,0 +1,259 @@
+"""The web API on a real collection (ingested from the sample with the tiny model)."""
+
+import io
+import threading
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from search.service import NotFound
+from search.web import Settings, create_app, open_service
+
+
+@pytest.fixture(scope="module")
+def served(sample_root, tmp_path_factory, ingest_tiny):
+    db = tmp_path_factory.mktemp("web") / "qdrant_data"
+    assert ingest_tiny(sample_root, str(db)).exit_code == 0
+    settings = Settings(store=str(db), max_upload=300_000)
+    service = open_service(settings)
+    with TestClient(create_app(service, settings)) as client:
+        yield client, service
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return served[0]
+
+
+def _anno(sample_root) -> dict[str, tuple[int, int, int, int]]:
+    lines = (sample_root / "Anno" / "list_bbox_consumer2shop.txt").read_text().splitlines()[2:]
+    return {p: tuple(int(v) for v in rest[2:]) for p, *rest in (line.split() for line in lines)}
+
+
+def _consumer(sample_root, category="TOPS"):
+    path = sorted((sample_root / "img" / category).rglob("comsumer_01.jpg"))[0]
+    return path, path.relative_to(sample_root).as_posix()
+
+
+def _post(client, data: bytes, **form):
+    return client.post("/api/search", files={"file": ("q.jpg", data, "image/jpeg")}, data={**form})
+
+
+def test_upload_with_its_box_finds_itself_and_its_garment_first(client, sample_root):
+    path, rel = _consumer(sample_root)
+    box = ",".join(map(str, _anno(sample_root)[rel]))
+    answer = _post(client, path.read_bytes(), category="TOPS", bbox=box, top=5)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["group"] == "item" and body["filters"] == {"category": "TOPS"}
+    first = body["results"][0]
+    assert first["photo"]["path"] == rel and first["score"] > 0.999
+    assert first["photo"]["item_id"] == rel.split("/")[3]
+    assert all(r["photo"]["category"] == "TOPS" for r in body["results"])
+    items = [r["photo"]["item_id"] for r in body["results"]]
+    assert len(items) == len(set(items)) == 5  # one result per garment
+    for r in body["results"]:
+        assert r["matches"] == len(r["photos"]) >= 1
+        assert r["photos"][0] == r["photo"]
+        assert {p["item_id"] for p in r["photos"]} == {r["photo"]["item_id"]}
+        assert r["photo"]["image_url"] == f"/images/{r['photo']['id']}.jpg"
+    assert set(body["timings_ms"]) == {"model", "store"}
+
+
+def test_each_filter_and_every_photo_grouping(client, sample_root):
+    path, _ = _consumer(sample_root, "TROUSERS")
+    data = path.read_bytes()
+    facets = client.get("/api/facets").json()
+    category = "TROUSERS"
+    sub = sorted(facets["subcategories"][category])[0]
+    for form, check in (
+        ({"category": category}, lambda p: p["category"] == category),
+        ({"subcategory": sub}, lambda p: p["subcategory"] == sub),
+        ({"source": "shop"}, lambda p: p["source"] == "shop"),
+        ({"source": "consumer", "category": category}, lambda p: p["source"] == "consumer"),
+    ):
+        body = _post(client, data, group="none", top=50, **form).json()
+        photos = [r["photo"] for r in body["results"]]
+        assert photos and all(check(p) for p in photos), form
+        assert all(r["matches"] == 1 for r in body["results"])
+        if form == {"source": "shop"}:
+            assert len(photos) == facets["sources"]["shop"]  # every shop photo, none other
+
+
+def test_similar_leaves_out_the_photo_itself(client, served):
+    service = served[1]
+    photo_id = service.resolve(_consumer_rel(service))
+    for group in ("item", "none"):
+        body = client.get(f"/api/points/{photo_id}/similar", params={"top": 100, "group": group})
+        assert body.status_code == 200, body.text
+        results = body.json()["results"]
+        ids = {p["id"] for r in results for p in r["photos"]}
+        assert photo_id not in ids and results
+    shop = client.get(f"/api/points/{photo_id}/similar", params={"source": "shop", "top": 3})
+    assert all(r["photo"]["source"] == "shop" for r in shop.json()["results"])
+
+
+def _consumer_rel(service) -> str:
+    root = service.images
+    return sorted((root / "img" / "TOPS").rglob("comsumer_01.jpg"))[0].relative_to(root).as_posix()
+
+
+def test_item_lists_every_photo_of_the_garment(client, sample_root):
+    item = sorted((sample_root / "img" / "DRESSES").glob("*/id_*"))[0]
+    on_disk = sorted(p.relative_to(sample_root).as_posix() for p in item.glob("*.jpg"))
+    body = client.get(f"/api/items/{item.name}").json()
+    assert sorted(p["path"] for p in body["photos"]) == on_disk
+    sources = [p["source"] for p in body["photos"]]
+    assert sources == sorted(sources, key=lambda s: s != "shop")  # shop photos first
+
+
+def test_facets_match_the_store_counts(client, served):
+    store = served[1].store
+    facets = client.get("/api/facets").json()
+    assert facets["categories"] == store.values("category")
+    assert facets["sources"] == store.values("source")
+    for category, subs in facets["subcategories"].items():
+        assert sum(subs.values()) == store.count({"category": category})
+    info = client.get("/api/info").json()
+    assert info["points"] == store.count() == sum(facets["categories"].values())
+    assert info["model"]["backbone"] == "test_resnet" and info["max_upload_bytes"] == 300_000
+
+
+def test_images_by_point_id_and_thumbnails(client, served, sample_root):
+    service = served[1]
+    rel = _consumer_rel(service)
+    pid = service.resolve(rel)
+    full = client.get(f"/images/{pid}.jpg")
+    assert full.status_code == 200 and full.content == (sample_root / rel).read_bytes()
+    thumb = client.get(f"/images/{pid}.jpg", params={"size": 128})
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 128
+    assert client.get(f"/images/{pid}.jpg", params={"size": 100}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", str(uuid.uuid4()), "img%2FTOPS%2Fx", "nope"],
+)
+def test_images_are_served_by_point_id_only(client, name):
+    response = client.get(f"/images/{name}.jpg")
+    assert response.status_code == 404
+    assert "root:" not in response.text
+
+
+def test_a_payload_path_outside_the_dataset_is_never_served(served):
+    service = served[1]
+    pid = str(uuid.uuid5(uuid.NAMESPACE_URL, "evil"))
+    import numpy as np
+
+    from search.store import Points
+
+    vec = np.zeros((1, service.store.metadata()["dim"]), np.float32)
+    vec[0, 0] = 1
+    with service.lock:
+        service.store.upsert(Points([pid], vec, [{"path": "../../../../etc/passwd.jpg"}]))
+    try:
+        with pytest.raises(NotFound, match="not an image below the dataset"):
+            service.image_file(pid)
+    finally:
+        with service.lock:
+            service.store.delete([pid])
+
+
+def _jpeg(size=(64, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, "red").save(out, "JPEG")
+    return out.getvalue()
+
+
+def _bomb() -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(out, "PNG")  # 400 M pixels, a few kB
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "form", "status", "reason"),
+    [
+        (b"", {}, 400, "empty"),
+        (b"hello, not an image", {}, 400, "not an image"),
+        (_jpeg()[:200], {}, 400, "cannot decode"),
+        (_bomb(), {}, 400, "too many pixels"),
+        (b"x" * 300_001, {}, 413, "larger than"),
+        (_jpeg(), {"category": "HATS"}, 422, "TOPS"),
+        (_jpeg(), {"source": "street"}, 422, "source"),
+        (_jpeg(), {"top": "0"}, 422, "top"),
+        (_jpeg(), {"group": "color"}, 422, "group"),
+        (_jpeg(), {"bbox": "1,2,3"}, 422, "bbox"),
+        (_jpeg(), {"bbox": "10,10,5,5"}, 422, "bbox"),
+    ],
+)
+def test_bad_uploads_get_a_status_and_a_one_line_reason(client, data, form, status, reason):
+    response = _post(client, data, **form)
+    assert response.status_code == status, response.text
+    assert reason in str(response.json()["detail"])
+    assert "Traceback" not in response.text
+
+
+def test_a_huge_request_is_refused_before_it_is_read(client):
+    response = client.post(
+        "/api/search",
+        content=b"x" * 400_000,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 413
+
+
+def test_a_box_outside_the_photo_falls_back_to_the_whole_photo(client):
+    whole = _post(client, _jpeg((80, 80)), group="none", top=3).json()
+    outside = _post(client, _jpeg((80, 80)), group="none", top=3, bbox="-9e9,-9e9,9e9,9e9").json()
+    assert [r["photo"]["id"] for r in outside["results"]] == [
+        r["photo"]["id"] for r in whole["results"]
+    ]
+
+
+def test_unknown_ids_are_404(client):
+    assert client.get(f"/api/points/{uuid.uuid4()}/similar").status_code == 404
+    assert client.get("/api/points/not-a-point/similar").status_code == 404
+    assert client.get("/api/items/id_99999999").status_code == 404
+
+
+def test_docs_health_metrics_and_page_answer(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>Find this garment</title>" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # works offline: no CDN
+    _post(client, _jpeg(), top=2)
+    metrics = client.get("/metrics").text
+    assert 'http_requests_total{endpoint="/api/search",method="POST",status="200"}' in metrics
+    assert "search_model_seconds_count" in metrics and "search_store_seconds_count" in metrics
+    assert 'http_request_seconds_bucket{endpoint="/api/search"' in metrics
+
+
+def test_concurrent_queries_are_answered_alike_and_batched(client):
+    data = _jpeg((90, 120))
+    alone = _post(client, data, group="none", top=5).json()["results"]
+    answers, errors = [], []
+
+    def ask():
+        try:
+            answers.append(_post(client, data, group="none", top=5).json()["results"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(answers) == 8
+    for got in answers:
+        assert [r["photo"]["id"] for r in got] == [r["photo"]["id"] for r in alone]
+        for a, b in zip(got, alone, strict=True):
+            assert abs(a["score"] - b["score"]) < 1e-3
+    metrics = client.get("/metrics").text
+    assert "model_batch_images_count" in metrics
