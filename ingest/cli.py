@@ -19,6 +19,16 @@ app = typer.Typer(
 )
 
 
+ImageUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="Base URL of the web app's images, e.g. http://HOST:8000/images/: each point gets "
+        "image_url = BASE<point id>.jpg, which Qdrant's dashboard shows as a picture.",
+        show_default=False,
+    ),
+]
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -129,6 +139,7 @@ def run(
             "--compile", help="torch.compile the model: ~30 s to start, then ~1.3x faster."
         ),
     ] = False,
+    image_url: ImageUrl = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: Verbose = False,
 ) -> None:
@@ -138,6 +149,9 @@ def run(
     setup_logging(verbose)
     with clean_errors():
         parts = _shard(shard)
+        from ingest.plan import check_image_url
+
+        image_base = check_image_url(image_url)
         from embedder.catalog import locate
         from embedder.inference import Encoder
         from embedder.model import build_model
@@ -194,6 +208,7 @@ def run(
                     prune=prune,
                     catalog=work,
                     decode_on=decode,
+                    image_base=image_base,
                 )
             except KeyboardInterrupt:
                 typer.echo(
@@ -218,6 +233,7 @@ def publish(
         str | None, typer.Option(help="Name on the server [default: same].")
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Replace the server collection.")] = False,
+    image_url: ImageUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Copy an embedded collection to a Qdrant server (vectors, payloads, indexes, model
@@ -226,16 +242,20 @@ def publish(
     with clean_errors():
         from tqdm import tqdm
 
+        from ingest.plan import check_image_url
         from ingest.transfer import copy_collection
         from search.store import open_store
 
+        image_base = check_image_url(image_url)
         with (
             open_from(store, None, collection) as source,
             open_store(url=to, collection=target_collection or collection) as target,
         ):
             total = source.require() and source.count()
             with tqdm(total=total, unit="pt", desc="publish") as bar:
-                copied = copy_collection(source, target, recreate=recreate, progress=bar.update)
+                copied = copy_collection(
+                    source, target, recreate=recreate, progress=bar.update, image_base=image_base
+                )
             echo(
                 f"published {copied} points to {target.describe()} collection {target.collection!r}"
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +16,22 @@ PAYLOAD_FIELDS = ("category", "subcategory", "item_id", "source", "split", "path
 CHANGE_FIELDS = ["size", "mtime"]
 
 
+def image_url(base: str | None, pid: str) -> str | None:
+    """The `image_url` payload of a point: BASE<point id>.jpg (served by `search serve`)."""
+    return f"{base}{pid}.jpg" if base else None
+
+
+def check_image_url(base: str | None) -> str | None:
+    """--image-url must be an absolute http(s) URL; a missing final slash is added."""
+    if base is None:
+        return None
+    if not base.startswith(("http://", "https://")) or len(base.split("/", 3)[2]) == 0:
+        raise ValueError(
+            f"--image-url {base!r} must be an absolute http(s) URL, e.g. http://host:8000/images/"
+        )
+    return base if base.endswith("/") else base + "/"
+
+
 @dataclass
 class Plan:
     """The catalog with point ids, split into rows to embed and rows already stored unchanged."""
@@ -25,6 +41,7 @@ class Plan:
     todo: pd.DataFrame
     present: int
     changed: int
+    relabel: list[str] = field(default_factory=list)  # unchanged points whose image_url changes
 
     def files(self) -> list[str]:
         return [str(self.base / p) for p in self.todo["path"]]
@@ -33,9 +50,12 @@ class Plan:
         return [bbox_of(r) for r in self.todo.itertuples(index=False)]
 
 
-def payload(row) -> dict:
-    """The payload stored with a point (strings for the keyword-indexed fields)."""
+def payload(row, image_base: str | None = None) -> dict:
+    """The payload stored with a point (strings for the keyword-indexed fields); with
+    `image_base`, an image_url that Qdrant's dashboard shows as a picture."""
     out = {name: str(getattr(row, name)) for name in PAYLOAD_FIELDS}
+    if image_base:
+        out["image_url"] = image_url(image_base, row.id)
     out["size"], out["mtime"] = int(row.size), int(row.mtime)
     box = bbox_of(row)
     if box is not None:
@@ -83,12 +103,14 @@ def make_plan(
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
     catalog: pd.DataFrame | None = None,
+    image_base: str | None = None,
 ) -> Plan:
     """Compare the work (read now, or passed from read_work) with the store: unchanged stored
     images are skipped."""
     if catalog is None:
         catalog = read_work(root, limit=limit, shard=shard)
-    stored = store.stored(catalog["id"].tolist(), CHANGE_FIELDS) if store.exists() else {}
+    fields = [*CHANGE_FIELDS, "image_url"] if image_base else CHANGE_FIELDS
+    stored = store.stored(catalog["id"].tolist(), fields) if store.exists() else {}
     keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
     unchanged = pd.Series(
         [
@@ -99,10 +121,16 @@ def make_plan(
         dtype=bool,
     )
     changed = int(catalog["id"].isin(list(stored)).sum() - unchanged.sum())
+    relabel = [
+        pid
+        for pid in catalog.loc[unchanged, "id"]
+        if image_base and stored[pid].get("image_url") != image_url(image_base, pid)
+    ]
     return Plan(
         locate(root).base,
         catalog,
         catalog[~unchanged].reset_index(drop=True),
         int(unchanged.sum()),
         changed,
+        relabel,
     )

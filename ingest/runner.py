@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from embedder.inference import Encoder, embed_batches
 from embedder.model import ModelSpec
-from ingest.plan import make_plan, payload, stale_ids
+from ingest.plan import image_url, make_plan, payload, stale_ids
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
@@ -142,6 +142,7 @@ def run_ingest(
     prune: bool = False,
     catalog=None,
     decode_on: str = "cpu",
+    image_base: str | None = None,
 ) -> Summary:
     """Embed every image under `root` not already stored unchanged, and upsert it into `store`.
 
@@ -150,12 +151,16 @@ def run_ingest(
     prune: delete points (of this shard) whose files are no longer under `root`.
     catalog: the work from ingest.plan.read_work, when the caller read it already.
     decode_on: "cpu" (workers decode) or "device" (workers read, JPEGs decode on the GPU).
+    image_base: write image_url = BASE<point id>.jpg into every point's payload (stored points
+    that lack it get it without re-embedding).
     """
     if prune and limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
     started = time.perf_counter()
     summary = Summary()
-    plan = make_plan(root, store, limit=limit, shard=shard, catalog=catalog)
+    plan = make_plan(root, store, limit=limit, shard=shard, catalog=catalog, image_base=image_base)
+    if plan.relabel:
+        store.set_payloads({pid: {"image_url": image_url(image_base, pid)} for pid in plan.relabel})
     if prune:
         stale = stale_ids(store, set(plan.catalog["id"]), shard)
         store.delete(stale)
@@ -181,7 +186,7 @@ def run_ingest(
                     Points(
                         rows["id"].tolist(),
                         part.vectors,
-                        [payload(r) for r in rows.itertuples(index=False)],
+                        [payload(r, image_base) for r in rows.itertuples(index=False)],
                     )
                 )
                 summary.failures += [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.plan import image_url
 from search.store import IndexSettings, Points, Store, StoreError
 
 FORMAT = "fashion-retrieval-snapshot/1"
@@ -54,10 +55,27 @@ def copy_collection(
     recreate: bool = False,
     batch: int = 512,
     progress: Progress = None,
+    image_base: str | None = None,
 ) -> int:
-    """Copy vectors, payloads, metadata and index settings; returns the number of points copied."""
+    """Copy vectors, payloads, metadata and index settings; returns the number of points copied.
+
+    image_base: give every copied point image_url = BASE<point id>.jpg (for the dashboard).
+    """
     create_like(target, source.require(), recreate=recreate)
-    return _fill(target, source.scroll(batch), progress)
+    batches = source.scroll(batch)
+    if image_base:
+        batches = (
+            Points(
+                pts.ids,
+                pts.vectors,
+                [
+                    {**p, "image_url": image_url(image_base, i)}
+                    for i, p in zip(pts.ids, pts.payloads, strict=True)
+                ],
+            )
+            for pts in batches
+        )
+    return _fill(target, batches, progress)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
