@@ -1,11 +1,11 @@
-"""A bounded pool of model workers: concurrent queries' photos go through one forward pass."""
+"""A bounded model pool: concurrent queries' photos go through one forward pass."""
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 
 import numpy as np
 
@@ -16,12 +16,21 @@ class Busy(UserError, RuntimeError):
     """More queries are waiting for the model than the queue holds (HTTP 503)."""
 
 
-class Batcher:
-    """`batcher(pixels)` runs `forward` on a worker thread and returns its rows for `pixels`.
+class _Request:
+    __slots__ = ("pixels", "out", "error", "done")
 
-    Requests that arrive while a worker is busy wait in a bounded queue; a free worker takes
-    everything waiting (up to `max_batch` images) as one batch, so 8 concurrent clients cost
-    about one batched forward, not 8 single ones. A full queue raises Busy at once instead of
+    def __init__(self, pixels):
+        self.pixels, self.out, self.error, self.done = pixels, None, None, False
+
+
+class Batcher:
+    """`batcher(pixels)` returns `forward(pixels)`, running at most `workers` forwards at once.
+
+    Leader/follower batching, with no thread of its own: a caller that finds a free slot runs
+    the forward itself, on its own photo and every photo waiting at that moment (up to
+    `max_batch`); callers that arrive meanwhile wait, and when the forward ends one of them
+    leads the next batch with everything that queued up. One client pays no thread hop; 8
+    concurrent clients share batched forwards. A full queue raises Busy at once instead of
     letting latency grow without bound.
     """
 
@@ -36,56 +45,55 @@ class Batcher:
     ):
         if workers < 1 or max_batch < 1:
             raise ValueError("the model pool needs at least one worker and a batch of one")
-        self.forward, self.max_batch, self.on_batch = forward, max_batch, on_batch
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"model-{n}", daemon=True)
-            for n in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self.forward, self.workers, self.max_batch = forward, workers, max_batch
+        self.max_queue, self.on_batch = max_queue, on_batch
+        self._waiting: deque[_Request] = deque()
+        self._running = 0
+        self._cond = threading.Condition()
 
     def __call__(self, pixels) -> np.ndarray:
-        done: Future = Future()
-        try:
-            self._queue.put_nowait((pixels, done))
-        except queue.Full:
-            raise Busy("the model is busy with other queries; try again in a moment") from None
-        return done.result()
+        request = _Request(pixels)
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise Busy("the model is busy with other queries; try again in a moment")
+            self._waiting.append(request)
+            while not request.done:
+                if self._running < self.workers and self._waiting:
+                    self._lead()
+                else:
+                    self._cond.wait()
+        if request.error is not None:
+            raise request.error
+        return request.out
 
-    def _run(self) -> None:
-        import time
-
+    def _lead(self) -> None:
+        """Run one batch of the waiting requests (called holding the condition's lock)."""
         import torch
 
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:  # closing: finish this batch, then stop
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            sizes = [len(p) for p, _ in batch]
+        batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+        self._running += 1
+        self._cond.release()
+        try:
+            sizes = [len(r.pixels) for r in batch]
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
-                out = self.forward(torch.cat([p for p, _ in batch]))
+                out = self.forward(torch.cat([r.pixels for r in batch]))
+            except BaseException as exc:  # every request of the batch gets the error
+                for r in batch:
+                    r.error = exc
+            else:
                 if self.on_batch:
                     self.on_batch(sum(sizes), time.perf_counter() - t0)
-            except BaseException as exc:  # every waiting request gets the error
-                for _, done in batch:
-                    done.set_exception(exc)
-                continue
-            start = 0
-            for size, (_, done) in zip(sizes, batch, strict=True):
-                done.set_result(out[start : start + size])
-                start += size
+                start = 0
+                for size, r in zip(sizes, batch, strict=True):
+                    r.out = out[start : start + size]
+                    start += size
+        finally:
+            self._cond.acquire()
+            self._running -= 1
+            for r in batch:
+                r.done = True
+            self._cond.notify_all()
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout=30)
+        """Nothing to stop: the pool has no threads of its own."""

@@ -30,7 +30,12 @@ def edge_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> qe.Filt
     if not filters and not exclude:
         return None
     return qe.Filter(
-        must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in (filters or {}).items()]
+        must=[
+            qe.FieldCondition(
+                k, match=qe.MatchValue(v) if isinstance(v, str) else qe.MatchAny(list(v))
+            )
+            for k, v in (filters or {}).items()
+        ]
         or None,
         must_not=[qe.HasIdCondition(set(exclude))] if exclude else None,
     )
@@ -241,7 +246,11 @@ class EdgeStore(Store):
         return {str(r.id): np.asarray(_vector(r), np.float32) for r in records}
 
     def scroll(
-        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+        self,
+        batch: int = 256,
+        vectors: bool = True,
+        filters: Filters | None = None,
+        exclude: Sequence[str] = (),
     ) -> Iterator[Points]:
         shard, offset = self._open(), None
         while True:
@@ -249,7 +258,7 @@ class EdgeStore(Store):
                 qe.ScrollRequest(
                     offset=offset,
                     limit=batch,
-                    filter=edge_filter(filters),
+                    filter=edge_filter(filters, exclude),
                     with_payload=True,
                     with_vector=vectors,
                 )

@@ -32,7 +32,12 @@ def server_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> model
         return None
     return models.Filter(
         must=[
-            models.FieldCondition(key=k, match=models.MatchValue(value=v))
+            models.FieldCondition(
+                key=k,
+                match=models.MatchValue(value=v)
+                if isinstance(v, str)
+                else models.MatchAny(any=list(v)),
+            )
             for k, v in (filters or {}).items()
         ]
         or None,
@@ -299,7 +304,11 @@ class ServerStore(Store):
         return {str(r.id): np.asarray(r.vector, np.float32) for r in records}
 
     def scroll(
-        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+        self,
+        batch: int = 256,
+        vectors: bool = True,
+        filters: Filters | None = None,
+        exclude: Sequence[str] = (),
     ) -> Iterator[Points]:
         offset = None
         while True:
@@ -307,7 +316,7 @@ class ServerStore(Store):
                 "read points",
                 self.client.scroll,
                 self.collection,
-                scroll_filter=server_filter(filters),
+                scroll_filter=server_filter(filters, exclude),
                 limit=batch,
                 offset=offset,
                 with_payload=True,

@@ -257,6 +257,18 @@ class SearchService:
                 )
             return self._encoder
 
+    def prepare(self) -> None:
+        """For a long-running server: load the model now, and on CPU replace the eager model by
+        its traced copy (written to the cache first when there is none). TorchScript runs the
+        whole forward without taking Python's GIL between layers, so concurrent requests'
+        decoding and HTTP work do not stall it."""
+        _ = self.encoder
+        if self._cache_model is not None:
+            self.close()  # writes the traced copy
+            with self.lock:
+                self._encoder = None
+            _ = self.encoder  # now loads it (or stays eager when tracing was not faithful)
+
     def _forward(self, pixels) -> np.ndarray:
         return self.encoder(pixels)
 

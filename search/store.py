@@ -17,8 +17,9 @@ DEFAULT_STORE_DIR = "./qdrant_data"
 INDEXED_FIELDS = ("category", "subcategory", "item_id", "source", "split")
 POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
 
-Filters = Mapping[str, str]
+Filters = Mapping[str, "str | Sequence[str]"]  # field → value, or any of several values
 GROUP_FIELD = "item_id"  # one garment: its consumer and shop photos
+MAX_MEMBERS = 4096  # photos read to fill the groups of one grouped query
 
 
 class StoreError(UserError, RuntimeError):
@@ -72,9 +73,10 @@ class Group:
 
 
 def passes(hit: Hit, filters: Filters | None, exclude: Collection[str] = ()) -> bool:
-    """Whether a hit satisfies equality filters and is not one of the excluded point ids."""
+    """Whether a hit satisfies the filters and is not one of the excluded point ids."""
     return hit.id not in exclude and all(
-        hit.payload.get(k) == v for k, v in (filters or {}).items()
+        hit.payload.get(k) == v if isinstance(v, str) else hit.payload.get(k) in v
+        for k, v in (filters or {}).items()
     )
 
 
@@ -195,11 +197,11 @@ class Store(ABC):
         """The `top` best garments (grouped by item_id) for each query, each with up to
         `group_size` of its photos that pass the filters, best first.
 
-        Emulated with plain searches (Qdrant's group query is a server feature): take
-        candidates, group them in score order, widen the candidates until `top` groups are
-        seen (or the collection is exhausted), then refill groups that may have more photos
-        below the candidates with a search restricted to their item. With exact search this
-        is the exact grouped answer; the server store uses Qdrant's own group query.
+        Emulated with plain calls (Qdrant's group query is a server feature): take candidates,
+        group them in score order, widen the candidates until `top` groups are seen (or every
+        passing point is), then rank all passing photos of the chosen garments with one search
+        restricted to them. With exact search this is the exact
+        grouped answer; the server store uses Qdrant's own group query.
         """
         vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
         total = self.count()
@@ -215,21 +217,28 @@ class Store(ABC):
                 if len(groups) >= top or exhausted:
                     break
                 limit = min(limit * 4, total)
-            chosen = list(groups.items())[:top]
-            short = [n for n, (_, g) in enumerate(chosen) if len(g) < group_size]
-            if short and not exhausted:  # photos of these items may rank below the candidates
-                refill = self._search(
-                    np.repeat(vec[None], len(short), 0),
-                    group_size,
-                    None,
-                    exact,
-                    exclude,
-                    [{**(filters or {}), GROUP_FIELD: chosen[n][0]} for n in short],
-                )
-                for n, more in zip(short, refill, strict=True):
-                    chosen[n] = (chosen[n][0], more or chosen[n][1])
-            out.append([Group(key, g[:group_size]) for key, g in chosen])
+            chosen = list(groups)[:top]
+            if not exhausted:  # the chosen garments may have more photos below the candidates
+                groups = self._members(vec, chosen, filters, exact, exclude)
+            out.append([Group(key, groups[key][:group_size]) for key in chosen])
         return out
+
+    def _members(
+        self,
+        vec: np.ndarray,
+        items: list[str],
+        filters: Filters | None,
+        exact: bool,
+        exclude: Sequence[str],
+    ) -> dict[str, list[Hit]]:
+        """Every passing photo of `items`, best first per item: one search restricted to them
+        (a selective filter: Qdrant scores them all from the payload index)."""
+        within = {**(filters or {}), GROUP_FIELD: items}
+        limit = min(self.count(within), MAX_MEMBERS)
+        members: dict[str, list[Hit]] = {}
+        for hit in self._search(vec[None], max(limit, 1), within, exact, exclude)[0]:
+            members.setdefault(group_key(hit), []).append(hit)
+        return members
 
     @abstractmethod
     def _search(
@@ -250,9 +259,13 @@ class Store(ABC):
 
     @abstractmethod
     def scroll(
-        self, batch: int = 256, vectors: bool = True, filters: Filters | None = None
+        self,
+        batch: int = 256,
+        vectors: bool = True,
+        filters: Filters | None = None,
+        exclude: Sequence[str] = (),
     ) -> Iterator[Points]:
-        """Every point (that passes `filters`), in id order, `batch` at a time."""
+        """Every point (that passes `filters`, less `exclude`), in id order, `batch` at a time."""
 
     @abstractmethod
     def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
