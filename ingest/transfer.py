@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ingest.plan import image_url
-from search.store import IndexSettings, Points, Store, StoreError
+from search.store import IndexSettings, Points, Store, StoreError, check_space
 
-FORMAT = "fashion-retrieval-snapshot/1"
+FORMAT = "fashion-retrieval-snapshot/2"  # /2: a sha256 per part in the header
+READABLE = ("fashion-retrieval-snapshot/1", FORMAT)
 Progress = Callable[[int], object] | None
 
 
@@ -78,10 +80,12 @@ def copy_collection(
     return _fill(target, batches, progress)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> str:
+    """Add one part; returns its sha256, which the header records."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_snapshot(
@@ -90,72 +94,139 @@ def write_snapshot(
     """Write the whole collection (metadata, ids, payloads, vectors) to one tar file.
 
     The same format for the embedded and the server store, so a snapshot of one restores into
-    the other. Written to a temporary name first: an interrupted snapshot never looks complete.
+    the other. Each part's sha256 is in the header, so a damaged file is found before a
+    restore touches anything. Written to a temporary name first, removed if anything fails:
+    an interrupted snapshot never looks complete and leaves nothing behind.
     """
     meta = store.require()
     out = Path(out)
+    total = store.count()
+    check_space(
+        out.parent, total * (4 * int(meta["dim"]) + 600) + 65536, f"a snapshot of {total:,} points"
+    )
     tmp = out.with_name(out.name + ".partial")
-    count = 0
-    with tarfile.open(tmp, "w") as tar:
-        for part, points in enumerate(store.scroll(batch)):
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(points.vectors, np.float32))
-            _add(tar, f"part-{part:06d}.npy", buf.getvalue())
-            lines = "".join(
-                json.dumps({"id": i, "payload": p}) + "\n"
-                for i, p in zip(points.ids, points.payloads, strict=True)
-            )
-            _add(tar, f"part-{part:06d}.jsonl", lines.encode())
-            count += len(points)
-            if progress:
-                progress(len(points))
-        header = {
-            "format": FORMAT,
-            "collection": store.collection,
-            "metadata": meta,
-            "count": count,
-        }
-        _add(tar, "snapshot.json", json.dumps(header, indent=1).encode())
-    tmp.replace(out)
+    count, parts = 0, {}
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for part, points in enumerate(store.scroll(batch)):
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(points.vectors, np.float32))
+                name = f"part-{part:06d}"
+                parts[f"{name}.npy"] = _add(tar, f"{name}.npy", buf.getvalue())
+                lines = "".join(
+                    json.dumps({"id": i, "payload": p}) + "\n"
+                    for i, p in zip(points.ids, points.payloads, strict=True)
+                )
+                parts[f"{name}.jsonl"] = _add(tar, f"{name}.jsonl", lines.encode())
+                count += len(points)
+                if progress:
+                    progress(len(points))
+            header = {
+                "format": FORMAT,
+                "collection": store.collection,
+                "metadata": meta,
+                "count": count,
+                "parts": parts,
+            }
+            _add(tar, "snapshot.json", json.dumps(header, indent=1).encode())
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return count
+
+
+def _bad(path, why: str) -> StoreError:
+    return StoreError(f"snapshot {str(path)!r} is damaged: {why}; nothing was changed")
 
 
 def read_header(path: str | Path) -> dict:
     try:
         with tarfile.open(path) as tar:
             header = json.load(tar.extractfile("snapshot.json"))
-    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(
             f"{str(path)!r} is not a snapshot written by `ingest snapshot` ({type(exc).__name__})"
         ) from None
-    if header.get("format") != FORMAT:
-        raise StoreError(
-            f"{str(path)!r} has snapshot format {header.get('format')!r}, expected {FORMAT}"
-        )
+    if not isinstance(header, dict) or header.get("format") not in READABLE:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise StoreError(f"{str(path)!r} has snapshot format {found!r}, expected {FORMAT}")
+    if not isinstance(header.get("metadata"), dict) or not isinstance(header.get("count"), int):
+        raise _bad(path, "its header has no metadata or count")
+    return header
+
+
+def _parts(path: str | Path, header: dict):
+    """Every (ids, vectors, payloads) part, each checked: its checksum, vectors finite and
+    of the collection's size, one id and payload per vector."""
+    dim, sums = int(header["metadata"].get("dim", 0)), header.get("parts")
+    try:
+        with tarfile.open(path) as tar:
+            names = sorted(n for n in tar.getnames() if n.endswith(".npy"))
+            if sums is not None and sorted(sums) != sorted(
+                [*names, *(n[:-4] + ".jsonl" for n in names)]
+            ):
+                raise _bad(path, "parts are missing")
+            for name in names:
+                raw = tar.extractfile(name).read()
+                text = tar.extractfile(name[:-4] + ".jsonl").read()
+                for part, data in ((name, raw), (name[:-4] + ".jsonl", text)):
+                    if sums is not None and hashlib.sha256(data).hexdigest() != sums[part]:
+                        raise _bad(path, f"{part} does not match its checksum")
+                vectors = np.load(io.BytesIO(raw), allow_pickle=False)
+                if vectors.ndim != 2 or vectors.shape[1] != dim:
+                    raise _bad(
+                        path, f"{name} holds vectors of shape {vectors.shape}, not (n, {dim})"
+                    )
+                if not np.isfinite(vectors).all():
+                    raise _bad(path, f"{name} holds NaN or infinite vectors")
+                rows = [json.loads(line) for line in text.decode().splitlines()]
+                if len(rows) != len(vectors):
+                    raise _bad(path, f"{name} has {len(vectors)} vectors for {len(rows)} ids")
+                yield Points([r["id"] for r in rows], vectors, [r["payload"] for r in rows])
+    except StoreError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, tarfile.TarError) as exc:
+        raise _bad(
+            path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
+def check_snapshot(path: str | Path) -> dict:
+    """Read the whole snapshot once and check every part; returns its header."""
+    header = read_header(path)
+    found = sum(len(p) for p in _parts(path, header))
+    if found != header["count"]:
+        raise _bad(path, f"it holds {found} of its {header['count']} points")
     return header
 
 
 def restore_snapshot(
     path: str | Path, target: Store, *, recreate: bool = False, progress: Progress = None
 ) -> int:
-    """Recreate a collection from a snapshot file; returns the number of points restored."""
-    header = read_header(path)
-    create_like(target, header["metadata"], recreate=recreate)
+    """Recreate a collection from a snapshot file; returns the number of points restored.
 
-    def batches():
-        with tarfile.open(path) as tar:
-            names = sorted(n for n in tar.getnames() if n.endswith(".npy"))
-            for name in names:
-                vectors = np.load(io.BytesIO(tar.extractfile(name).read()), allow_pickle=False)
-                rows = [
-                    json.loads(line)
-                    for line in tar.extractfile(name[:-4] + ".jsonl").read().decode().splitlines()
-                ]
-                yield Points([r["id"] for r in rows], vectors, [r["payload"] for r in rows])
-
-    restored = _fill(target, batches(), progress)
-    if restored != header["count"]:
+    The whole snapshot is checked first (checksums, finite vectors, counts): a damaged one is
+    refused before anything changes. Into the embedded store it is restored beside the
+    collection and swapped in only when complete, so a failure at any point leaves the old
+    collection as it was; on a server the checked snapshot replaces the collection.
+    """
+    header = check_snapshot(path)
+    if target.exists() and not recreate:
         raise StoreError(
-            f"snapshot {str(path)!r} is incomplete: {restored} of {header['count']} points"
+            f"collection {target.collection!r} already exists in {target.describe()}; "
+            f"pass --recreate to replace it"
         )
+    staging = target.staging() if hasattr(target, "staging") else None
+    into = staging or target
+    try:
+        create_like(into, header["metadata"], recreate=True)
+        restored = _fill(into, _parts(path, header), progress)
+        if restored != header["count"]:
+            raise _bad(path, f"{restored} of {header['count']} points could be restored")
+        if staging is not None:
+            target.swap_in(staging)
+    finally:
+        if staging is not None:
+            staging.discard()
     return restored
