@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ def _walk(top: Path) -> list[os.DirEntry]:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 subdirs.append(entry.path)
+            elif entry.name.startswith("._"):
+                continue  # macOS AppleDouble metadata beside a copied photo, not an image
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(entry)
         stack.extend(reversed(subdirs))
@@ -143,13 +146,32 @@ def _splits(where: DatasetRoot) -> dict[str, str]:
     return split
 
 
+MAX_COORDINATE = 1_000_000  # pixels: anything larger is a broken line, not a photo
+
+
+def _box(fields: list[str]) -> tuple[int, int, int, int] | None:
+    """x1 y1 x2 y2 of an Anno line, or None when they are not finite, sane numbers."""
+    try:
+        values = [float(v) for v in fields[3:7]]
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in values):
+        return None
+    return tuple(int(v) for v in values)
+
+
 def _bboxes(where: DatasetRoot) -> dict[str, tuple[int, int, int, int]]:
-    boxes = {}
+    """Boxes from the Anno file; malformed lines are skipped and counted in a warning (a box
+    outside its photo is kept: it is clipped to the photo when the photo is read)."""
+    boxes, skipped = {}, 0
     for fields in _read_table(where.base / BBOX_FILE, 7):
-        try:
-            boxes[fields[0]] = tuple(int(float(v)) for v in fields[3:7])
-        except ValueError:
+        box = _box(fields)
+        if box is None:
+            skipped += 1
             continue
+        boxes[fields[0]] = box
+    if skipped:
+        log.warning("skipped %d malformed line(s) in %s", skipped, where.base / BBOX_FILE)
     return boxes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +124,20 @@ class Encoder:
 DECODERS = ("cpu", "device")
 
 
+def die_with_parent(_worker: int = 0) -> None:
+    """DataLoader worker_init_fn: the kernel kills the reader when its parent dies (kill -9),
+    so no orphan keeps running, or keeps the store's lock that it inherited."""
+    import ctypes
+    import signal as signals
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signals.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such guarantee
+        pass
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
+
+
 def loader(
     paths: Sequence[str | Path],
     boxes: Sequence[Box] | None,
@@ -147,6 +162,7 @@ def loader(
         collate_fn=collate_fn,
         pin_memory=pin_memory and decode == "cpu",
         persistent_workers=False,
+        worker_init_fn=die_with_parent if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
     )
 

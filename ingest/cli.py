@@ -29,6 +29,18 @@ ImageUrl = Annotated[
 ]
 
 
+def _check_writable(path: Path, what: str) -> None:
+    """Found before the work, not after it: a file that could not be written at the end."""
+    folder = path.parent if str(path.parent) else Path(".")
+    ok = (
+        (path.is_file() and os.access(path, os.W_OK))
+        if path.exists()
+        else (folder.is_dir() and os.access(folder, os.W_OK))
+    )
+    if not ok:
+        raise ValueError(f"cannot write {what} {str(path)!r}: not a writable file or folder")
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -152,6 +164,7 @@ def run(
         from ingest.plan import check_image_url
 
         image_base = check_image_url(image_url)
+        _check_writable(report, "the failure report (--report)")
         from embedder.catalog import locate
         from embedder.inference import Encoder
         from embedder.model import build_model
@@ -248,7 +261,7 @@ def publish(
 
         image_base = check_image_url(image_url)
         with (
-            open_from(store, None, collection) as source,
+            open_from(store, None, collection, read_only=True) as source,
             open_store(url=to, collection=target_collection or collection) as target,
         ):
             total = source.require() and source.count()
@@ -277,7 +290,7 @@ def snapshot(
 
         from ingest.transfer import write_snapshot
 
-        with open_from(store, qdrant_url, collection) as db:
+        with open_from(store, qdrant_url, collection, read_only=True) as db:
             total = db.require() and db.count()
             with tqdm(total=total, unit="pt", desc="snapshot") as bar:
                 count = write_snapshot(db, out, progress=bar.update)
@@ -314,9 +327,17 @@ def info(
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
     collection: Collection = "deepfashion",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also read every point and check it: vectors finite and unit length, payloads, "
+            "count, index complete. Exit 2 naming the first problem.",
+        ),
+    ] = False,
 ) -> None:
     """Show a collection: points, model, index settings, counts per category and source."""
-    with clean_errors(), open_from(store, qdrant_url, collection) as db:
+    with clean_errors(), open_from(store, qdrant_url, collection, read_only=True) as db:
         meta = db.require()
         echo(f"collection {collection!r} in {db.describe()}: {db.count()} points")
         echo(f"model: {meta.get('model')}")
@@ -325,3 +346,12 @@ def info(
         for key in ("category", "source", "split"):
             counts = db.values(key)
             echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if not db.index_complete():
+            echo("index: NOT COMPLETE (an ingest stopped during the build); rerun `ingest run`")
+        if check:
+            checked = db.verify()
+            index = "complete" if checked["index_complete"] else "NOT complete"
+            echo(
+                f"check: ok, {checked['points']} points read, vectors finite and unit length, "
+                f"payloads complete, index {index}"
+            )

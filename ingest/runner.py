@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class StopOnInterrupt:
-    """The first Ctrl-C asks the run to stop after the batch in hand (everything embedded is
-    stored, then KeyboardInterrupt); a second one interrupts at once. A no-op off the main
-    thread, where Python delivers no signals."""
+    """The first Ctrl-C or SIGTERM (docker stop, Kubernetes, systemd) asks the run to stop
+    after the batch in hand (everything embedded is stored, then KeyboardInterrupt); a second
+    one interrupts at once. A no-op off the main thread, where Python delivers no signals."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
         if os.getpid() != self._pid:
@@ -37,17 +39,17 @@ class StopOnInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("stopping after this batch (Ctrl-C again to stop at once)")
+        log.warning("stopping after this batch (signal again to stop at once)")
 
     def __enter__(self) -> StopOnInterrupt:
         self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def check(self) -> None:
         if self.requested:
@@ -166,6 +168,7 @@ def run_ingest(
         store.delete(stale)
         summary.pruned = len(stale)
     summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
+    store.check_space(len(plan.todo))
     summary.seconds["plan"] = time.perf_counter() - started
     todo = plan.todo
     writer = Writer(store)
@@ -204,8 +207,8 @@ def run_ingest(
     summary.seconds.update(read=read, model=model, write=writer.seconds)
     if decode_on == "device":
         summary.seconds["decode"] = decode
-    if summary.embedded:
-        t0 = time.perf_counter()
+    if summary.embedded or summary.pruned or not store.index_complete():
+        t0 = time.perf_counter()  # also finishes an index build that a crash interrupted
         store.finish()
         summary.seconds["index"] = time.perf_counter() - t0
     summary.collection_points = store.count()

@@ -118,7 +118,7 @@ def search(
         for path in queries:
             check_query_file(path)
         with (
-            open_from(store, qdrant_url, collection) as db,
+            open_from(store, qdrant_url, collection, read_only=True) as db,
             SearchService(
                 db,
                 weights=str(weights) if weights else None,

@@ -19,9 +19,10 @@ QdrantUrl = Annotated[
     str | None,
     typer.Option(
         "--qdrant-url",
-        envvar="QDRANT_URL",
         help="Qdrant server URL (http(s)://host:6333) instead of the embedded store; API key from "
-        "QDRANT_API_KEY. ':memory:' or 'file:DIR' use qdrant-client's local mode.",
+        "QDRANT_API_KEY. ':memory:' or 'file:DIR' use qdrant-client's local mode. [default: "
+        "QDRANT_URL when set and --store is not given]",
+        show_default=False,
     ),
 ]
 Collection = Annotated[
@@ -33,7 +34,13 @@ Precision = Annotated[
 ]
 
 
-def open_from(store: Path | None, url: str | None, collection: str):
+def open_from(store: Path | None, url: str | None, collection: str, read_only: bool = False):
+    """The store the options name; `read_only` for commands that only read it."""
     from search.store import open_store
 
-    return open_store(store_dir=str(store) if store else None, url=url, collection=collection)
+    return open_store(
+        store_dir=str(store) if store else None,
+        url=url,
+        collection=collection,
+        read_only=read_only,
+    )

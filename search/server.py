@@ -282,14 +282,12 @@ class ServerStore(Store):
                 group_size=group_size,
                 with_payload=True,
             )
-            out.append(
-                [
-                    Group(
-                        str(g.id), [Hit(str(p.id), float(p.score), p.payload or {}) for p in g.hits]
-                    )
-                    for g in result.groups
-                ]
-            )
+            groups = [
+                Group(str(g.id), [Hit(str(p.id), float(p.score), p.payload or {}) for p in g.hits])
+                for g in result.groups
+            ]
+            self._checked([g.hits for g in groups])
+            out.append(groups)
         return out
 
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 Box = tuple[float, float, float, float]
 MAX_TOP = 1000
 FILTER_FIELDS = ("category", "subcategory", "source")
-QUERY_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})  # what ingest reads
 
 
 class Grouping(str, Enum):
@@ -160,6 +159,8 @@ def boxes_of(points: Sequence[dict]) -> list[Box | None]:
 
 def check_query_file(path: str | Path) -> Path:
     """A query photo must be an existing image file of a kind ingest reads."""
+    from embedder.catalog import IMAGE_SUFFIXES as QUERY_SUFFIXES  # one rule for both
+
     path = Path(path)
     if path.is_dir():
         raise BadImage(f"query {str(path)!r} is a folder, not an image file")
@@ -440,8 +441,10 @@ class SearchService:
             raise NotFound(f"no stored photo {pid}")
         root = os.path.normpath(self.images.resolve())
         path = os.path.normpath(os.path.join(root, rel))
+        from embedder.catalog import IMAGE_SUFFIXES
+
         if os.path.commonpath([root, path]) != root or Path(path).suffix.lower() not in (
-            QUERY_SUFFIXES
+            IMAGE_SUFFIXES
         ):
             raise NotFound(f"photo {pid} is not an image below the dataset folder")
         if not os.path.isfile(path):

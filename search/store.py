@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,10 +22,35 @@ POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
 Filters = Mapping[str, "str | Sequence[str]"]  # field → value, or any of several values
 GROUP_FIELD = "item_id"  # one garment: its consumer and shop photos
 MAX_MEMBERS = 4096  # photos read to fill the groups of one grouped query
+SCORE_SLACK = 1.0 + 1e-3  # cosine scores beyond ±this (or NaN) mean damaged vectors
 
 
 class StoreError(UserError, RuntimeError):
     """A store problem a user can act on: missing collection, unreachable server, lock, mismatch."""
+
+
+def mount_of(path: str | Path) -> str:
+    """The mount point holding `path` (or the nearest folder above it that exists)."""
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+def check_space(where: str | Path, need: int, what: str) -> None:
+    """Refuse, in one line, to start writing `need` bytes where fewer are free: a full disk
+    met halfway through a memory-mapped write is a crash (SIGBUS), not an error."""
+    folder = Path(where).expanduser().absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise StoreError(
+            f"no space left on {mount_of(folder)} for {what}: need ~{need / 1e6:,.0f} MB, "
+            f"{free / 1e6:,.0f} MB free"
+        )
 
 
 def point_id(path: str) -> str:
@@ -171,7 +198,7 @@ class Store(ABC):
         vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
         exclude = tuple(exclude)
         if not filters or exact or self.oversample <= 1:
-            return self._search(vectors, top, filters, exact, exclude)
+            return self._checked(self._search(vectors, top, filters, exact, exclude))
         candidates = self._search(vectors, top * self.oversample + len(exclude), None, False, ())
         results: list[list[Hit] | None] = []
         for hits in candidates:
@@ -183,7 +210,55 @@ class Store(ABC):
                 missing, self._search(vectors[missing], top, filters, False, exclude), strict=True
             ):
                 results[i] = hits
+        return self._checked(results)
+
+    def _checked(self, results: list[list[Hit]]) -> list[list[Hit]]:
+        """Cosine scores lie in [-1, 1]: anything else means damaged vectors, never an answer."""
+        for hits in results:
+            for hit in hits:
+                if not -SCORE_SLACK <= hit.score <= SCORE_SLACK:  # also false for NaN
+                    raise StoreError(
+                        f"{self.describe()} collection {self.collection!r} returned the score "
+                        f"{hit.score!r} for point {hit.id}: its vectors are damaged; rebuild it "
+                        f"with `ingest run --recreate` or `ingest restore --recreate`"
+                    )
         return results
+
+    def index_complete(self) -> bool:
+        """Whether the vector index was built after the last write (see finish())."""
+        return True
+
+    def check_space(self, points: int) -> None:
+        """Before writing `points` new points: StoreError when the disk cannot hold them."""
+        return None  # a server manages (and reports) its own disk
+
+    def verify(self) -> dict:
+        """Read every point: vectors finite and unit length, payloads with a path, the count
+        right; returns what was checked, raises StoreError naming the first problem."""
+        meta, seen = self.require(), 0
+        for points in self.scroll(1024, vectors=True):
+            vectors = np.asarray(points.vectors, np.float64)
+            if vectors.shape[1] != meta["dim"]:
+                raise StoreError(f"vectors of size {vectors.shape[1]}, expected {meta['dim']}")
+            norms = np.linalg.norm(vectors, axis=1)
+            bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+            if bad.any():
+                pid = points.ids[int(np.argmax(bad))]
+                raise StoreError(
+                    f"point {pid} of collection {self.collection!r} has a damaged vector "
+                    f"({int(bad.sum())} in this batch); rebuild it with `ingest run --recreate` "
+                    f"or `ingest restore --recreate`"
+                )
+            missing = [
+                i for i, p in zip(points.ids, points.payloads, strict=True) if "path" not in p
+            ]
+            if missing:
+                raise StoreError(f"point {missing[0]} has no path in its payload")
+            seen += len(points)
+        counted = self.count()
+        if counted != seen:
+            raise StoreError(f"the collection counts {counted} points but {seen} could be read")
+        return {"points": seen, "index_complete": self.index_complete()}
 
     def search_groups(
         self,
@@ -221,6 +296,7 @@ class Store(ABC):
             if not exhausted:  # the chosen garments may have more photos below the candidates
                 groups = self._members(vec, chosen, filters, exact, exclude)
             out.append([Group(key, groups[key][:group_size]) for key in chosen])
+            self._checked([g.hits for g in out[-1]])
         return out
 
     def _members(
@@ -307,15 +383,23 @@ def open_store(
     url: str | None = None,
     api_key: str | None = None,
     collection: str = DEFAULT_COLLECTION,
+    read_only: bool = False,
 ) -> Store:
-    """Pick the implementation once: a server when `url` (or QDRANT_URL) is set, else embedded.
+    """Pick the implementation once: a server when `url` is given, the embedded store when
+    `store_dir` is; with neither, QDRANT_URL from the environment, else ./qdrant_data. An
+    explicit option always wins over the environment.
 
     url: http(s)://host:port for a server, ':memory:' or 'file:DIR' for qdrant-client's local
     mode (tests and demos without a server).
+    read_only: the command only reads (search, info, snapshot, serve): an embedded store on a
+    read-only filesystem is still opened.
     """
-    url = url or os.environ.get("QDRANT_URL") or None
-    if url and store_dir:
+    if url is not None and store_dir is not None:
         raise ValueError("give either --store (embedded) or --qdrant-url (server), not both")
+    if url is None and store_dir is None:
+        url = os.environ.get("QDRANT_URL") or None
+    if url is not None and not url.strip():
+        raise ValueError("the Qdrant URL is empty; give http(s)://host:6333")
     if not collection or "/" in collection or collection.startswith("."):
         raise ValueError(f"invalid collection name {collection!r}")
     if url:
@@ -326,4 +410,4 @@ def open_store(
         )
     from search.edge import EdgeStore
 
-    return EdgeStore(store_dir or DEFAULT_STORE_DIR, collection=collection)
+    return EdgeStore(store_dir or DEFAULT_STORE_DIR, collection=collection, read_only=read_only)

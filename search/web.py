@@ -216,7 +216,9 @@ def open_service(settings: Settings) -> SearchService:
     """Open the collection and check its model: errors here stop `serve` before it listens."""
     from search.store import open_store
 
-    store = open_store(store_dir=settings.store, url=settings.url, collection=settings.collection)
+    store = open_store(
+        store_dir=settings.store, url=settings.url, collection=settings.collection, read_only=True
+    )
     try:
         service = SearchService(
             store,
