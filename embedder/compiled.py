@@ -42,10 +42,27 @@ def load_traced(spec: ModelSpec, dtype: torch.dtype | None) -> torch.jit.ScriptM
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export,
             warnings.simplefilter("ignore", FutureWarning)  # whose load is as slow as timm's import
-            return torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(str(path), map_location="cpu")
+        _check(module, spec)
+        return module
     except Exception as exc:  # a corrupt or incompatible cache entry is rebuilt, not fatal
-        log.warning("ignoring cached model %s: %s", path, exc)
+        log.warning("rebuilding the cached model %s: %s", path, str(exc).splitlines()[0][:200])
+        path.unlink(missing_ok=True)
         return None
+
+
+def _check(module, spec: ModelSpec) -> None:
+    """A usable copy gives finite, unit-length vectors of the spec's size."""
+    probe = torch.linspace(-2, 2, 3 * spec.img_size * spec.img_size).reshape(
+        1, 3, spec.img_size, spec.img_size
+    )
+    with torch.inference_mode():
+        out = module(probe.contiguous(memory_format=torch.channels_last)).float()
+    norms = out.norm(dim=-1)
+    if out.shape != (1, spec.out_dim) or not torch.isfinite(out).all():
+        raise ValueError(f"it gives output of shape {tuple(out.shape)} or non-finite values")
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):
+        raise ValueError("its vectors are not unit length")
 
 
 def save_traced(model: torch.nn.Module, dtype: torch.dtype | None) -> Path | None:

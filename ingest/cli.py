@@ -347,7 +347,7 @@ def info(
             counts = db.values(key)
             echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if not db.index_complete():
-            echo("index: NOT COMPLETE (an ingest stopped during the build); rerun `ingest run`")
+            echo("index: build not recorded as complete; rerun `ingest run` to finish it")
         if check:
             checked = db.verify()
             index = "complete" if checked["index_complete"] else "NOT complete"
