@@ -158,7 +158,7 @@ def test_garbled_payload_pages_are_a_one_line_error(db, sample_root):
     page = _segment_file(db, "payload_storage/page_0.dat")
     page.write_bytes(b"\xff" * page.stat().st_size)
     _one_line_error(_search(db, _query(sample_root)), "damaged", "--recreate")
-    _one_line_error(runner.invoke(ingest_app, ["info", "--store", str(db)]), "damaged")
+    _one_line_error(runner.invoke(ingest_app, ["info", "--store", str(db), "--check"]), "damaged")
 
 
 def test_info_check_passes_on_a_sound_store(db):
