@@ -317,9 +317,13 @@ class EdgeStore(Store):
 
     def close(self) -> None:
         if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+            shard, self._shard = self._shard, None
+            try:
+                if self._indexed is not None:  # this process wrote: make it durable
+                    shard.flush()
+                shard.close()
+            except Exception as exc:  # e.g. a full disk: what was acknowledged is in the WAL
+                log.warning("closing %s: %s", self.describe(), str(exc).splitlines()[0][:200])
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -356,6 +360,7 @@ class EdgeStore(Store):
 
     def set_payloads(self, updates) -> None:
         shard = self._open()
+        self._writing()
         for pid, fields in updates.items():
             self._engine(shard.update, qe.UpdateOperation.set_payload([pid], fields))
 
