@@ -158,6 +158,17 @@ def freeze(model: EmbeddingNet, stages: str) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def train_mode(model: EmbeddingNet) -> None:
+    """model.train(), except that frozen backbone stages stay in eval mode: their BatchNorm
+    layers use and keep their running statistics, as Keras' `trainable=False` in the
+    reference recipe (requires_grad alone would let every forward move them)."""
+    model.train()
+    for child in model.backbone.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -259,7 +270,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
     for epoch in range(done + 1, cfg.epochs + 1):
         _seed_all(cfg.seed * 1000 + epoch)  # data order and dropout depend on (seed, epoch) only
         loader, per_step = _loader(cfg, cfg.root, catalog, pairs, model.spec, epoch)
-        model.train()
+        train_mode(model)
         total, steps, images, started = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:

@@ -173,3 +173,29 @@ def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
         hits = search_images(store, encoder, [files[0]], top=3)[0]
         assert files[0].endswith(hits[0].payload["path"])
         assert hits[0].score == pytest.approx(1.0, abs=1e-3)  # whitening magnifies fp32 noise
+
+
+def test_frozen_stages_keep_their_batchnorm_statistics(tiny_model):
+    import copy
+
+    import torch
+
+    from embedder.train import freeze, train_mode
+
+    model = copy.deepcopy(tiny_model)
+    params = freeze(model, "layer4")
+    train_mode(model)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    torch.manual_seed(0)
+    out = model(torch.randn(8, 3, 64, 64) * 3 + 1)  # statistics unlike the initial ones
+    out.sum().backward()
+    optimizer.step()
+    after = model.state_dict()
+    frozen = [k for k in before if not k.startswith("backbone.layer4.")]
+    trained = [k for k in before if k.startswith("backbone.layer4.")]
+    assert frozen and trained
+    for key in frozen:  # bit-identical
+        assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    assert all(m.training for m in model.backbone.layer4.modules())
