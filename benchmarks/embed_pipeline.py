@@ -25,7 +25,7 @@ from embedder.model import build_model
 from embedder.transforms import eval_transform, load_image
 from ingest.runner import ensure_collection, run_ingest
 from ingest.sample import write_sample
-from search.store import open_store
+from search.stores import open_store
 
 
 def reference(model, files: list[Path]) -> float:

@@ -24,7 +24,7 @@ from embedder.inference import Encoder
 from embedder.model import build_model
 from ingest.runner import ensure_collection, run_ingest
 from ingest.sample import write_sample
-from search.store import open_store
+from search.stores import open_store
 
 IMAGES_PER_ITEM = 3.5  # the generator's mean: 1-2 shop and 1-3 consumer photos per item
 

@@ -133,7 +133,7 @@ def main() -> None:
     from embedder import build_model, save_checkpoint
     from ingest.sample import write_sample
     from search.service import Query, SearchService
-    from search.store import open_store
+    from search.stores import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_sample(f"{tmp}/sample", items=args.items, seed=1)

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from search.store import IndexSettings, Points, open_store, point_id
+from search.store import IndexSettings, Points, point_id
+from search.stores import open_store
 
 CATEGORIES = {"TOPS": 0.45, "DRESSES": 0.35, "TROUSERS": 0.20}
 

@@ -8,7 +8,7 @@ import importlib
 _EXPORTS = {
     "read_catalog": "catalog",
     "read_pairs": "catalog",
-    "load_checkpoint": "checkpoint",
+    "load_checkpoint": "model",
     "read_metadata": "checkpoint",
     "save_checkpoint": "checkpoint",
     "Encoder": "inference",
@@ -16,7 +16,7 @@ _EXPORTS = {
     "embed_files": "inference",
     "EmbeddingNet": "model",
     "ModelSpec": "spec",
-    "WeightsError": "model",
+    "WeightsError": "errors",
     "build_model": "model",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: logging setup and turning known errors into one-line exits."""
+"""Shared CLI plumbing of the three commands: logging, one-line errors, and the options that
+choose a device, a precision and a store (typer types only: opening a store is search's job)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,41 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from embedder.choices import Precision as PrecisionChoice
 from embedder.errors import UserError
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+StoreDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        help="Embedded Qdrant folder (the default store). [default: ./qdrant_data]",
+        show_default=False,
+    ),
+]
+QdrantUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--qdrant-url",
+        help="Qdrant server URL (http(s)://host:6333) instead of the embedded store; API key from "
+        "QDRANT_API_KEY. ':memory:' or 'file:DIR' use qdrant-client's local mode. [default: "
+        "QDRANT_URL when set and --store is not given]",
+        show_default=False,
+    ),
+]
+Collection = Annotated[
+    str, typer.Option("--collection", "-c", envvar="QDRANT_COLLECTION", help="Collection name.")
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")]
+Precision = Annotated[
+    PrecisionChoice,
+    typer.Option(help="auto: bf16 autocast where the CPU/GPU has native bf16, else fp32."),
+]
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -8,8 +8,19 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Verbose, clean_errors, echo, setup_logging
-from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
+from embedder._cli import (
+    Collection,
+    Device,
+    Precision,
+    QdrantUrl,
+    StoreDir,
+    Verbose,
+    clean_errors,
+    echo,
+    setup_logging,
+)
+from embedder.choices import MapMethod, Mode
+from embedder.errors import UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -56,18 +67,21 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
     margin: Annotated[float, typer.Option(help="Triplet margin.")] = 0.5,
     mode: Annotated[
-        str,
+        Mode,
         typer.Option(
             help="reference (consumer/shop/same-subcategory negative), batch-hard or semihard "
             "(item-balanced batches with online mining)."
         ),
-    ] = "reference",
+    ] = Mode.reference,
     train_stages: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Backbone stages to train (others frozen), e.g. layer4 or layer3,layer4, or all."
+            help="Backbone stages to train (others frozen, BatchNorm statistics included), e.g. "
+            "layer4 or layer3,layer4, or all. [default: layer4 (the reference recipe) from "
+            "pretrained weights; all from random weights (--pretrained none)]",
+            show_default=False,
         ),
-    ] = "layer4",
+    ] = None,
     per_item: Annotated[int, typer.Option(min=2, help="Images per item in a mined batch.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Data loading processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
@@ -87,6 +101,15 @@ def train(
     with clean_errors():
         from embedder.train import TrainConfig, fit
 
+        if train_stages is None:  # frozen random layers would never learn anything
+            random_init = pretrained == "none" and weights is None
+            train_stages = "all" if random_init else "layer4"
+            typer.echo(
+                f"training stages: {train_stages} ("
+                + ("random weights: every stage learns" if random_init else "the reference recipe")
+                + "; --train-stages to choose)",
+                err=True,
+            )
         cfg = TrainConfig(
             root=str(root),
             out=str(out),
@@ -99,7 +122,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             margin=margin,
-            mode=mode,
+            mode=mode.value,
             train_stages=train_stages,
             per_item=per_item,
             device=device,
@@ -122,17 +145,19 @@ def train(
 def evaluate(
     root: Root,
     weights: Annotated[Path | None, typer.Option(help="Checkpoint to evaluate.")] = None,
-    backbones: Annotated[
-        str | None,
+    backbone: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Instead of --weights: compare these timm backbones (comma-separated) with "
-            "--pretrained weights."
+            "--backbone",
+            "--backbones",
+            help="Instead of --weights: compare these timm backbones with --pretrained weights "
+            "(repeat the option or separate names with commas).",
         ),
     ] = None,
     pretrained: Annotated[
-        str, typer.Option(help="With --backbones: default, a tag or none.")
+        str, typer.Option(help="With --backbone: default, a tag or none.")
     ] = "default",
-    img_size: Annotated[int | None, typer.Option(help="With --backbones.")] = None,
+    img_size: Annotated[int | None, typer.Option(help="With --backbone.")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     k: Annotated[str, typer.Option("--k", help="Top-k values.")] = "1,5,10,20,50",
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
@@ -141,7 +166,9 @@ def evaluate(
         Path | None,
         typer.Option(help="Write a 2-D map of gallery embeddings coloured by category."),
     ] = None,
-    map_method: Annotated[str, typer.Option(help="pca, or tsne (scikit-learn).")] = "pca",
+    map_method: Annotated[
+        MapMethod, typer.Option(help="pca, or tsne (scikit-learn).")
+    ] = MapMethod.pca,
     via_store: Annotated[
         bool,
         typer.Option(
@@ -171,8 +198,9 @@ def evaluate(
         from embedder.plots import embedding_map as draw_map
         from embedder.plots import topk_curve
 
-        if (weights is None) == (backbones is None):
-            raise ValueError("give either --weights or --backbones")
+        backbones = [n for names in backbone or [] for n in names.split(",") if n]
+        if (weights is None) == (not backbones):
+            raise ValueError("give either --weights or --backbone")
         if via_store and weights is None:
             raise ValueError(
                 "--via-store needs --weights (the model the collection was built with)"
@@ -185,8 +213,7 @@ def evaluate(
                     name,
                     lambda name=name: build_model(name, img_size=img_size, pretrained=pretrained),
                 )
-                for name in backbones.split(",")
-                if name
+                for name in backbones
             ]
         sets = split_sets(root, split)
         reports = {}
@@ -201,7 +228,7 @@ def evaluate(
                 echo(line)
             if embedding_map and len(models) == 1:
                 labels = vectors["gallery_table"]["category"]
-                draw_map(vectors["gallery"], labels, embedding_map, map_method)
+                draw_map(vectors["gallery"], labels, embedding_map, map_method.value)
                 echo(f"embedding map: {embedding_map}")
         if via_store:
             reports["store"] = _via_store(
@@ -215,20 +242,30 @@ def evaluate(
 
 
 def _via_store(encoder, vectors, sets, ks, split, store, qdrant_url, collection):
-    """The same queries through the collection: accuracy and agreement with exact search."""
-    from embedder.evaluate import accuracy, agreement
-    from search.query import store_knn
-    from search.store import StoreError
+    """The same queries through the collection: accuracy and agreement with exact search.
 
+    The collection's k-NN comes from the "fashion_retrieval.knn" entry point (search
+    provides it), so that embedder never imports the layers above it."""
+    from importlib.metadata import entry_points
+
+    from embedder.evaluate import accuracy, agreement
+
+    found = entry_points(group="fashion_retrieval.knn", name="collection")
+    if not found:
+        raise UserError("--via-store needs the search package (pip install fashion-retrieval)")
+    collection_knn = next(iter(found)).load()
     queries, gallery = sets
-    with open_from(store, qdrant_url, collection) as db:
-        have = db.require().get("model")
-        if have != encoder.spec.identity():
-            raise StoreError(f"collection {collection!r} was built with {have}, not with --weights")
-        knn = store_knn(db, gallery["path"].tolist(), split)
+    with collection_knn(
+        str(store) if store else None,
+        qdrant_url,
+        collection,
+        encoder.spec,
+        gallery["path"].tolist(),
+        split,
+    ) as (knn, where):
         neighbours = knn(vectors["queries"], max(ks))
     report = accuracy(neighbours, queries, gallery, ks, split)
-    echo(f"via {db.describe()} collection {collection!r} (HNSW):")
+    echo(f"via {where} collection {collection!r} (HNSW):")
     for line in report.table():
         echo(line)
     agree = agreement(neighbours, vectors["neighbours"])

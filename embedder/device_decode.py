@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from embedder.errors import describe_failure
 from embedder.spec import ModelSpec
 from embedder.transforms import BBOX_MARGIN, clip_box, eval_transform, load_image
 
@@ -51,8 +52,6 @@ class JpegFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
-        from embedder.inference import describe_failure
-
         path, box = self.paths[i], self.boxes[i] if self.boxes is not None else None
         try:
             with warnings.catch_warnings():
@@ -136,8 +135,6 @@ def _decode(items: list[Item], device: torch.device) -> list[torch.Tensor | None
 
 def decode_batch(items: list[Item], spec: ModelSpec, device: torch.device):
     """→ (positions, uint8 NCHW pixels on `device` or None, [(position, reason)])."""
-    from embedder.inference import describe_failure
-
     index, pixels, failed = [], [], []
     jpegs = [it for it in items if it.data is not None]
     decoded = dict(zip((it.index for it in jpegs), _decode(jpegs, device), strict=True))

@@ -1,5 +1,16 @@
-"""Errors a user can act on; the CLIs print them as one line and exit non-zero."""
+"""Errors a user can act on (the CLIs print them as one line and exit non-zero), and how a
+file that could not be read is described in reports."""
 
 
 class UserError(Exception):
     """Base class of every error whose message is meant for the user, not a traceback."""
+
+
+class WeightsError(UserError, RuntimeError):
+    """Weights cannot be loaded (missing file, corrupt file, no network for a pretrained tag)."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One short line for a file that failed: the exception's type and first line."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedder.device import autocast, autocast_dtype, resolve_device
+from embedder.errors import describe_failure
 from embedder.spec import ModelSpec
 from embedder.transforms import eval_transform, load_image, normalize
 
@@ -43,11 +44,6 @@ class ImageFiles(Dataset):
             return i, self.transform(load_image(self.paths[i], box, self.min_side)), ""
         except Exception as exc:  # every undecodable file becomes a reported failure
             return i, None, describe_failure(exc)
-
-
-def describe_failure(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 @dataclass

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.errors import UserError
+from embedder.checkpoint import read_state
+from embedder.errors import WeightsError
 from embedder.spec import DEFAULT_BACKBONE, DEFAULT_DIM, ModelSpec
 
 log = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
-
-
-class WeightsError(UserError, RuntimeError):
-    """Weights cannot be loaded (missing file, corrupt file, no network for a pretrained tag)."""
 
 
 class EmbeddingNet(nn.Module):
@@ -81,8 +79,6 @@ def build_model(
     preprocessing (mean, std, size, crop, interpolation) is read from timm's data config.
     """
     if weights is not None:
-        from embedder.checkpoint import load_checkpoint
-
         return load_checkpoint(weights, dim=dim, img_size=img_size)
     if dim is not None and dim < 1:
         raise ValueError(f"dim must be positive, got {dim}")
@@ -104,4 +100,30 @@ def build_model(
         torch.manual_seed(RANDOM_INIT_SEED)  # the head too is reproducible for a given backbone
         model = EmbeddingNet(net, spec)
     log.info("model: %s dim=%d img=%d weights=%s", backbone, spec.dim, spec.img_size, origin)
+    return model.eval()
+
+
+def load_checkpoint(
+    path: str | Path, *, dim: int | None = None, img_size: int | None = None
+) -> EmbeddingNet:
+    """Rebuild the model recorded in a checkpoint and load its parameters."""
+    spec, state = read_state(path)
+    for name, asked, have in (("dim", dim, spec.dim), ("img_size", img_size, spec.img_size)):
+        if asked is not None and asked != have:
+            raise ValueError(
+                f"--{name.replace('_', '-')} {asked} conflicts with {have} recorded in {path}"
+            )
+    try:
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            model = EmbeddingNet(create_backbone(spec.backbone, "none")[0], spec)
+        model.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            # a backbone with non-persistent buffers: build it for real, then load
+            model = EmbeddingNet(create_backbone(spec.backbone, "none")[0], spec)
+            model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise WeightsError(
+            f"weights file {str(path)!r} does not fit {spec.backbone}: {first}"
+        ) from None
     return model.eval()

@@ -54,3 +54,12 @@ class ModelSpec:
             data[key] = tuple(data[key])
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def model_difference(recorded: dict | None, spec: ModelSpec) -> str | None:
+    """The one "same model?" rule: None when a collection's recorded model identity is
+    `spec`'s, else what differs ("weights 'sha256:a' vs 'sha256:b'"), for the caller's message."""
+    want = spec.identity()
+    recorded = recorded or {}
+    diff = [f"{k} {recorded.get(k)!r} vs {v!r}" for k, v in want.items() if recorded.get(k) != v]
+    return ", ".join(diff) or None

@@ -19,15 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from embedder.catalog import bbox_of, locate, read_catalog, read_pairs
-from embedder.checkpoint import load_checkpoint, save_checkpoint
+from embedder.checkpoint import save_checkpoint
+from embedder.choices import Mode
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.evaluate import DEFAULT_KS, evaluate, split_sets
 from embedder.inference import Encoder
-from embedder.model import EmbeddingNet, build_model
+from embedder.model import EmbeddingNet, build_model, load_checkpoint
 from embedder.transforms import load_image, normalize, train_transform
 
 log = logging.getLogger(__name__)
-MODES = ("reference", "batch-hard", "semihard")
+MODES = tuple(m.value for m in Mode)
 STATE_FILE = "train_state.json"
 
 
@@ -44,7 +45,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     margin: float = 0.5
-    mode: str = "reference"
+    mode: str = Mode.reference.value
     train_stages: str = "layer4"  # backbone children to train, comma-separated, or "all"
     per_item: int = 2  # images per item in a batch (online mining)
     device: str = "auto"

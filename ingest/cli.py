@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from embedder._cli import Verbose, clean_errors, echo, setup_logging
+from embedder.choices import Decode
 from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
 
 app = typer.Typer(
@@ -140,11 +141,11 @@ def run(
     device: Device = "auto",
     precision: Precision = "auto",
     decode: Annotated[
-        str,
+        Decode,
         typer.Option(
             help="cpu: workers decode; device: workers read, JPEGs decode on the GPU (nvjpeg)."
         ),
-    ] = "cpu",
+    ] = Decode.cpu,
     compile: Annotated[
         bool,
         typer.Option(
@@ -220,7 +221,7 @@ def run(
                     progress=progress,
                     prune=prune,
                     catalog=work,
-                    decode_on=decode,
+                    decode_on=decode.value,
                     image_base=image_base,
                 )
             except KeyboardInterrupt:
@@ -257,7 +258,7 @@ def publish(
 
         from ingest.plan import check_image_url
         from ingest.transfer import copy_collection
-        from search.store import open_store
+        from search.stores import open_store
 
         image_base = check_image_url(image_url)
         with (

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from embedder.inference import Encoder, embed_batches
-from embedder.model import ModelSpec
+from embedder.spec import ModelSpec, model_difference
 from ingest.plan import image_url, make_plan, payload, stale_ids
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
@@ -119,11 +119,8 @@ def ensure_collection(
             settings,
         )
         return
-    have = store.metadata().get("model", {})
-    if have != spec.identity():
-        diff = ", ".join(
-            f"{k} {have.get(k)!r} vs {v!r}" for k, v in spec.identity().items() if have.get(k) != v
-        )
+    diff = model_difference(store.metadata().get("model"), spec)
+    if diff:
         raise StoreError(
             f"collection {store.collection!r} was embedded with another model "
             f"({diff}); use the same model, another --collection, or --recreate"

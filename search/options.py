@@ -1,42 +1,17 @@
-"""CLI options shared by `ingest` and `search` for choosing a store and a collection."""
+"""Opening the store that the shared CLI options (embedder._cli) name."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from embedder._cli import Collection, Device, Precision, QdrantUrl, StoreDir
 
-StoreDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        help="Embedded Qdrant folder (the default store). [default: ./qdrant_data]",
-        show_default=False,
-    ),
-]
-QdrantUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--qdrant-url",
-        help="Qdrant server URL (http(s)://host:6333) instead of the embedded store; API key from "
-        "QDRANT_API_KEY. ':memory:' or 'file:DIR' use qdrant-client's local mode. [default: "
-        "QDRANT_URL when set and --store is not given]",
-        show_default=False,
-    ),
-]
-Collection = Annotated[
-    str, typer.Option("--collection", "-c", envvar="QDRANT_COLLECTION", help="Collection name.")
-]
-Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
-Precision = Annotated[
-    str, typer.Option(help="auto (bf16 autocast where the CPU/GPU supports it), bf16 or fp32.")
-]
+__all__ = ["Collection", "Device", "Precision", "QdrantUrl", "StoreDir", "open_from"]
 
 
 def open_from(store: Path | None, url: str | None, collection: str, read_only: bool = False):
     """The store the options name; `read_only` for commands that only read it."""
-    from search.store import open_store
+    from search.stores import open_store
 
     return open_store(
         store_dir=str(store) if store else None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from embedder.spec import model_difference
 from search.store import Store, StoreError
 
 
@@ -38,7 +40,7 @@ def model_for(metadata: dict, weights: str | None = None):
             img_size=identity["img_size"],
             pretrained=tag or "default",
         )
-    if model.spec.identity() != identity:
+    if model_difference(identity, model.spec):
         raise WeightsError(
             f"weights {model.spec.weights} do not match the collection's model "
             f"{origin}; the collection must be searched with the model that made it"
@@ -68,7 +70,7 @@ def query_encoder(
     spec = ModelSpec.from_json(metadata["model_spec"]) if metadata.get("model_spec") else None
     # an explicit --weights file is always loaded and checked against the collection
     usable = traced and dev.type == "cpu" and spec is not None and not weights
-    if usable and spec.identity() == metadata.get("model"):
+    if usable and not model_difference(metadata.get("model"), spec):
         from embedder.compiled import load_traced
 
         if (module := load_traced(spec, dtype)) is not None:
@@ -110,3 +112,24 @@ def store_knn(store: Store, gallery_paths: Sequence[str], split: str, chunk: int
         return out
 
     return knn
+
+
+@contextlib.contextmanager
+def collection_knn(
+    store_dir: str | None,
+    url: str | None,
+    collection: str,
+    spec,
+    gallery_paths: Sequence[str],
+    split: str,
+):
+    """`embedder evaluate --via-store`'s k-NN: the collection built by `spec`'s model, searched
+    with HNSW. Found by embedder through the "fashion_retrieval.knn" entry point, so that
+    embedder never imports search. Yields (knn, the store's description)."""
+    from search.stores import open_store
+
+    with open_store(store_dir=store_dir, url=url, collection=collection, read_only=True) as store:
+        diff = model_difference(store.require().get("model"), spec)
+        if diff:
+            raise StoreError(f"collection {collection!r} was built with another model ({diff})")
+        yield store_knn(store, gallery_paths, split), store.describe()

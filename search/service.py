@@ -295,7 +295,7 @@ class SearchService:
         """One uploaded photo (bytes) → its vector; BadImage when it is not a usable image."""
         from PIL import Image, UnidentifiedImageError
 
-        from embedder.inference import describe_failure
+        from embedder.errors import describe_failure
         from embedder.transforms import eval_transform, load_image
 
         spec = self.encoder.spec

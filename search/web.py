@@ -214,7 +214,7 @@ def _page() -> str:
 
 def open_service(settings: Settings) -> SearchService:
     """Open the collection and check its model: errors here stop `serve` before it listens."""
-    from search.store import open_store
+    from search.stores import open_store
 
     store = open_store(
         store_dir=settings.store, url=settings.url, collection=settings.collection, read_only=True

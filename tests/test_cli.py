@@ -152,7 +152,7 @@ def test_publish_copies_to_a_server_collection(ingested, tmp_path):
     target = f"file:{tmp_path / 'server'}"
     result = runner.invoke(ingest_app, ["publish", "--to", target, "--store", str(db)])
     assert result.exit_code == 0, result.output
-    from search.store import open_store
+    from search.stores import open_store
 
     with (
         open_store(store_dir=str(db), collection="deepfashion") as a,
@@ -292,7 +292,7 @@ def test_train_then_evaluate_exact_and_via_store(sample_root, tmp_path, tiny_arg
 
 
 def test_image_url_payload_for_the_dashboard(sample_root, tmp_path, ingest_tiny):
-    from search.store import open_store
+    from search.stores import open_store
 
     db = str(tmp_path / "db")
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from ingest.cli import app as ingest_app
 from search.cli import app as search_app
-from search.store import open_store
+from search.stores import open_store
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent

@@ -163,7 +163,7 @@ def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
         fit_projection(data, 1000)
     from ingest.runner import ensure_collection, run_ingest
     from search.service import search_images
-    from search.store import open_store
+    from search.stores import open_store
 
     with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
         encoder = Encoder(loaded, "cpu", "fp32")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from embedder import read_catalog
 from ingest.runner import ensure_collection, run_ingest
-from search.store import open_store, point_id
+from search.store import point_id
+from search.stores import open_store
 
 
 def _png_with_size(width: int, height: int) -> bytes:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from embedder import read_catalog
 from ingest.cli import app as ingest_app
 from ingest.runner import ensure_collection, run_ingest
-from search.store import open_store, point_id
+from search.store import point_id
+from search.stores import open_store
 
 BIN = Path(sys.executable).parent
 # resnet50 in fp32, two images a step: several seconds for the sample, so that the signal,

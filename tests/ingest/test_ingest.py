@@ -5,7 +5,8 @@ from embedder import Encoder, build_model, embed_files, read_catalog
 from ingest.runner import ensure_collection, run_ingest
 from search.query import model_for
 from search.service import search_images
-from search.store import StoreError, open_store
+from search.store import StoreError
+from search.stores import open_store
 
 
 @pytest.fixture()

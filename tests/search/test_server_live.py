@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from ingest.runner import ensure_collection, run_ingest
-from search.store import open_store
+from search.stores import open_store
 
 URL = os.environ.get("QDRANT_TEST_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="needs a Qdrant server: set QDRANT_TEST_URL")

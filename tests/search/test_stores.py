@@ -5,7 +5,8 @@ import pytest
 
 from embedder import read_catalog
 from ingest.runner import ensure_collection, run_ingest
-from search.store import StoreError, open_store
+from search.store import StoreError
+from search.stores import open_store
 
 
 def _stores(tmp_path):
