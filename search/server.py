@@ -6,8 +6,10 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search.store import (
     GROUP_FIELD,
@@ -78,18 +80,19 @@ class ServerStore(Store):
             return fn(*args, **kwargs)
         except StoreError:
             raise
-        except Exception as exc:
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
+        except UnexpectedResponse as exc:
+            if exc.status_code in (401, 403):
                 raise StoreError(
                     f"{self.describe()} refused the API key while trying to {what} "
                     f"(set QDRANT_API_KEY)"
                 ) from None
-            if any(s in text for s in ("Connection", "connect", "timed out", "Name or service")):
-                raise StoreError(
-                    f"cannot reach {self.describe()} to {what}: {text[:200]}"
-                ) from None
-            raise
+            raise StoreError(
+                f"{self.describe()} answered HTTP {exc.status_code} to {what}: "
+                f"{(exc.reason_phrase or '')[:200]}"
+            ) from None
+        except (httpx.TransportError, ResponseHandlingException, ConnectionError) as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"cannot reach {self.describe()} to {what}: {text[:200]}") from None
 
     def exists(self) -> bool:
         return self._call("check the collection", self.client.collection_exists, self.collection)
