@@ -75,3 +75,17 @@ def encoder(tiny_model):
     from embedder import Encoder
 
     return Encoder(tiny_model, "cpu", "auto")
+
+
+@pytest.fixture(scope="session")
+def store_contents():
+    """A function: store → {point id: (payload, vector)} of every point it holds."""
+
+    def read(store) -> dict:
+        return {
+            pid: (payload, vec)
+            for points in store.scroll(64)
+            for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
+        }
+
+    return read

@@ -267,15 +267,10 @@ def test_wrong_api_key_is_reported_as_such(tmp_path):
     assert "wrong-key-123" not in out.stdout + out.stderr
 
 
-def test_snapshot_restores_into_either_store_kind(sample_root, encoder, tmp_path):
+def test_snapshot_restores_into_either_store_kind(sample_root, encoder, tmp_path, store_contents):
     from ingest.transfer import restore_snapshot, write_snapshot
 
-    def contents(store):  # vectors rounded: cosine stores re-normalise on upsert (last bits)
-        return {
-            pid: (payload, vec)
-            for points in store.scroll(64)
-            for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
-        }
+    contents = store_contents  # vectors compared to 1e-6: cosine stores re-normalise on upsert
 
     def same(a, b):
         assert a.keys() == b.keys()

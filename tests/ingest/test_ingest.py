@@ -73,15 +73,13 @@ def test_collection_records_the_model_and_refuses_another(store, encoder, sample
     assert store.count() == 0 and store.metadata()["model"]["dim"] == 128
 
 
-def test_shards_one_after_another_equal_one_full_ingest(tiny_model, sample_root, tmp_path):
+def test_shards_one_after_another_equal_one_full_ingest(
+    tiny_model, sample_root, tmp_path, store_contents
+):
     encoder = Encoder(tiny_model, "cpu", "fp32")  # bf16 results vary with batch composition
 
-    def contents(store):
-        return {
-            pid: (payload, vec.tobytes())
-            for points in store.scroll(64)
-            for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
-        }
+    def contents(store):  # vectors as bytes: bit-identical
+        return {pid: (p, vec.tobytes()) for pid, (p, vec) in store_contents(store).items()}
 
     with open_store(url=f"file:{tmp_path / 'full'}", collection="c") as full:
         _ingest(full, encoder, sample_root)

@@ -27,16 +27,8 @@ def filled(sample_root, encoder, tmp_path):
         store.close()
 
 
-def _everything(store):
-    return {
-        pid: (payload, vec)
-        for points in store.scroll(50)
-        for pid, payload, vec in zip(points.ids, points.payloads, points.vectors, strict=True)
-    }
-
-
-def test_both_stores_hold_the_same_points(filled, sample_root):
-    edge, server = (_everything(s) for s in filled.values())
+def test_both_stores_hold_the_same_points(filled, sample_root, store_contents):
+    edge, server = (store_contents(s) for s in filled.values())
     assert len(edge) == len(read_catalog(sample_root)) == filled["server"].count()
     assert edge.keys() == server.keys()
     for pid, (payload, vector) in edge.items():
@@ -45,8 +37,8 @@ def test_both_stores_hold_the_same_points(filled, sample_root):
     assert filled["embedded"].metadata() == filled["server"].metadata()
 
 
-def test_both_stores_answer_like_exact_search(filled, encoder):
-    everything = _everything(filled["embedded"])
+def test_both_stores_answer_like_exact_search(filled, encoder, store_contents):
+    everything = store_contents(filled["embedded"])
     ids = list(everything)
     matrix = np.stack([everything[i][1] for i in ids])
     queries = matrix[:5] * 0.9 + matrix[5:10] * 0.1
@@ -105,8 +97,8 @@ def _brute_groups(everything, query, top, size, filters=None, exclude=()):
 
 
 @pytest.mark.parametrize("filters", [None, {"category": "TOPS"}, {"source": "shop"}])
-def test_both_stores_group_by_garment_like_a_slow_loop(filled, filters):
-    everything = _everything(filled["embedded"])
+def test_both_stores_group_by_garment_like_a_slow_loop(filled, filters, store_contents):
+    everything = store_contents(filled["embedded"])
     ids = list(everything)
     queries = np.stack([everything[i][1] for i in ids[:4]])
     exclude = [ids[0]]
@@ -124,8 +116,8 @@ def test_both_stores_group_by_garment_like_a_slow_loop(filled, filters):
                 assert ids[0] not in {h.id for h in group.hits}
 
 
-def test_both_stores_leave_out_excluded_points_and_read_vectors(filled):
-    everything = _everything(filled["embedded"])
+def test_both_stores_leave_out_excluded_points_and_read_vectors(filled, store_contents):
+    everything = store_contents(filled["embedded"])
     first = next(iter(everything))
     for store in filled.values():
         vec = store.vectors([first])[first]
