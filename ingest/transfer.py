@@ -29,12 +29,7 @@ def create_like(target: Store, metadata: dict, *, recreate: bool = False) -> Non
             )
         target.drop()
     index = metadata.get("index", {})
-    settings = IndexSettings(
-        m=index.get("m", 16),
-        ef_construct=index.get("ef_construct", 100),
-        hnsw_ef=index.get("hnsw_ef"),
-        quantization=bool(index.get("quantization")),
-    )
+    settings = IndexSettings.from_recorded(index)
     body = {k: v for k, v in metadata.items() if k not in ("dim", "distance", "index")}
     target.create(int(metadata["dim"]), body, settings)
 

@@ -182,20 +182,17 @@ class EdgeStore(Store):
 
     def _query_params(self) -> qe.SearchParams | None:
         if not self._params_ready:
-            self._search_params = self._params(self.index_settings())
+            options, self._search_params = self.search_options(), None
+            if options is not None:
+                ef, oversampling = options
+                quant = (
+                    qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+                    if oversampling
+                    else None
+                )
+                self._search_params = qe.SearchParams(hnsw_ef=ef, quantization=quant)
             self._params_ready = True
         return self._search_params
-
-    @staticmethod
-    def _params(index: dict) -> qe.SearchParams | None:
-        quant = (
-            qe.QuantizationSearchParams(rescore=True, oversampling=2.0)
-            if index.get("quantization")
-            else None
-        )
-        if index.get("hnsw_ef") is None and quant is None:
-            return None
-        return qe.SearchParams(hnsw_ef=index.get("hnsw_ef"), quantization=quant)
 
     def exists(self) -> bool:
         return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()
@@ -223,12 +220,7 @@ class EdgeStore(Store):
             self._shard.update(
                 qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
             )
-        index = {
-            "m": settings.m,
-            "ef_construct": settings.ef_construct,
-            "hnsw_ef": settings.hnsw_ef,
-            "quantization": settings.quantization,
-        }
+        index = settings.recorded()
         meta = {**metadata, "dim": dim, "distance": "cosine", "index": index}
         tmp = self.folder / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -107,12 +107,7 @@ class ServerStore(Store):
             if settings.quantization
             else None
         )
-        index = {
-            "m": settings.m,
-            "ef_construct": settings.ef_construct,
-            "hnsw_ef": settings.hnsw_ef,
-            "quantization": settings.quantization,
-        }
+        index = settings.recorded()
         self._call(
             "create the collection",
             self.client.create_collection,
@@ -145,15 +140,15 @@ class ServerStore(Store):
         if not self._params_ready and self.local:
             self._params, self._params_ready = None, True  # local mode is exact: no HNSW params
         if not self._params_ready:
-            index = self.index_settings()
-            self._params = None
-            quant = (
-                models.QuantizationSearchParams(rescore=True, oversampling=2.0)
-                if index.get("quantization")
-                else None
-            )
-            if index.get("hnsw_ef") is not None or quant is not None:
-                self._params = models.SearchParams(hnsw_ef=index.get("hnsw_ef"), quantization=quant)
+            options, self._params = self.search_options(), None
+            if options is not None:
+                ef, oversampling = options
+                quant = (
+                    models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+                    if oversampling
+                    else None
+                )
+                self._params = models.SearchParams(hnsw_ef=ef, quantization=quant)
             self._params_ready = True
         return self._params
 

@@ -22,6 +22,7 @@ POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
 Filters = Mapping[str, "str | Sequence[str]"]  # field → value, or any of several values
 GROUP_FIELD = "item_id"  # one garment: its consumer and shop photos
 MAX_MEMBERS = 4096  # photos read to fill the groups of one grouped query
+RESCORE_OVERSAMPLING = 2.0  # quantized search: candidates rescored with the original vectors
 SCORE_SLACK = 1.0 + 1e-3  # cosine scores beyond ±this (or NaN) mean damaged vectors
 
 
@@ -122,6 +123,25 @@ class IndexSettings:
     shard_number: int | None = None  # server only
     replication_factor: int | None = None  # server only
 
+    def recorded(self) -> dict:
+        """What a collection's metadata records as its "index" (both stores alike)."""
+        return {
+            "m": self.m,
+            "ef_construct": self.ef_construct,
+            "hnsw_ef": self.hnsw_ef,
+            "quantization": self.quantization,
+        }
+
+    @classmethod
+    def from_recorded(cls, index: dict) -> IndexSettings:
+        """The settings a collection recorded (to make another one like it)."""
+        return cls(
+            m=index.get("m", 16),
+            ef_construct=index.get("ef_construct", 100),
+            hnsw_ef=index.get("hnsw_ef"),
+            quantization=bool(index.get("quantization")),
+        )
+
 
 class Store(ABC):
     """One collection in one Qdrant. Cosine distance, keyword indexes on INDEXED_FIELDS."""
@@ -169,6 +189,15 @@ class Store(ABC):
             raise ValueError(f"hnsw ef must be positive, got {ef}")
         self.hnsw_ef = ef
         self._params_ready = False
+
+    def search_options(self) -> tuple[int | None, float | None] | None:
+        """(HNSW ef, rescoring oversampling of quantized vectors) for approximate searches, as
+        recorded with the collection and overridden by set_hnsw_ef; None: the engine's own."""
+        index = self.index_settings()
+        oversampling = RESCORE_OVERSAMPLING if index.get("quantization") else None
+        if index.get("hnsw_ef") is None and oversampling is None:
+            return None
+        return index.get("hnsw_ef"), oversampling
 
     def index_settings(self) -> dict:
         """The collection's recorded index settings with this session's overrides applied."""
