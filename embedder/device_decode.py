@@ -20,8 +20,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from embedder.errors import describe_failure
+from embedder.geometry import center_crop, clip_box, crop_with_margin, interpolation, resize_shape
 from embedder.spec import ModelSpec
-from embedder.transforms import BBOX_MARGIN, clip_box, eval_transform, load_image
+from embedder.transforms import eval_transform, load_image
 
 Box = tuple[int, int, int, int] | None
 
@@ -93,25 +94,18 @@ def prepare(img: torch.Tensor, item: Item, spec: ModelSpec) -> torch.Tensor:
     box = clip_box(item.box, *upright) if item.box is not None else None
     if box is not None:
         height, width = img.shape[-2:]
-        sx, sy = width / upright[0], height / upright[1]
-        x1, y1, x2, y2 = box
-        mx, my = (x2 - x1) * BBOX_MARGIN, (y2 - y1) * BBOX_MARGIN
-        left, top = max(0, round((x1 - mx) * sx)), max(0, round((y1 - my) * sy))
-        right, bottom = min(width, round((x2 + mx) * sx)), min(height, round((y2 + my) * sy))
-        if right - left >= 8 and bottom - top >= 8:
+        scale = (width / upright[0], height / upright[1])
+        if (crop := crop_with_margin(box, *scale, width, height)) is not None:
+            left, top, right, bottom = crop
             img = img[:, top:bottom, left:right]
     height, width = img.shape[-2:]
-    resize = int(spec.img_size / spec.crop_pct)
-    if width <= height:
-        size = (int(resize * height / width), resize)
-    else:
-        size = (resize, int(resize * width / height))
-    mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
-    out = F.interpolate(
-        img[None].float(), size=size, mode=mode, antialias=True, align_corners=False
-    )[0]
-    top = int(round((size[0] - spec.img_size) / 2.0))
-    left = int(round((size[1] - spec.img_size) / 2.0))
+    new_width, new_height = resize_shape(width, height, spec.img_size, spec.crop_pct)
+    mode = "bicubic" if interpolation(spec.interpolation) == "bicubic" else "bilinear"
+    batch = F.interpolate(
+        img[None].float(), size=(new_height, new_width), mode=mode, antialias=True
+    )
+    out = batch[0]
+    left, top = center_crop(new_width, new_height, spec.img_size)
     out = out[:, top : top + spec.img_size, left : left + spec.img_size]
     return out.round_().clamp_(0, 255).to(torch.uint8)
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from embedder.geometry import center_crop, clip_box, crop_with_margin, interpolation, resize_shape
 from embedder.spec import ModelSpec
 
-BBOX_MARGIN = 0.1  # keep a little context around the annotated garment
-MIN_BOX = 8  # pixels: a smaller box is no garment
 log = logging.getLogger(__name__)
 
 
@@ -33,18 +31,6 @@ def load_image(
         return _load(path, bbox, min_side)
 
 
-def clip_box(bbox, width: int, height: int) -> tuple[float, float, float, float] | None:
-    """`bbox` clipped to a width × height photo; None when it is empty, tiny or not finite."""
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return None
-    x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
-    y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
-    if x2 - x1 < MIN_BOX or y2 - y1 < MIN_BOX:
-        return None
-    return x1, y1, x2, y2
-
-
 def _load(path, bbox, min_side) -> Image.Image:
     with Image.open(path) as img:
         stored = img.size
@@ -61,17 +47,9 @@ def _load(path, bbox, min_side) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         rgb = img.convert("RGB") if img.mode != "I;16" else _from_16bit(img)
     if box is not None:
-        sx, sy = rgb.width / full[0], rgb.height / full[1]
-        x1, y1, x2, y2 = box
-        mx, my = (x2 - x1) * BBOX_MARGIN, (y2 - y1) * BBOX_MARGIN
-        crop = (
-            max(0, (x1 - mx) * sx),
-            max(0, (y1 - my) * sy),
-            min(rgb.width, (x2 + mx) * sx),
-            min(rgb.height, (y2 + my) * sy),
-        )
-        if crop[2] - crop[0] >= MIN_BOX and crop[3] - crop[1] >= MIN_BOX:
-            rgb = rgb.crop(tuple(int(round(v)) for v in crop))
+        scale = (rgb.width / full[0], rgb.height / full[1])
+        if (crop := crop_with_margin(box, *scale, rgb.width, rgb.height)) is not None:
+            rgb = rgb.crop(crop)
     return rgb
 
 
@@ -89,19 +67,12 @@ class EvalTransform:
     Resize + CenterCrop + PILToTensor on PIL images) so that search never imports torchvision."""
 
     def __init__(self, spec: ModelSpec):
-        self.size = spec.img_size
-        self.resize = int(spec.img_size / spec.crop_pct)
-        self.filter = _PIL_FILTERS.get(spec.interpolation, Image.BILINEAR)
+        self.size, self.crop_pct = spec.img_size, spec.crop_pct
+        self.filter = _PIL_FILTERS[interpolation(spec.interpolation)]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(self.resize * long / short)
-        img = img.resize(
-            (self.resize, new_long) if w <= h else (new_long, self.resize), self.filter
-        )
-        top = int(round((img.height - self.size) / 2.0))
-        left = int(round((img.width - self.size) / 2.0))
+        img = img.resize(resize_shape(*img.size, self.size, self.crop_pct), self.filter)
+        left, top = center_crop(img.width, img.height, self.size)
         img = img.crop((left, top, left + self.size, top + self.size))
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -114,15 +85,12 @@ def train_transform(spec: ModelSpec, strong: bool):
     """Augmentation for training; `strong` for consumer photos (crop, tilt, light, blur)."""
     from torchvision.transforms import v2
 
-    interpolation = {
-        "bicubic": v2.InterpolationMode.BICUBIC,
-        "nearest": v2.InterpolationMode.NEAREST,
-    }.get(spec.interpolation, v2.InterpolationMode.BILINEAR)
+    mode = v2.InterpolationMode(interpolation(spec.interpolation))
     ops = [
         v2.RandomResizedCrop(
             spec.img_size,
             scale=(0.5 if strong else 0.75, 1.0),
-            interpolation=interpolation,
+            interpolation=mode,
             antialias=True,
         ),
         v2.RandomHorizontalFlip(),
