@@ -16,6 +16,23 @@ from embedder.choices import Precision as PrecisionChoice
 from embedder.errors import UserError
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+class TopKs(tuple):
+    """Sorted, distinct, positive k values of top-k accuracy."""
+
+
+def parse_ks(text: str) -> TopKs:
+    try:
+        ks = TopKs(sorted({int(k) for k in text.split(",")}))
+    except ValueError:
+        raise typer.BadParameter(f"--k {text!r}: give integers like 1,5,10,20,50") from None
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter("--k values must be positive")
+    return ks
+
+
+Ks = Annotated[TopKs, typer.Option("--k", parser=parse_ks, metavar="K,K,...", help="Top-k values.")]
 StoreDir = Annotated[
     Path | None,
     typer.Option(

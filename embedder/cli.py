@@ -11,6 +11,7 @@ import typer
 from embedder._cli import (
     Collection,
     Device,
+    Ks,
     Precision,
     QdrantUrl,
     StoreDir,
@@ -29,16 +30,6 @@ app = typer.Typer(
     help="Train, evaluate and inspect the garment embedding model.",
 )
 Root = Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")]
-
-
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",")}))
-    except ValueError:
-        raise typer.BadParameter(f"--k {text!r}: give integers like 1,5,10,20,50") from None
-    if not ks or ks[0] < 1:
-        raise typer.BadParameter("--k values must be positive")
-    return ks
 
 
 @app.callback()
@@ -88,7 +79,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
     ] = False,
-    k: Annotated[str, typer.Option("--k", help="Validation top-k.")] = "1,5,10,20,50",
+    k: Ks = "1,5,10,20,50",
     device: Device = "auto",
     precision: Precision = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -129,7 +120,7 @@ def train(
             precision=precision,
             workers=workers,
             seed=seed,
-            ks=_ks(k),
+            ks=tuple(k),
             resume=resume,
         )
         history = fit(cfg, progress=progress)
@@ -159,7 +150,7 @@ def evaluate(
     ] = "default",
     img_size: Annotated[int | None, typer.Option(help="With --backbone.")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    k: Annotated[str, typer.Option("--k", help="Top-k values.")] = "1,5,10,20,50",
+    k: Ks = "1,5,10,20,50",
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the top-k curve PNG.")] = None,
     embedding_map: Annotated[
@@ -189,7 +180,7 @@ def evaluate(
     photos; a query hits at k when a photo of its item is among the first k. Overall and per
     category."""
     setup_logging(verbose)
-    ks = _ks(k)
+    ks = tuple(k)
     with clean_errors():
         from embedder.evaluate import evaluate as run_eval
         from embedder.evaluate import split_sets
@@ -281,7 +272,7 @@ def project(
     dim: Annotated[int, typer.Option(min=1, help="Projected size, e.g. 128.")] = 128,
     whiten: Annotated[bool, typer.Option(help="Whiten (unit variance per component).")] = False,
     split: Annotated[str, typer.Option(help="Split to measure the effect on.")] = "test",
-    k: Annotated[str, typer.Option("--k", help="Top-k values.")] = "1,5,10,20,50",
+    k: Ks = "1,5,10,20,50",
     workers: Annotated[int, typer.Option(min=0)] = 1,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -291,7 +282,7 @@ def project(
     a new checkpoint (applied at embed time by ingest and search), and print top-k accuracy on
     --split before and after."""
     setup_logging(verbose)
-    ks = _ks(k)
+    ks = tuple(k)
     with clean_errors():
         from embedder.checkpoint import save_checkpoint
         from embedder.evaluate import evaluate as run_eval

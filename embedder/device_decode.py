@@ -20,11 +20,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from embedder.errors import describe_failure
-from embedder.geometry import center_crop, clip_box, crop_with_margin, interpolation, resize_shape
+from embedder.geometry import (
+    Box,
+    center_crop,
+    clip_box,
+    crop_with_margin,
+    interpolation,
+    resize_shape,
+)
 from embedder.spec import ModelSpec
 from embedder.transforms import eval_transform, load_image
-
-Box = tuple[int, int, int, int] | None
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Item:
     index: int
     data: torch.Tensor | None = None  # 1-D uint8 JPEG bytes, decoded on the device
     pixels: torch.Tensor | None = None  # uint8 CHW, already decoded on the CPU
-    box: Box = None
+    box: Box | None = None
     orientation: int = 1
     size: tuple[int, int] = (0, 0)
     failure: str = ""

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.errors import describe_failure
+from embedder.geometry import Box
 from embedder.spec import ModelSpec
 from embedder.transforms import eval_transform, load_image, normalize
 
@@ -24,13 +25,13 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from torch import nn
 
-Box = tuple[int, int, int, int] | None
-
 
 class ImageFiles(Dataset):
     """Reader: file i → (i, uint8 tensor, "") or (i, None, reason) when it cannot be decoded."""
 
-    def __init__(self, paths: Sequence[str | Path], boxes: Sequence[Box] | None, spec: ModelSpec):
+    def __init__(
+        self, paths: Sequence[str | Path], boxes: Sequence[Box | None] | None, spec: ModelSpec
+    ):
         self.paths, self.boxes, self.spec = list(paths), boxes, spec
         self.transform = eval_transform(spec)
         self.min_side = int(spec.img_size / spec.crop_pct)
@@ -98,17 +99,17 @@ class Encoder:
             self.model = model.eval()  # traced on CPU with its layout and autocast baked in
         else:
             self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        self.compiled_batch = 0
+        self.compile = compile
+        self.compiled_batch: int | None = None  # the batch size compiled for (the first one)
         if compile:
             self.model = torch.compile(self.model)
-            self.compiled_batch = -1  # set by the first batch
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         n = len(pixels)
-        if self.compiled_batch == -1:
+        if self.compile and self.compiled_batch is None:
             self.compiled_batch = n
-        if 0 < n < self.compiled_batch:  # same shape as compiled: no second compilation
+        if self.compiled_batch and n < self.compiled_batch:  # pad: no second compilation
             pad = pixels.new_zeros((self.compiled_batch - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
         x = normalize(pixels, self.spec, self.device)
@@ -136,7 +137,7 @@ def die_with_parent(_worker: int = 0) -> None:
 
 def loader(
     paths: Sequence[str | Path],
-    boxes: Sequence[Box] | None,
+    boxes: Sequence[Box | None] | None,
     spec: ModelSpec,
     *,
     batch_size: int,
@@ -166,7 +167,7 @@ def loader(
 def embed_batches(
     encoder: Encoder,
     paths: Sequence[str | Path],
-    boxes: Sequence[Box] | None = None,
+    boxes: Sequence[Box | None] | None = None,
     *,
     batch_size: int = 32,
     workers: int = 1,
@@ -214,7 +215,7 @@ def embed_batches(
 def embed_files(
     encoder: Encoder,
     paths: Sequence[str | Path],
-    boxes: Sequence[Box] | None = None,
+    boxes: Sequence[Box | None] | None = None,
     *,
     batch_size: int = 32,
     workers: int = 0,

@@ -42,16 +42,18 @@ def _check_writable(path: Path, what: str) -> None:
         raise ValueError(f"cannot write {what} {str(path)!r}: not a writable file or folder")
 
 
-def _shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
+class Share(tuple):
+    """K of N: this worker's share of the dataset."""
+
+
+def parse_shard(text: str) -> Share:
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise typer.BadParameter("--shard takes K/N, e.g. 1/4") from None
     if not 1 <= k <= n:
         raise typer.BadParameter(f"--shard {text}: K must be between 1 and N")
-    return k, n
+    return Share((k, n))
 
 
 @app.command()
@@ -108,9 +110,11 @@ def run(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     shard: Annotated[
-        str | None,
+        Share | None,
         typer.Option(
-            help="K/N: ingest only share K of N (disjoint, deterministic), for parallel workers."
+            parser=parse_shard,
+            metavar="K/N",
+            help="K/N: ingest only share K of N (disjoint, deterministic), for parallel workers.",
         ),
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Drop and rebuild the collection.")] = False,
@@ -161,7 +165,7 @@ def run(
     missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors():
-        parts = _shard(shard)
+        parts = tuple(shard) if shard else None
         from ingest.plan import check_image_url
 
         image_base = check_image_url(image_url)
@@ -265,7 +269,7 @@ def publish(
             open_from(store, None, collection, read_only=True) as source,
             open_store(url=to, collection=target_collection or collection) as target,
         ):
-            total = source.require() and source.count()
+            total = source.require_metadata() and source.count()
             with tqdm(total=total, unit="pt", desc="publish") as bar:
                 copied = copy_collection(
                     source, target, recreate=recreate, progress=bar.update, image_base=image_base
@@ -292,7 +296,7 @@ def snapshot(
         from ingest.transfer import write_snapshot
 
         with open_from(store, qdrant_url, collection, read_only=True) as db:
-            total = db.require() and db.count()
+            total = db.require_metadata() and db.count()
             with tqdm(total=total, unit="pt", desc="snapshot") as bar:
                 count = write_snapshot(db, out, progress=bar.update)
         echo(f"snapshot of {count} points from {db.describe()} collection {collection!r}: {out}")
@@ -339,13 +343,13 @@ def info(
 ) -> None:
     """Show a collection: points, model, index settings, counts per category and source."""
     with clean_errors(), open_from(store, qdrant_url, collection, read_only=True) as db:
-        meta = db.require()
+        meta = db.require_metadata()
         echo(f"collection {collection!r} in {db.describe()}: {db.count()} points")
         echo(f"model: {meta.get('model')}")
         echo(f"weights file: {meta.get('weights_file')}; dataset: {meta.get('dataset_root')}")
         echo(f"index: {meta.get('index')}")
         for key in ("category", "source", "split"):
-            counts = db.values(key)
+            counts = db.facet(key)
             echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if not db.index_complete():
             echo("index: build not recorded as complete; rerun `ingest run` to finish it")

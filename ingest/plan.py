@@ -110,7 +110,7 @@ def make_plan(
     if catalog is None:
         catalog = read_work(root, limit=limit, shard=shard)
     fields = [*CHANGE_FIELDS, "image_url"] if image_base else CHANGE_FIELDS
-    stored = store.stored(catalog["id"].tolist(), fields) if store.exists() else {}
+    stored = store.retrieve(catalog["id"].tolist(), fields) if store.exists() else {}
     keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
     unchanged = pd.Series(
         [

@@ -58,7 +58,7 @@ def copy_collection(
 
     image_base: give every copied point image_url = BASE<point id>.jpg (for the dashboard).
     """
-    create_like(target, source.require(), recreate=recreate)
+    create_like(target, source.require_metadata(), recreate=recreate)
     batches = source.scroll(batch)
     if image_base:
         batches = (
@@ -93,7 +93,7 @@ def write_snapshot(
     restore touches anything. Written to a temporary name first, removed if anything fails:
     an interrupted snapshot never looks complete and leaves nothing behind.
     """
-    meta = store.require()
+    meta = store.require_metadata()
     out = Path(out)
     total = store.count()
     check_space(

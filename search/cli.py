@@ -20,16 +20,18 @@ app = typer.Typer(
 )
 
 
-def _box(text: str | None) -> tuple[int, int, int, int] | None:
-    if text is None:
-        return None
+class PixelBox(tuple):
+    """x1, y1, x2, y2 in a photo's pixels."""
+
+
+def parse_box(text: str) -> PixelBox:
     try:
         x1, y1, x2, y2 = (int(v) for v in text.split(","))
     except ValueError:
         raise typer.BadParameter("--bbox takes x1,y1,x2,y2 in pixels") from None
     if x2 <= x1 or y2 <= y1:
         raise typer.BadParameter("--bbox needs x2 > x1 and y2 > y1")
-    return x1, y1, x2, y2
+    return PixelBox((x1, y1, x2, y2))
 
 
 @app.command()
@@ -71,8 +73,9 @@ def search(
         ),
     ] = None,
     bbox: Annotated[
-        str | None,
+        PixelBox | None,
         typer.Option(
+            parser=parse_box,
             metavar="X1,Y1,X2,Y2",
             help="x1,y1,x2,y2: the garment's box in the photo (pixels). Dataset photos use "
             "their annotated box by default; other photos are used whole.",
@@ -107,7 +110,6 @@ def search(
     setup_logging(verbose)
     started = time.perf_counter()
     queries = queries or []
-    box = _box(bbox)
     if bool(queries) == bool(like):
         raise typer.BadParameter("give query photo(s) or --like POINT, one of the two")
     with clean_errors():
@@ -131,7 +133,7 @@ def search(
             answers = (
                 [service.similar(like, query)]
                 if like
-                else service.search_files(queries, query, box)
+                else service.search_files(queries, query, bbox)
             )
             elapsed = time.perf_counter() - started
             if as_json:

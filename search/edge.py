@@ -165,7 +165,7 @@ class EdgeStore(Store):
     def _open(self) -> qe.EdgeShard:
         if self._shard is None:
             if not self.exists():
-                self.require()
+                self.require_metadata()
             self._acquire()
             shard = str(self.folder / "shard")
             if self.read_only and not os.access(shard, os.W_OK):
@@ -329,7 +329,7 @@ class EdgeStore(Store):
             self._open().count, qe.CountRequest(exact=True, filter=edge_filter(filters))
         )
 
-    def stored(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
         shard, out = self._open(), {}
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
@@ -417,7 +417,7 @@ class EdgeStore(Store):
             if offset is None:
                 return
 
-    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
+    def facet(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
         response = self._engine(
             self._open().facet,
             qe.FacetRequest(key=key, limit=limit, exact=True, filter=edge_filter(filters)),

@@ -129,7 +129,7 @@ def collection_knn(
     from search.stores import open_store
 
     with open_store(store_dir=store_dir, url=url, collection=collection, read_only=True) as store:
-        diff = model_difference(store.require().get("model"), spec)
+        diff = model_difference(store.require_metadata().get("model"), spec)
         if diff:
             raise StoreError(f"collection {collection!r} was built with another model ({diff})")
         yield store_knn(store, gallery_paths, split), store.describe()

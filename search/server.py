@@ -175,7 +175,7 @@ class ServerStore(Store):
             exact=True,
         ).count
 
-    def stored(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
         out = {}
         for start in range(0, len(ids), 1000):
             records = self._call(
@@ -323,7 +323,7 @@ class ServerStore(Store):
             if offset is None:
                 return
 
-    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
+    def facet(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
         response = self._call(
             "read payload values",
             self.client.facet,

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import UserError
+from embedder.geometry import Box
 from search.store import GROUP_FIELD, Filters, Hit, Store, StoreError, point_id
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 MAX_TOP = 1000
 FILTER_FIELDS = ("category", "subcategory", "source")
 
@@ -131,7 +131,7 @@ class Answer:
 def check_filters(store: Store, filters: Filters) -> None:
     """An unknown filter value is an error that lists the known ones, not an empty answer."""
     for key, value in filters.items():
-        known = store.values(key)
+        known = store.facet(key)
         if value not in known:
             raise UnknownValue(key, value, list(known))
 
@@ -149,7 +149,7 @@ def dataset_points(store: Store, images: Sequence[str | Path]) -> list[dict]:
         except ValueError:  # not under the dataset
             rel = None
         ids.append(point_id(rel) if rel else None)
-    found = store.stored([i for i in ids if i], ["bbox", "item_id"])
+    found = store.retrieve([i for i in ids if i], ["bbox", "item_id"])
     return [{**found[i], "id": i} if i in found else {} for i in ids]
 
 
@@ -233,7 +233,7 @@ class SearchService:
         images: str | Path | None = None,
     ):
         self.store = store
-        self.metadata = store.require()
+        self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
         self.weights, self.device, self.precision, self.traced = weights, device, precision, traced
@@ -366,7 +366,7 @@ class SearchService:
         """The stored payload of a point (id or dataset path), with its id."""
         pid = self.resolve(point)
         with self.lock:
-            payload = self.store.stored([pid], list(_PAYLOAD))
+            payload = self.store.retrieve([pid], list(_PAYLOAD))
         if pid not in payload:
             raise NotFound(f"no stored photo {point!r} in collection {self.store.collection!r}")
         return {"id": pid, **payload[pid]}
@@ -405,14 +405,14 @@ class SearchService:
         """Counts for the filter controls: categories, subcategories per category, sources."""
         with self.lock:
             if self._facets is None:
-                categories = self.store.values("category")
+                categories = self.store.facet("category")
                 self._facets = {
                     "categories": categories,
                     "subcategories": {
-                        c: self.store.values("subcategory", filters={"category": c})
+                        c: self.store.facet("subcategory", filters={"category": c})
                         for c in sorted(categories)
                     },
-                    "sources": self.store.values("source"),
+                    "sources": self.store.facet("source"),
                 }
             return self._facets
 
@@ -436,7 +436,7 @@ class SearchService:
         if self.images is None:
             raise NotFound("the collection records no dataset folder; start with --images DIR")
         with self.lock:
-            rel = self.store.stored([pid], ["path"]).get(pid, {}).get("path")
+            rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
         if not rel:
             raise NotFound(f"no stored photo {pid}")
         root = os.path.normpath(self.images.resolve())

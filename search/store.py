@@ -167,7 +167,7 @@ class Store(ABC):
     def count(self, filters: Filters | None = None) -> int: ...
 
     @abstractmethod
-    def stored(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
         """For the ids that are stored: id → their payload restricted to `fields`."""
 
     @abstractmethod
@@ -264,7 +264,7 @@ class Store(ABC):
     def verify(self) -> dict:
         """Read every point: vectors finite and unit length, payloads with a path, the count
         right; returns what was checked, raises StoreError naming the first problem."""
-        meta, seen = self.require(), 0
+        meta, seen = self.require_metadata(), 0
         for points in self.scroll(1024, vectors=True):
             vectors = np.asarray(points.vectors, np.float64)
             if vectors.shape[1] != meta["dim"]:
@@ -373,7 +373,7 @@ class Store(ABC):
         """Every point (that passes `filters`, less `exclude`), in id order, `batch` at a time."""
 
     @abstractmethod
-    def values(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
+    def facet(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
         """Distinct values of a payload field with their counts (a facet), among the points
         that pass `filters`."""
 
@@ -387,7 +387,7 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def require(self) -> dict:
+    def require_metadata(self) -> dict:
         """The collection's metadata; StoreError when it does not exist."""
         if not self.exists():
             raise StoreError(

@@ -91,7 +91,7 @@ def test_bad_files_are_reported_and_good_ones_stored(messy, encoder, tmp_path):
         failed = {path.rsplit("/", 1)[1] for path, _ in summary.failures}
         assert failed == bad
         assert summary.embedded == len(catalog) - len(bad) == store.count()
-        stored = store.stored([point_id(p) for p in catalog["path"]], ["path"])
+        stored = store.retrieve([point_id(p) for p in catalog["path"]], ["path"])
         names = {p["path"].rsplit("/", 1)[1] for p in stored.values()}
         assert good <= names and not (bad & names)
     with open(summary.report) as fh:

@@ -125,7 +125,7 @@ def test_changed_files_are_reembedded_and_prune_removes_gone_ones(dataset, encod
         pruned = run_ingest(store, encoder, dataset, workers=0, progress=False, prune=True)
         assert (pruned.embedded, pruned.pruned) == (0, 1)
         assert store.count() == first.seen - 1
-        assert not store.stored([point_id(gone)], ["path"])
+        assert not store.retrieve([point_id(gone)], ["path"])
         with pytest.raises(ValueError, match="--limit"):
             run_ingest(store, encoder, dataset, progress=False, prune=True, limit=3)
 

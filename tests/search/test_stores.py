@@ -72,7 +72,7 @@ def test_embedded_collection_cannot_be_opened_twice(filled, tmp_path):
 def test_missing_collection_is_a_clear_error(tmp_path):
     for store in _stores(tmp_path).values():
         with pytest.raises(StoreError, match="does not exist"):
-            store.require()
+            store.require_metadata()
 
 
 def test_store_options_conflict(tmp_path):
@@ -134,5 +134,5 @@ def test_both_stores_scroll_and_count_values_under_a_filter(filled):
         photos = [p for pts in store.scroll(8, False, {"item_id": item}) for p in pts.payloads]
         assert photos and {p["item_id"] for p in photos} == {item}
         assert len(photos) == store.count({"item_id": item})
-        subs = store.values("subcategory", filters={"category": "TOPS"})
+        subs = store.facet("subcategory", filters={"category": "TOPS"})
         assert sum(subs.values()) == store.count({"category": "TOPS"})
