@@ -182,9 +182,7 @@ def evaluate(
     setup_logging(verbose)
     ks = tuple(k)
     with clean_errors():
-        from embedder.evaluate import evaluate as run_eval
-        from embedder.evaluate import split_sets
-        from embedder.inference import Encoder
+        from embedder.evaluate import evaluate_models
         from embedder.model import build_model
         from embedder.plots import embedding_map as draw_map
         from embedder.plots import topk_curve
@@ -206,25 +204,28 @@ def evaluate(
                 )
                 for name in backbones
             ]
-        sets = split_sets(root, split)
-        reports = {}
-        for name, make in models:
-            encoder = Encoder(make(), device, precision)
-            report, vectors = run_eval(
-                encoder, root, split=split, ks=ks, batch_size=batch_size, workers=workers, sets=sets
-            )
-            reports[name] = report
-            echo(f"{name}: {report.queries} queries, gallery {report.gallery} ({split})")
-            for line in report.table():
+        reports, evaluated = {}, []
+        for ev in evaluate_models(
+            models,
+            root,
+            split=split,
+            ks=ks,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            precision=precision,
+        ):
+            reports[ev.name] = ev.report
+            evaluated.append(ev)
+            echo(f"{ev.name}: {ev.report.queries} queries, gallery {ev.report.gallery} ({split})")
+            for line in ev.report.table():
                 echo(line)
-            if embedding_map and len(models) == 1:
-                labels = vectors["gallery_table"]["category"]
-                draw_map(vectors["gallery"], labels, embedding_map, map_method.value)
-                echo(f"embedding map: {embedding_map}")
-        if via_store:
-            reports["store"] = _via_store(
-                encoder, vectors, sets, ks, split, store, qdrant_url, collection
-            )
+        if embedding_map and len(evaluated) == 1:
+            labels = evaluated[0].vectors["gallery_table"]["category"]
+            draw_map(evaluated[0].vectors["gallery"], labels, embedding_map, map_method.value)
+            echo(f"embedding map: {embedding_map}")
+        if via_store:  # with --weights: exactly one evaluation, of the collection's model
+            reports["store"] = _via_store(evaluated[0], ks, split, store, qdrant_url, collection)
         if plot:
             topk_curve({n: r.overall for n, r in reports.items()}, plot)
             echo(f"top-k curve: {plot}")
@@ -232,7 +233,7 @@ def evaluate(
             as_json.write_text(json.dumps({n: r.to_json() for n, r in reports.items()}, indent=1))
 
 
-def _via_store(encoder, vectors, sets, ks, split, store, qdrant_url, collection):
+def _via_store(evaluated, ks, split, store, qdrant_url, collection):
     """The same queries through the collection: accuracy and agreement with exact search.
 
     The collection's k-NN comes from the "fashion_retrieval.knn" entry point (search
@@ -245,12 +246,13 @@ def _via_store(encoder, vectors, sets, ks, split, store, qdrant_url, collection)
     if not found:
         raise UserError("--via-store needs the search package (pip install fashion-retrieval)")
     collection_knn = next(iter(found)).load()
-    queries, gallery = sets
+    vectors = evaluated.vectors
+    queries, gallery = vectors["query_table"], vectors["gallery_table"]
     with collection_knn(
         str(store) if store else None,
         qdrant_url,
         collection,
-        encoder.spec,
+        evaluated.spec,
         gallery["path"].tolist(),
         split,
     ) as (knn, where):
@@ -285,8 +287,7 @@ def project(
     ks = tuple(k)
     with clean_errors():
         from embedder.checkpoint import save_checkpoint
-        from embedder.evaluate import evaluate as run_eval
-        from embedder.evaluate import split_sets
+        from embedder.evaluate import evaluate_models
         from embedder.inference import Encoder
         from embedder.model import build_model
         from embedder.projection import fit_on_gallery, with_projection
@@ -296,15 +297,21 @@ def project(
         mean, matrix = fit_on_gallery(encoder, root, dim, whiten, workers)
         projected = with_projection(model, mean, matrix, whiten)
         spec = save_checkpoint(projected, out, projection_of=str(weights))
-        sets = split_sets(root, split)
-        for name, m in (
-            (f"{model.spec.out_dim}-d", model),
-            (f"{dim}-d {'whitened' if whiten else 'PCA'}", projected),
+        before_after = [
+            (f"{model.spec.out_dim}-d", lambda: model),
+            (f"{dim}-d {'whitened' if whiten else 'PCA'}", lambda: projected),
+        ]
+        for ev in evaluate_models(
+            before_after,
+            root,
+            split=split,
+            ks=ks,
+            workers=workers,
+            device=device,
+            precision=precision,
         ):
-            report, _ = run_eval(
-                Encoder(m, device, precision), root, split=split, ks=ks, workers=workers, sets=sets
-            )
-            echo(f"{name}: " + ", ".join(f"top-{k} {v:.3f}" for k, v in report.overall.items()))
+            overall = ev.report.overall.items()
+            echo(f"{ev.name}: " + ", ".join(f"top-{k} {v:.3f}" for k, v in overall))
         echo(f"wrote {out} ({spec.backbone}, {dim}-d, weights {spec.weights})")
 
 

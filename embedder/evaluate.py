@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,3 +170,37 @@ def evaluate(
         "gallery_table": gallery,
         "neighbours": neighbours,
     }
+
+
+@dataclass
+class Evaluation:
+    """One model's evaluation: its name, spec, report and embeddings (see evaluate)."""
+
+    name: str
+    spec: object
+    report: Report
+    vectors: dict
+
+
+def evaluate_models(
+    models: Sequence[tuple[str, Callable]],
+    root: str | Path,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 64,
+    workers: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Iterator[Evaluation]:
+    """`embedder evaluate`'s service: each (name, model builder) evaluated on the same split,
+    one at a time (one model in memory), yielded as it finishes."""
+    from embedder.inference import Encoder
+
+    sets = split_sets(root, split)
+    for name, build in models:
+        encoder = Encoder(build(), device, precision)
+        report, vectors = evaluate(
+            encoder, root, split=split, ks=ks, batch_size=batch_size, workers=workers, sets=sets
+        )
+        yield Evaluation(name, encoder.spec, report, vectors)
