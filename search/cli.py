@@ -114,11 +114,9 @@ def search(
         raise typer.BadParameter("give query photo(s) or --like POINT, one of the two")
     with clean_errors():
         from search import render
-        from search.service import Query, SearchService, check_query_file
+        from search.service import Query, SearchService
 
         query = Query.make(top, category, subcategory, source, group, exact)
-        for path in queries:
-            check_query_file(path)
         with (
             open_from(store, qdrant_url, collection, read_only=True) as db,
             SearchService(

@@ -136,10 +136,12 @@ def check_filters(store: Store, filters: Filters) -> None:
             raise UnknownValue(key, value, list(known))
 
 
-def dataset_points(store: Store, images: Sequence[str | Path]) -> list[dict]:
-    """For each query that is itself an image of the collection's dataset, its stored payload
-    (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was at ingest."""
-    root = store.metadata().get("dataset_root")
+def dataset_points(
+    store: Store, images: Sequence[str | Path], root: str | Path | None
+) -> list[dict]:
+    """For each query that is itself an image of the collection's dataset (under `root`), its
+    stored payload (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was
+    at ingest."""
     if not root:
         return [{} for _ in images]
     ids = []
@@ -209,7 +211,7 @@ def search_images(
     for image in images:
         check_query_file(image)
     if boxes is None:
-        boxes = boxes_of(dataset_points(store, images))
+        boxes = boxes_of(dataset_points(store, images, store.metadata().get("dataset_root")))
     vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
     return [[r.hit for r in results] for results in answer_vectors(store, vectors, query)]
 
@@ -322,11 +324,12 @@ class SearchService:
     def search_files(
         self, paths: Sequence[str | Path], query: Query, bbox: Box | None = None
     ) -> list[Answer]:
-        """Search with photo files; dataset photos use their annotated box unless `bbox`."""
+        """Search with photo files; dataset photos use their annotated box unless `bbox`.
+        Everything is checked (files, filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
         self.check(query)
         with self.lock:
-            known = dataset_points(self.store, paths)
+            known = dataset_points(self.store, paths, self.images)
         t0 = time.perf_counter()
         vectors = self.embed_files(paths, [bbox] * len(paths) if bbox else boxes_of(known))
         t1 = time.perf_counter()
