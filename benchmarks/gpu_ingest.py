@@ -81,7 +81,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 workers=args.workers,
                 progress=False,
-                decode_on=args.decode,
+                decode=args.decode,
                 report=f"{tmp}/failures.csv",
             )
             wall = time.perf_counter() - started

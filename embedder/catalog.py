@@ -175,14 +175,14 @@ def _bboxes(where: DatasetRoot) -> dict[str, tuple[int, int, int, int]]:
     return boxes
 
 
-def read_catalog(root: str | Path) -> pd.DataFrame:
+def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     """Read a dataset root into one table, a row per image.
 
     Columns: path (relative to the dataset folder, "img/..." for DeepFashion), category,
     subcategory, item_id, source (consumer/shop/unknown), split (train/val/test/unknown),
     bbox x1..y2 (nullable), size and mtime (for change detection). Anno/ and Eval/ are optional.
     """
-    where = locate(root)
+    where = root if isinstance(root, DatasetRoot) else locate(root)
     entries = _walk(where.images)
     if not entries:
         raise CatalogError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {where.images}")

@@ -165,20 +165,27 @@ def run(
     missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors():
-        parts = tuple(shard) if shard else None
         from ingest.plan import check_image_url
+        from ingest.runner import IngestSettings
 
-        image_base = check_image_url(image_url)
         _check_writable(report, "the failure report (--report)")
-        from embedder.catalog import locate
+        options = IngestSettings(
+            batch_size=batch_size,
+            workers=workers,
+            decode=decode.value,
+            report=report,
+            progress=progress,
+            prune=prune,
+            image_base=check_image_url(image_url),
+        )
         from embedder.inference import Encoder
         from embedder.model import build_model
         from ingest.plan import read_work
         from ingest.runner import ensure_collection, run_ingest
-        from search.store import IndexSettings
+        from search.store import IndexSettings as Index
 
-        base = locate(root).base
-        work = read_work(root, limit=limit, shard=parts)  # bad roots fail before anything is made
+        # the catalog first: a bad root fails before a model is built or a collection made
+        work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
         model = build_model(
             backbone,
             img_size=img_size,
@@ -186,11 +193,8 @@ def run(
             weights=str(weights) if weights else None,
         )
         encoder = Encoder(model, device, precision, compile=compile)
-        on_gpu = encoder.device.type == "cuda"
-        batch_size = batch_size or (256 if on_gpu else 32)
-        if workers is None:
-            workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1
-        settings = IndexSettings(
+        options = options.for_device(encoder.device)
+        index = Index(
             m=hnsw_m,
             ef_construct=ef_construct,
             hnsw_ef=hnsw_ef,
@@ -204,30 +208,17 @@ def run(
                 model.spec,
                 weights_file=str(weights) if weights else None,
                 recreate=recreate,
-                settings=settings,
-                root=str(base),
+                settings=index,
+                root=str(work.base),
             )
             echo(
-                f"ingest {base} → {db.describe()} collection {collection!r} "
+                f"ingest {work.base} → {db.describe()} collection {collection!r} "
                 f"({model.spec.backbone}, weights {model.spec.weights}, {encoder.device}, "
-                f"{'bf16' if encoder.dtype else 'fp32'}, batch {batch_size}, {workers} workers)"
+                f"{'bf16' if encoder.dtype else 'fp32'}, batch {options.batch_size}, "
+                f"{options.workers} workers)"
             )
             try:
-                summary = run_ingest(
-                    db,
-                    encoder,
-                    root,
-                    batch_size=batch_size,
-                    workers=workers,
-                    limit=limit,
-                    shard=parts,
-                    report=report,
-                    progress=progress,
-                    prune=prune,
-                    catalog=work,
-                    decode_on=decode.value,
-                    image_base=image_base,
-                )
+                summary = run_ingest(db, encoder, work, options)
             except KeyboardInterrupt:
                 typer.echo(
                     "interrupted: what was embedded is stored; rerun the same command to continue",

@@ -32,6 +32,17 @@ def check_image_url(base: str | None) -> str | None:
     return base if base.endswith("/") else base + "/"
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one ingest run is responsible for: the dataset folder, and its catalog rows with
+    point ids, already cut to the run's --shard share and --limit (kept to explain them)."""
+
+    base: Path  # the dataset folder that catalog paths are relative to
+    catalog: pd.DataFrame
+    shard: tuple[int, int] | None = None
+    limit: int | None = None
+
+
 @dataclass
 class Plan:
     """The catalog with point ids, split into rows to embed and rows already stored unchanged."""
@@ -85,30 +96,23 @@ def stale_ids(store: Store, keep: set[str], shard: tuple[int, int] | None = None
 
 def read_work(
     root: str | Path, *, limit: int | None = None, shard: tuple[int, int] | None = None
-) -> pd.DataFrame:
-    """The catalog rows this run is responsible for, with their point ids."""
-    catalog = read_catalog(root)
+) -> Work:
+    """The catalog rows this run is responsible for, with their point ids (the dataset folder
+    is located once, here)."""
+    where = locate(root)
+    catalog = read_catalog(where)
     catalog["id"] = catalog["path"].map(point_id).astype("string")
     if shard is not None:
         catalog = catalog[shard_of(catalog["id"], shard)].reset_index(drop=True)
     if limit is not None:
         catalog = catalog.head(limit)
-    return catalog
+    return Work(where.base, catalog, shard, limit)
 
 
-def make_plan(
-    root: str | Path,
-    store: Store,
-    *,
-    limit: int | None = None,
-    shard: tuple[int, int] | None = None,
-    catalog: pd.DataFrame | None = None,
-    image_base: str | None = None,
-) -> Plan:
-    """Compare the work (read now, or passed from read_work) with the store: unchanged stored
-    images are skipped."""
-    if catalog is None:
-        catalog = read_work(root, limit=limit, shard=shard)
+def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Plan:
+    """Compare the work with the store: unchanged stored images are skipped; with
+    `image_base`, unchanged ones whose image_url differs are listed to relabel."""
+    catalog = work.catalog
     fields = [*CHANGE_FIELDS, "image_url"] if image_base else CHANGE_FIELDS
     stored = store.retrieve(catalog["id"].tolist(), fields) if store.exists() else {}
     keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
@@ -127,7 +131,7 @@ def make_plan(
         if image_base and stored[pid].get("image_url") != image_url(image_base, pid)
     ]
     return Plan(
-        locate(root).base,
+        work.base,
         catalog,
         catalog[~unchanged].reset_index(drop=True),
         int(unchanged.sum()),

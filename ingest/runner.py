@@ -8,14 +8,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from embedder.inference import Encoder, embed_batches
 from embedder.spec import ModelSpec, model_difference
-from ingest.plan import image_url, make_plan, payload, stale_ids
+from ingest.plan import Work, image_url, make_plan, payload, read_work, stale_ids
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
@@ -127,41 +127,58 @@ def ensure_collection(
         )
 
 
+@dataclass(frozen=True)
+class IngestSettings:
+    """How to run an ingest; batch size and reader processes default by device."""
+
+    batch_size: int | None = None  # images per forward pass [32 on CPU, 256 on CUDA]
+    workers: int | None = None  # reader processes [1 on CPU, up to 8 on CUDA]
+    decode: str = "cpu"  # "cpu" (workers decode) or "device" (JPEGs decode on the GPU)
+    report: str | Path = "ingest-failures.csv"  # failed files and reasons
+    progress: bool = True
+    prune: bool = False  # delete points (of this share) whose files are gone
+    image_base: str | None = None  # image_url = BASE<point id>.jpg in every payload
+
+    def for_device(self, device) -> IngestSettings:
+        """These settings with the defaults of `device` filled in (the one place they live)."""
+        on_gpu = getattr(device, "type", device) == "cuda"
+        return replace(
+            self,
+            batch_size=self.batch_size or (256 if on_gpu else 32),
+            workers=self.workers
+            if self.workers is not None
+            else (max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1),
+        )
+
+
 def run_ingest(
     store: Store,
     encoder: Encoder,
-    root: str | Path,
-    *,
-    batch_size: int = 32,
-    workers: int = 1,
-    limit: int | None = None,
-    shard: tuple[int, int] | None = None,
-    report: str | Path = "ingest-failures.csv",
-    progress: bool = True,
-    prune: bool = False,
-    catalog=None,
-    decode_on: str = "cpu",
-    image_base: str | None = None,
+    work: Work | str | Path,
+    settings: IngestSettings | None = None,
+    **options,
 ) -> Summary:
-    """Embed every image under `root` not already stored unchanged, and upsert it into `store`.
+    """Embed every image of `work` not already stored unchanged, and upsert it into `store`.
 
     Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues where
     the last one stopped; the collection must already exist (see ensure_collection).
-    prune: delete points (of this shard) whose files are no longer under `root`.
-    catalog: the work from ingest.plan.read_work, when the caller read it already.
-    decode_on: "cpu" (workers decode) or "device" (workers read, JPEGs decode on the GPU).
-    image_base: write image_url = BASE<point id>.jpg into every point's payload (stored points
-    that lack it get it without re-embedding).
+    work: from ingest.plan.read_work, or a dataset root to read (then `limit` and `shard` may
+    be among `options`); options: IngestSettings fields, for callers without a settings object.
+    Stored points that lack the image_url of `image_base` get it without re-embedding.
     """
-    if prune and limit is not None:
+    if not isinstance(work, Work):
+        work = read_work(work, limit=options.pop("limit", None), shard=options.pop("shard", None))
+    settings = replace(settings or IngestSettings(), **options).for_device(encoder.device)
+    if settings.prune and work.limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
+    image_base = settings.image_base
     started = time.perf_counter()
     summary = Summary()
-    plan = make_plan(root, store, limit=limit, shard=shard, catalog=catalog, image_base=image_base)
+    plan = make_plan(work, store, image_base=image_base)
     if plan.relabel:
         store.set_payloads({pid: {"image_url": image_url(image_base, pid)} for pid in plan.relabel})
-    if prune:
-        stale = stale_ids(store, set(plan.catalog["id"]), shard)
+    if settings.prune:
+        stale = stale_ids(store, set(plan.catalog["id"]), work.shard)
         store.delete(stale)
         summary.pruned = len(stale)
     summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
@@ -169,7 +186,9 @@ def run_ingest(
     summary.seconds["plan"] = time.perf_counter() - started
     todo = plan.todo
     writer = Writer(store)
-    bar = tqdm(total=len(todo), unit="img", desc="ingest", disable=not progress, smoothing=0.05)
+    bar = tqdm(
+        total=len(todo), unit="img", desc="ingest", disable=not settings.progress, smoothing=0.05
+    )
     read = model = decode = 0.0
     with StopOnInterrupt() as stop:
         try:
@@ -177,9 +196,9 @@ def run_ingest(
                 encoder,
                 plan.files(),
                 plan.boxes(),
-                batch_size=batch_size,
-                workers=workers,
-                decode=decode_on,
+                batch_size=settings.batch_size,
+                workers=settings.workers,
+                decode=settings.decode,
             ):
                 rows = todo.iloc[part.index]
                 writer(
@@ -202,7 +221,7 @@ def run_ingest(
             store.flush()
             summary.embedded = writer.stored
     summary.seconds.update(read=read, model=model, write=writer.seconds)
-    if decode_on == "device":
+    if settings.decode == "device":
         summary.seconds["decode"] = decode
     if summary.embedded or summary.pruned or not store.index_complete():
         t0 = time.perf_counter()  # also finishes an index build that a crash interrupted
@@ -210,7 +229,7 @@ def run_ingest(
         summary.seconds["index"] = time.perf_counter() - t0
     summary.collection_points = store.count()
     if summary.failures:
-        summary.report = Path(report)
+        summary.report = Path(settings.report)
         with summary.report.open("w", newline="") as fh:
             out = csv.writer(fh)
             out.writerow(["path", "reason"])
