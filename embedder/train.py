@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_metric_learning import losses, miners, samplers
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from embedder.catalog import bbox_of, locate, read_catalog, read_pairs
@@ -186,15 +186,48 @@ def _train_pairs(root, catalog: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
-def _loader(
-    cfg: TrainConfig, root, catalog: pd.DataFrame, pairs: pd.DataFrame | None, spec, epoch: int
-):
-    """The epoch's batches; returns (loader, images per step)."""
+class FreshPerEpoch(Sampler):
+    """A new sampler for every pass: MPerClassSampler shuffles its own label list in place,
+    which would carry one epoch's draws into the next (and break resuming)."""
+
+    def __init__(self, make):
+        self.make, self.length = make, len(make())
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass
+class EpochLoader:
+    """The training batches, built once; start(epoch) makes the epoch's order and draws
+    depend on (seed, epoch) only, so a resumed run sees what an uninterrupted one would."""
+
+    loader: DataLoader
+    per_step: int  # images per training example: 3 (triplets) or 1 (mined batches)
+    data: Dataset
+    generator: torch.Generator | None = None
+    seed: int = 0
+
+    def start(self, epoch: int) -> DataLoader:
+        _seed_all(self.seed * 1000 + epoch)  # data order and dropout
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed * 1000 + epoch)
+        if hasattr(self.data, "epoch"):
+            self.data.epoch = epoch  # the reference triplets' negatives
+        return self.loader
+
+
+def build_loader(
+    cfg: TrainConfig, root, catalog: pd.DataFrame, pairs: pd.DataFrame | None, spec
+) -> EpochLoader:
+    """Reference triplets (shuffled) or item-balanced batches for online mining."""
     if cfg.mode == "reference":
         data = TripletSet(root, pairs, catalog, spec, cfg.seed)
-        data.epoch = epoch
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        return DataLoader(
+        gen = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(
             data,
             batch_size=cfg.batch_size,
             shuffle=True,
@@ -202,22 +235,26 @@ def _loader(
             num_workers=cfg.workers,
             drop_last=len(data) > cfg.batch_size,
             pin_memory=torch.cuda.is_available(),
-        ), 3
+        )
+        return EpochLoader(loader, 3, data, gen, cfg.seed)
     train = catalog[catalog["split"] == "train"]
     if train.empty:
         raise ValueError("no train images: training needs Eval/list_eval_partition.txt")
     data = ItemImages(root, train, spec)
-    sampler = samplers.MPerClassSampler(
-        data.labels, m=cfg.per_item, batch_size=cfg.batch_size, length_before_new_iter=len(data)
+    sampler = FreshPerEpoch(
+        lambda: samplers.MPerClassSampler(
+            data.labels, m=cfg.per_item, batch_size=cfg.batch_size, length_before_new_iter=len(data)
+        )
     )
-    return DataLoader(
+    loader = DataLoader(
         data,
         batch_size=cfg.batch_size,
         sampler=sampler,
         num_workers=cfg.workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
-    ), 1
+    )
+    return EpochLoader(loader, 1, data, None, cfg.seed)
 
 
 def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
@@ -247,7 +284,8 @@ def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> History:
-    """Train for cfg.epochs, writing per-epoch checkpoints, metrics.csv and metrics.png."""
+    """Train for cfg.epochs, writing per-epoch checkpoints, metrics.csv and metrics.png:
+    set up once, then per epoch train_one_epoch → validate → save_epoch."""
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,8 +293,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
     dtype = autocast_dtype(device, cfg.precision)
     model, done, history = _model(cfg, out)
     model.to(device, memory_format=torch.channels_last)
-    params = freeze(model, cfg.train_stages)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    optimizer = torch.optim.Adam(freeze(model, cfg.train_stages), lr=cfg.lr)
     if done and (out / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device))
     loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
@@ -267,46 +304,74 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
     }[cfg.mode]
     catalog = read_catalog(cfg.root)  # read once: every epoch draws from the same tables
     pairs = _train_pairs(cfg.root, catalog) if cfg.mode == "reference" else None
+    batches = build_loader(cfg, cfg.root, catalog, pairs, model.spec)
     val_sets = _val_sets(cfg.root)
     for epoch in range(done + 1, cfg.epochs + 1):
-        _seed_all(cfg.seed * 1000 + epoch)  # data order and dropout depend on (seed, epoch) only
-        loader, per_step = _loader(cfg, cfg.root, catalog, pairs, model.spec, epoch)
-        train_mode(model)
-        total, steps, images, started = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            if cfg.mode == "reference":
-                x = torch.cat(batch)
-                n = len(batch[0])
-                idx = torch.arange(n, device=device)
-                tuples, labels = (idx, idx + n, idx + 2 * n), torch.arange(3 * n, device=device)
-            else:
-                x, labels = batch[0], batch[1].to(device)
-                tuples = None
-            with autocast(device, dtype):
-                emb = model(normalize(x, model.spec, device))
-            if miner is not None:
-                with torch.no_grad():
-                    tuples = miner(emb.float(), labels)
-            loss = loss_fn(emb.float(), labels, tuples)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps, images = total + loss.item(), steps + 1, images + len(x)
-            bar.set_postfix(loss=f"{total / steps:.4f}")
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "loss": total / max(steps, 1),
-            "seconds": round(seconds, 2),
-            "img_per_s": round(images / seconds, 1),
-            "triplets_per_s": round(images / per_step / seconds, 1) if per_step == 3 else "",
-        }
-        row.update(_validate(model, cfg, device, val_sets))
+        row = {"epoch": epoch}
+        row.update(
+            train_one_epoch(
+                model,
+                batches.start(epoch),
+                loss_fn,
+                miner,
+                optimizer,
+                device,
+                dtype,
+                per_step=batches.per_step,
+                desc=f"epoch {epoch}/{cfg.epochs}" if progress else None,
+            )
+        )
+        row.update(validate(model, cfg, device, val_sets))
         history.rows.append(row)
-        _save_epoch(model, optimizer, cfg, out, epoch, row, history)
+        save_epoch(model, optimizer, cfg, out, epoch, row, history)
         log.info("epoch %d: %s", epoch, row)
     return history
+
+
+def train_one_epoch(
+    model: EmbeddingNet,
+    loader: DataLoader,
+    loss_fn,
+    miner,
+    optimizer,
+    device,
+    dtype,
+    *,
+    per_step: int,
+    desc: str | None = None,
+) -> dict:
+    """One pass over `loader`: triplets (3 images an example, fixed tuples) or mined batches.
+    Returns the mean loss and the throughput."""
+    train_mode(model)
+    total, steps, images, started = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=desc is None, leave=False)
+    for batch in bar:
+        if per_step == 3:
+            x = torch.cat(batch)
+            n = len(batch[0])
+            idx = torch.arange(n, device=device)
+            tuples, labels = (idx, idx + n, idx + 2 * n), torch.arange(3 * n, device=device)
+        else:
+            x, labels = batch[0], batch[1].to(device)
+            tuples = None
+        with autocast(device, dtype):
+            emb = model(normalize(x, model.spec, device))
+        if miner is not None:
+            with torch.no_grad():
+                tuples = miner(emb.float(), labels)
+        loss = loss_fn(emb.float(), labels, tuples)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps, images = total + loss.item(), steps + 1, images + len(x)
+        bar.set_postfix(loss=f"{total / steps:.4f}")
+    seconds = time.perf_counter() - started
+    return {
+        "loss": total / max(steps, 1),
+        "seconds": round(seconds, 2),
+        "img_per_s": round(images / seconds, 1),
+        "triplets_per_s": round(images / per_step / seconds, 1) if per_step == 3 else "",
+    }
 
 
 def _val_sets(root):
@@ -317,7 +382,8 @@ def _val_sets(root):
         return None
 
 
-def _validate(model: EmbeddingNet, cfg: TrainConfig, device, sets) -> dict:
+def validate(model: EmbeddingNet, cfg: TrainConfig, device, sets) -> dict:
+    """Validation top-k of the model as it is now ({} without a val split)."""
     if sets is None:
         return {}
     report, _ = evaluate(
@@ -331,9 +397,11 @@ def _validate(model: EmbeddingNet, cfg: TrainConfig, device, sets) -> dict:
     return {f"val_top{k}": round(v, 4) for k, v in report.overall.items()}
 
 
-def _save_epoch(
+def save_epoch(
     model, optimizer, cfg: TrainConfig, out: Path, epoch: int, row: dict, history: History
 ) -> None:
+    """The epoch's checkpoint, the optimizer, best.safetensors, metrics.csv/png, then the run
+    state (last, so that a crash never points at files that are not there)."""
     name = f"epoch_{epoch:03d}.safetensors"
     save_checkpoint(model, out / name, epoch=epoch, metrics=row)
     torch.save(optimizer.state_dict(), out / "optimizer.pt")
