@@ -14,9 +14,9 @@ TINY_ARGS = ["--backbone", "test_resnet", "--img-size", "64", "--pretrained", "n
 @pytest.fixture(scope="session", autouse=True)
 def private_model_cache(tmp_path_factory):
     """Traced-model copies go to a temporary folder, never the user's ~/.cache."""
-    import os
-
-    os.environ["FASHION_RETRIEVAL_CACHE"] = str(tmp_path_factory.mktemp("traced"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASHION_RETRIEVAL_CACHE", str(tmp_path_factory.mktemp("traced")))
+        yield
 
 
 @pytest.fixture(scope="session")

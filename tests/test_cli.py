@@ -50,22 +50,35 @@ def test_ingest_prints_a_summary_and_a_rerun_skips_everything(ingested, sample_r
     )
 
 
-def test_search_table_json_and_sheet(ingested, sample_root, tmp_path):
+def _tops_query(sample_root):
+    return next((sample_root / "img" / "TOPS").rglob("shop_01.jpg"))
+
+
+def test_search_prints_a_table_of_the_filtered_results(ingested, sample_root):
     db, _ = ingested
-    query = next((sample_root / "img" / "TOPS").rglob("shop_01.jpg"))
-    sheet = tmp_path / "sheet.png"
-    result = runner.invoke(
-        search_app,
-        [str(query), "--top", "5", "--category", "TOPS", "--store", str(db), "--sheet", str(sheet)],
-    )
+    args = [str(_tops_query(sample_root)), "--top", "5", "--category", "TOPS", "--store", str(db)]
+    result = runner.invoke(search_app, args)
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line[:1].isdigit()]
     assert len(rows) == 5 and all(" TOPS " in r for r in rows)
     assert "UNTRAINED" in result.output
+
+
+def test_search_writes_a_contact_sheet_outlining_the_query_item(ingested, sample_root, tmp_path):
+    db, _ = ingested
+    sheet = tmp_path / "sheet.png"
+    args = [str(_tops_query(sample_root)), "--top", "5", "--category", "TOPS", "--store", str(db)]
+    result = runner.invoke(search_app, [*args, "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
     with Image.open(sheet) as img:
         assert img.width >= 5 * 160
         first = img.crop((160, 0, 320, 194))  # the first result: the query's own item
         assert (50, 205, 50) in {c for _, c in first.getcolors(1 << 16)}  # outlined in green
+
+
+def test_search_json_for_programs(ingested, sample_root):
+    db, _ = ingested
+    query = _tops_query(sample_root)
     out = runner.invoke(search_app, [str(query), "--top", "3", "--json", "--store", str(db)])
     answer = json.loads(out.stdout)
     assert out.exit_code == 0 and len(answer[0]["results"]) == 3

@@ -161,65 +161,51 @@ def test_search_refuses_weights_other_than_the_collections(sample_root, tmp_path
     assert rebuilt.exit_code == 0 and "already present 0" in rebuilt.output
 
 
-def test_cli_errors_are_one_line(sample_root, tmp_path, tiny_args, ingest_tiny):
-    runner = CliRunner()
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "notes.jpg").write_text("not an image")
-    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
-    db = str(tmp_path / "db")
+@pytest.fixture(scope="module")
+def bad_inputs(sample_root, tmp_path_factory, ingest_tiny) -> dict[str, str]:
+    """An ingested store and files that are not what they claim to be."""
+    tmp = tmp_path_factory.mktemp("bad-inputs")
+    (tmp / "empty").mkdir()
+    (tmp / "notes.jpg").write_text("not an image")
+    (tmp / "bad.safetensors").write_bytes(b"\x00" * 64)
+    db = str(tmp / "db")
     assert ingest_tiny(sample_root, db).exit_code == 0
+    return {"tmp": str(tmp), "db": db, "root": str(sample_root)}
+
+
+ONE_LINE_ERRORS = [
+    ("ingest", "run --root {tmp}/empty --store {db} TINY", "no images"),
+    (
+        "ingest",
+        "run --root {root} --store {db} --weights {tmp}/bad.safetensors",
+        "not a valid safetensors file",
+    ),
+    ("ingest", "run --root {root} --store {db} --weights {tmp}/none.safetensors", "not found"),
+    ("search", "{tmp}/notes.jpg --store {db}", "cannot read image"),
+    (
+        "search",
+        "{tmp}/notes.jpg --qdrant-url http://127.0.0.1:9",
+        "cannot reach Qdrant at http://127.0.0.1:9",
+    ),
+    ("search", "{tmp}/notes.jpg --qdrant-url ftp://x", "must start with http:// or https://"),
+    ("ingest", "info --store {db} --collection missing", "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "message"), ONE_LINE_ERRORS)
+def test_cli_errors_are_one_line(bad_inputs, tiny_args, command, args, message):
     from search.cli import app as search_app
 
-    cases = [
-        (
-            ingest_app,
-            ["run", "--root", str(tmp_path / "empty"), "--store", db, *tiny_args],
-            "no images",
-        ),
-        (
-            ingest_app,
-            [
-                "run",
-                "--root",
-                str(sample_root),
-                "--store",
-                db,
-                "--weights",
-                str(tmp_path / "bad.safetensors"),
-            ],
-            "not a valid safetensors file",
-        ),
-        (
-            ingest_app,
-            [
-                "run",
-                "--root",
-                str(sample_root),
-                "--store",
-                db,
-                "--weights",
-                str(tmp_path / "none.safetensors"),
-            ],
-            "not found",
-        ),
-        (search_app, [str(tmp_path / "notes.jpg"), "--store", db], "cannot read image"),
-        (
-            search_app,
-            [str(tmp_path / "notes.jpg"), "--qdrant-url", "http://127.0.0.1:9"],
-            "cannot reach Qdrant at http://127.0.0.1:9",
-        ),
-        (
-            search_app,
-            [str(tmp_path / "notes.jpg"), "--qdrant-url", "ftp://x"],
-            "must start with http:// or https://",
-        ),
-        (ingest_app, ["info", "--store", db, "--collection", "missing"], "does not exist"),
+    app = {"ingest": ingest_app, "search": search_app}[command]
+    argv = [
+        a
+        for part in args.format(**bad_inputs).split()
+        for a in (tiny_args if part == "TINY" else [part])
     ]
-    for app, args, message in cases:
-        result = runner.invoke(app, args)
-        assert result.exit_code == 2, (args, result.output)
-        assert message in result.output and "Traceback" not in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, (argv, result.output)
+    assert message in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_locked_store_and_unreachable_server_never_echo_the_key(sample_root, tmp_path, ingest_tiny):

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from search.cli import app as search_app
 
 
-def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, ingest_tiny):
+def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, ingest_tiny, monkeypatch):
     env_cache = tmp_path / "traced"
-    os.environ["FASHION_RETRIEVAL_CACHE"] = str(env_cache)
+    monkeypatch.setenv("FASHION_RETRIEVAL_CACHE", str(env_cache))
     db = str(tmp_path / "db")
     runner = CliRunner()
     assert ingest_tiny(sample_root, db).exit_code == 0
