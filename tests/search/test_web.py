@@ -135,7 +135,7 @@ def test_images_by_point_id_and_thumbnails(client, served, sample_root):
 
 @pytest.mark.parametrize(
     "name",
-    ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", str(uuid.uuid4()), "img%2FTOPS%2Fx", "nope"],
+    ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", str(uuid.UUID(int=7)), "img%2FTOPS%2Fx", "nope"],
 )
 def test_images_are_served_by_point_id_only(client, name):
     response = client.get(f"/images/{name}.jpg")
