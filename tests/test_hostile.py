@@ -330,7 +330,7 @@ def test_readers_die_with_a_killed_ingest(sample_root, tmp_path):
         ).stdout.split()
         time.sleep(0.1)
     assert len(children) >= 2, "the readers did not start"
-    time.sleep(1.0)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     time.sleep(1.0)

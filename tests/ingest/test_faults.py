@@ -104,11 +104,9 @@ def test_interrupted_run_then_rerun_gives_exactly_the_catalog(
     kept = _count(db)
     total = len(read_catalog(sample_root))
     assert 0 < kept < total  # acknowledged points survived the crash (the WAL)
-    rerun = subprocess.run(
-        [BIN / "ingest", "run", *args, "--no-progress"], capture_output=True, text=True, timeout=300
-    )
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"embedded {total - kept} (0 changed), already present {kept}, failed 0" in rerun.stdout
+    rerun = CliRunner().invoke(ingest_app, ["run", *args, "--no-progress"])  # in this process
+    assert rerun.exit_code == 0, rerun.output
+    assert f"embedded {total - kept} (0 changed), already present {kept}, failed 0" in rerun.output
     assert _count(db) == total  # ids are uuid5(path): nothing duplicated
 
 
