@@ -37,28 +37,10 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--queries", type=int, default=8)
     args = parser.parse_args()
-    from embedder import build_model, save_checkpoint
-    from ingest.sample import write_sample
+    from _collection import make_collection
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_sample(f"{tmp}/sample", items=12, seed=0)
-        weights = f"{tmp}/w.safetensors"
-        save_checkpoint(build_model(args.backbone, pretrained="none"), weights)
-        subprocess.run(
-            [
-                BIN / "ingest",
-                "run",
-                "--root",
-                str(root),
-                "--weights",
-                weights,
-                "--store",
-                f"{tmp}/db",
-                "--no-progress",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        root, _db = make_collection(tmp, args.backbone, items=12, seed=0)
         queries = sorted(str(p) for p in root.rglob("comsumer_01.jpg"))[: args.queries]
         one = [
             str(BIN / "search"),

@@ -129,33 +129,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from _collection import make_collection
 
-    from embedder import build_model, save_checkpoint
-    from ingest.sample import write_sample
     from search.service import Query, SearchService
     from search.stores import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_sample(f"{tmp}/sample", items=args.items, seed=1)
-        weights = f"{tmp}/w.safetensors"
-        save_checkpoint(
-            build_model(args.backbone, img_size=args.img_size, pretrained="none"), weights
-        )
-        db = f"{tmp}/db"
-        subprocess.run(
-            [
-                BIN / "ingest",
-                "run",
-                "--root",
-                str(root),
-                "--weights",
-                weights,
-                "--store",
-                db,
-                "--no-progress",
-            ],
-            check=True,
-            capture_output=True,
+        root, db = make_collection(
+            tmp, args.backbone, img_size=args.img_size, items=args.items, seed=1
         )
         photos = [p.read_bytes() for p in sorted(root.rglob("comsumer_*.jpg"))[: args.queries]]
         query = Query.make(top=20, group="item")

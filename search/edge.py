@@ -181,18 +181,14 @@ class EdgeStore(Store):
         return self._shard
 
     def _query_params(self) -> qe.SearchParams | None:
-        if not self._params_ready:
-            options, self._search_params = self.search_options(), None
-            if options is not None:
-                ef, oversampling = options
-                quant = (
-                    qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-                    if oversampling
-                    else None
-                )
-                self._search_params = qe.SearchParams(hnsw_ef=ef, quantization=quant)
-            self._params_ready = True
-        return self._search_params
+        return self._params(
+            lambda ef, oversampling: qe.SearchParams(
+                hnsw_ef=ef,
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+                if oversampling
+                else None,
+            )
+        )
 
     def exists(self) -> bool:
         return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()

@@ -68,8 +68,6 @@ class ServerStore(Store):
         self.collection = collection
         self.client = _client(url, api_key)
         self.local = url == ":memory:" or url.startswith("file:")
-        self._params: models.SearchParams | None = None
-        self._params_ready = False
 
     def describe(self) -> str:
         return f"Qdrant at {self.url}"
@@ -136,21 +134,19 @@ class ServerStore(Store):
         info = self._call("read the collection", self.client.get_collection, self.collection)
         return dict(info.config.metadata or {})
 
-    def _search_params(self) -> models.SearchParams | None:
-        if not self._params_ready and self.local:
-            self._params, self._params_ready = None, True  # local mode is exact: no HNSW params
-        if not self._params_ready:
-            options, self._params = self.search_options(), None
-            if options is not None:
-                ef, oversampling = options
-                quant = (
-                    models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-                    if oversampling
-                    else None
+    def _query_params(self) -> models.SearchParams | None:
+        if self.local:
+            return None  # local mode is exact: no HNSW parameters
+        return self._params(
+            lambda ef, oversampling: models.SearchParams(
+                hnsw_ef=ef,
+                quantization=models.QuantizationSearchParams(
+                    rescore=True, oversampling=oversampling
                 )
-                self._params = models.SearchParams(hnsw_ef=ef, quantization=quant)
-            self._params_ready = True
-        return self._params
+                if oversampling
+                else None,
+            )
+        )
 
     def finish(self) -> None:
         self._call(
@@ -237,7 +233,7 @@ class ServerStore(Store):
         exclude: Sequence[str] = (),
         per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
-        params = models.SearchParams(exact=True) if exact else self._search_params()
+        params = models.SearchParams(exact=True) if exact else self._query_params()
         requests = [
             models.QueryRequest(
                 query=vec,
@@ -265,7 +261,7 @@ class ServerStore(Store):
         group_size: int = 10,
     ) -> list[list[Group]]:
         """Qdrant's own group query (group_by item_id), one request per query vector."""
-        params = models.SearchParams(exact=True) if exact else self._search_params()
+        params = models.SearchParams(exact=True) if exact else self._query_params()
         out = []
         for vec in np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist():
             result = self._call(

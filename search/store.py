@@ -181,6 +181,8 @@ class Store(ABC):
         """Merge each point's given payload fields into its stored payload (vectors untouched)."""
 
     oversample: int = 4  # filtered search: unfiltered candidates per requested hit
+    _params_ready: bool = False
+    _search_params = None
     hnsw_ef: int | None = None  # overrides the collection's recorded search-time ef
 
     def set_hnsw_ef(self, ef: int | None) -> None:
@@ -198,6 +200,15 @@ class Store(ABC):
         if index.get("hnsw_ef") is None and oversampling is None:
             return None
         return index.get("hnsw_ef"), oversampling
+
+    def _params(self, build):
+        """The library's search parameters for search_options(), built once per setting:
+        `build(ef, oversampling)`; None when the engine's own are used."""
+        if not self._params_ready:
+            options = self.search_options()
+            self._search_params = None if options is None else build(*options)
+            self._params_ready = True
+        return self._search_params
 
     def index_settings(self) -> dict:
         """The collection's recorded index settings with this session's overrides applied."""
