@@ -27,6 +27,7 @@ from search.store import GROUP_FIELD, Filters, Hit, Store, StoreError, point_id
 log = logging.getLogger(__name__)
 
 MAX_TOP = 1000
+FACETS_TTL = 30.0  # seconds: counts follow a collection that another process is filling
 FILTER_FIELDS = ("category", "subcategory", "source")
 
 
@@ -245,6 +246,7 @@ class SearchService:
         self._encoder = None
         self._cache_model: Callable[[], None] | None = None
         self._facets: dict | None = None
+        self._facets_at = 0.0
         self.forward: Callable = self._forward
 
     # the model --------------------------------------------------------------------------------
@@ -407,7 +409,7 @@ class SearchService:
     def facets(self) -> dict:
         """Counts for the filter controls: categories, subcategories per category, sources."""
         with self.lock:
-            if self._facets is None:
+            if self._facets is None or time.monotonic() - self._facets_at > FACETS_TTL:
                 categories = self.store.facet("category")
                 self._facets = {
                     "categories": categories,
@@ -417,6 +419,7 @@ class SearchService:
                     },
                     "sources": self.store.facet("source"),
                 }
+                self._facets_at = time.monotonic()
             return self._facets
 
     def info(self) -> dict:

@@ -47,3 +47,52 @@ def test_search_works_while_an_ingest_writes(sample_root, encoder):
         reader.drop()
         reader.close()
         writer.close()
+
+
+def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_model, tmp_path):
+    """`search serve` on a server collection while another writer fills it."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from embedder import Encoder, save_checkpoint
+    from search.web import Settings, create_app, open_service
+
+    weights = tmp_path / "w.safetensors"
+    spec = save_checkpoint(tiny_model, weights)
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    writer = open_store(url=URL, collection=name)
+    from embedder import load_checkpoint
+
+    encoder = Encoder(load_checkpoint(weights), "cpu", "fp32")
+    assert encoder.spec.weights == spec.weights
+    ensure_collection(writer, encoder.spec, weights_file=str(weights), root=str(sample_root))
+    run_ingest(writer, encoder, sample_root, limit=8, workers=0, progress=False)
+    done, errors = threading.Event(), []
+
+    def ingest():
+        try:
+            run_ingest(writer, encoder, sample_root, batch_size=4, workers=0, progress=False)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    settings = Settings(url=URL, collection=name, weights=str(weights))
+    photo = io.BytesIO()
+    Image.new("RGB", (80, 80), "blue").save(photo, "JPEG")
+    try:
+        with TestClient(create_app(open_service(settings), settings)) as client:
+            thread = threading.Thread(target=ingest)
+            thread.start()
+            statuses = []
+            while not done.is_set() or not statuses:
+                files = {"file": ("q.jpg", photo.getvalue(), "image/jpeg")}
+                statuses.append(client.post("/api/search", files=files).status_code)
+                statuses.append(client.get("/api/facets").status_code)
+            thread.join()
+            assert not errors and set(statuses) == {200}
+    finally:
+        writer.drop()
+        writer.close()
