@@ -319,7 +319,7 @@ class Store(ABC):
         grouped answer; the server store uses Qdrant's own group query.
         """
         vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
-        total = self.count()
+        total: int | None = None  # counted only when the candidates must widen
         out = []
         for vec in vectors:
             limit = max(top * 4, group_size)
@@ -328,8 +328,12 @@ class Store(ABC):
                 groups: dict[str, list[Hit]] = {}
                 for hit in hits:
                     groups.setdefault(group_key(hit), []).append(hit)
-                exhausted = len(hits) < limit or limit >= total
+                exhausted = len(hits) < limit
                 if len(groups) >= top or exhausted:
+                    break
+                total = self.count() if total is None else total
+                if limit >= total:
+                    exhausted = True
                     break
                 limit = min(limit * 4, total)
             chosen = list(groups)[:top]

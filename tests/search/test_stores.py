@@ -136,3 +136,16 @@ def test_both_stores_scroll_and_count_values_under_a_filter(filled):
         assert len(photos) == store.count({"item_id": item})
         subs = store.facet("subcategory", filters={"category": "TOPS"})
         assert sum(subs.values()) == store.count({"category": "TOPS"})
+
+
+def test_grouped_search_widens_until_every_garment_is_seen(filled, store_contents):
+    everything = store_contents(filled["embedded"])
+    query = next(iter(everything.values()))[1][None]
+    items = {payload["item_id"] for payload, _ in everything.values()}
+    for store in filled.values():
+        (groups,) = store.search_groups(query, 100, group_size=20)
+        expected = _brute_groups(everything, query[0], 100, 20)
+        assert len(groups) == len(items) == len(expected), store.kind
+        assert [g.id for g in groups] == [item for item, _ in expected]
+        for group, (_, photos) in zip(groups, expected, strict=True):
+            assert {h.id for h in group.hits} == set(photos), store.kind
