@@ -134,6 +134,9 @@ class ServerStore(Store):
         info = self._call("read the collection", self.client.get_collection, self.collection)
         return dict(info.config.metadata or {})
 
+    def _exact_params(self) -> models.SearchParams | None:
+        return None if self.local else models.SearchParams(exact=True)  # local mode is exact
+
     def _query_params(self) -> models.SearchParams | None:
         if self.local:
             return None  # local mode is exact: no HNSW parameters
@@ -233,7 +236,7 @@ class ServerStore(Store):
         exclude: Sequence[str] = (),
         per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
-        params = models.SearchParams(exact=True) if exact else self._query_params()
+        params = self._exact_params() if exact else self._query_params()
         requests = [
             models.QueryRequest(
                 query=vec,
@@ -261,7 +264,7 @@ class ServerStore(Store):
         group_size: int = 10,
     ) -> list[list[Group]]:
         """Qdrant's own group query (group_by item_id), one request per query vector."""
-        params = models.SearchParams(exact=True) if exact else self._query_params()
+        params = self._exact_params() if exact else self._query_params()
         out = []
         for vec in np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist():
             result = self._call(

@@ -1,5 +1,7 @@
 """Congruence: embedded and server stores hold and answer the same, and match exact search."""
 
+import uuid
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,27 @@ def test_grouped_search_widens_until_every_garment_is_seen(filled, store_content
         assert [g.id for g in groups] == [item for item, _ in expected]
         for group, (_, photos) in zip(groups, expected, strict=True):
             assert {h.id for h in group.hits} == set(photos), store.kind
+
+
+def test_grouped_search_widens_its_candidates_for_garments_with_many_photos(tmp_path):
+    """10 garments of 10 photos each, the query nearest to every photo of the first ones: the
+    first 12 candidates hold only two garments, so the store must widen to find three."""
+    from search.store import IndexSettings, Points
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(10, 16))
+    vectors = np.repeat(centres, 10, axis=0) + 0.05 * rng.normal(size=(100, 16))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_OID, str(n))) for n in range(100)]
+    payloads = [{"item_id": f"id_{n // 10:02d}", "path": f"p{n}.jpg"} for n in range(100)]
+    query = centres[0] / np.linalg.norm(centres[0])
+    for store in _stores(tmp_path).values():
+        with store:
+            store.create(16, {}, IndexSettings())
+            store.upsert(Points(ids, vectors, payloads))
+            everything = {i: (p, v) for i, p, v in zip(ids, payloads, vectors, strict=True)}
+            (groups,) = store.search_groups(query[None], 3, group_size=10, exact=True)
+            expected = _brute_groups(everything, query, 3, 10)
+            assert [g.id for g in groups] == [item for item, _ in expected], store.kind
+            for group, (_, photos) in zip(groups, expected, strict=True):
+                assert len(group.hits) == 10 and {h.id for h in group.hits} == set(photos)
