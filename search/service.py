@@ -201,20 +201,11 @@ def search_images(
     exact: bool = False,
     boxes: Sequence[Box | None] | None = None,
 ) -> list[list[Hit]]:
-    """Top-`top` neighbours of each query photo (all embedded in one batch loop).
-
-    boxes: the garment's box in each photo; by default the annotated box of photos that belong
-    to the collection's dataset, else the whole photo.
-    """
-    from embedder.inference import embed_files
-
+    """Top-`top` neighbours of each query photo, for callers that hold an encoder already:
+    SearchService.search_files with it (boxes as there)."""
     query = Query(top=top, filters=dict(filters or {}), exact=exact)
-    for image in images:
-        check_query_file(image)
-    if boxes is None:
-        boxes = boxes_of(dataset_points(store, images, store.metadata().get("dataset_root")))
-    vectors = embed_files(encoder, [str(i) for i in images], list(boxes), batch_size=32)
-    return [[r.hit for r in results] for results in answer_vectors(store, vectors, query)]
+    answers = SearchService(store, encoder=encoder).search_files(images, query, boxes)
+    return [[r.hit for r in answer.results] for answer in answers]
 
 
 class SearchService:
@@ -234,6 +225,7 @@ class SearchService:
         precision: str = "auto",
         traced: bool = True,
         images: str | Path | None = None,
+        encoder=None,
     ):
         self.store = store
         self.metadata = store.require_metadata()
@@ -243,7 +235,7 @@ class SearchService:
         root = images or self.metadata.get("dataset_root")
         self.images = Path(root).expanduser() if root else None
         self.lock = threading.RLock()
-        self._encoder = None
+        self._encoder = encoder  # None: the collection's model, loaded on first use
         self._cache_model: Callable[[], None] | None = None
         self._facets: dict | None = None
         self._facets_at = 0.0
@@ -324,16 +316,20 @@ class SearchService:
             return answer_vectors(self.store, vectors, query, exclude)
 
     def search_files(
-        self, paths: Sequence[str | Path], query: Query, bbox: Box | None = None
+        self,
+        paths: Sequence[str | Path],
+        query: Query,
+        boxes: Sequence[Box | None] | None = None,
     ) -> list[Answer]:
-        """Search with photo files; dataset photos use their annotated box unless `bbox`.
-        Everything is checked (files, filters) before the model loads."""
+        """Search with photo files; `boxes`: the garment's box in each photo, by default the
+        annotated box of dataset photos, else the whole photo. Everything is checked (files,
+        filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
         self.check(query)
         with self.lock:
             known = dataset_points(self.store, paths, self.images)
         t0 = time.perf_counter()
-        vectors = self.embed_files(paths, [bbox] * len(paths) if bbox else boxes_of(known))
+        vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
         t1 = time.perf_counter()
         results = self._answer(vectors, query)
         t2 = time.perf_counter()
