@@ -94,6 +94,3 @@ class Batcher:
             for r in batch:
                 r.done = True
             self._cond.notify_all()
-
-    def close(self) -> None:
-        """Nothing to stop: the pool has no threads of its own."""

@@ -24,6 +24,11 @@ class PixelBox(tuple):
     """x1, y1, x2, y2 in a photo's pixels."""
 
 
+Weights = Annotated[
+    Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
+]
+
+
 def parse_box(text: str) -> PixelBox:
     try:
         x1, y1, x2, y2 = (int(v) for v in text.split(","))
@@ -93,9 +98,7 @@ def search(
             "faster starts (FASHION_RETRIEVAL_CACHE moves it)."
         ),
     ] = True,
-    weights: Annotated[
-        Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
-    ] = None,
+    weights: Weights = None,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
     collection: Collection = "deepfashion",
@@ -131,7 +134,7 @@ def search(
             answers = (
                 [service.similar(like, query)]
                 if like
-                else service.search_files(queries, query, bbox)
+                else service.search_files(queries, query, [bbox] * len(queries) if bbox else None)
             )
             elapsed = time.perf_counter() - started
             if as_json:
@@ -181,9 +184,7 @@ def serve(
             help="Dataset folder the photos are served from [default: the one recorded at ingest]."
         ),
     ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
-    ] = None,
+    weights: Weights = None,
     workers: Annotated[
         int,
         typer.Option(

@@ -238,20 +238,18 @@ def open_service(settings: Settings) -> SearchService:
 def create_app(service: SearchService, settings: Settings = Settings()) -> FastAPI:
     """The app around an open service; the app owns it from now on (closed at shutdown)."""
     metrics = Metrics()
-    batcher = Batcher(
+    service.forward = Batcher(
         service.encoder,
         workers=settings.workers,
         max_batch=settings.max_batch,
         on_batch=lambda n, _s: metrics.batch.observe(n),
     )
-    service.forward = batcher
     page = _page()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         service.warm()
         yield
-        batcher.close()
         service.close()
         service.store.close()
 
