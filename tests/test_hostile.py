@@ -1,6 +1,7 @@
 """What a careful, hostile user tried: damaged backups and stores, full disks, odd boxes, stray
 settings. Each case: a clear one-line error (exit 2) or the right answer, and nothing lost."""
 
+import contextlib
 import io
 import json
 import os
@@ -203,17 +204,27 @@ def test_an_unfinished_index_build_is_finished_by_the_next_run(db, sample_root, 
     assert marker.is_file()
 
 
+@contextlib.contextmanager
+def _tmpfs(where: Path, size: str):
+    """A tmpfs of `size` mounted at `where` (root only: the test skips, saying why, otherwise)."""
+    if not ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)])
+
+
 # 5. full disks ---------------------------------------------------------------------------------
 @pytest.fixture()
 def small_disk(tmp_path):
-    if not ROOT:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "small"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", "-l", str(where)])
+    with _tmpfs(tmp_path / "small", "4m") as where:
+        yield where
 
 
 def test_a_full_disk_is_a_one_line_error_before_writing(small_disk, sample_root, db, tiny_args):
@@ -399,16 +410,10 @@ def test_an_unwritable_report_is_found_before_the_ingest(sample_root, tmp_path, 
 
 @pytest.fixture()
 def read_only_copy(db, tmp_path):
-    if not ROOT:
-        pytest.skip("a read-only mount needs root")
-    where = tmp_path / "ro"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(where)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    shutil.copytree(db, where / "db")
-    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
-    yield where / "db"
-    subprocess.run(["umount", "-l", str(where)])
+    with _tmpfs(tmp_path / "ro", "400m") as where:
+        shutil.copytree(db, where / "db")
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where / "db"
 
 
 def test_a_read_only_store_can_be_searched(read_only_copy, sample_root):

@@ -16,21 +16,28 @@ URL = os.environ.get("QDRANT_TEST_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="needs a Qdrant server: set QDRANT_TEST_URL")
 
 
-def test_search_works_while_an_ingest_writes(sample_root, encoder):
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    writer = open_store(url=URL, collection=name)
-    ensure_collection(writer, encoder.spec)
-    done, errors, answers = threading.Event(), [], []
+def _ingest_in_background(writer, encoder, root) -> tuple[threading.Thread, threading.Event, list]:
+    """A thread (not started) ingesting `root` into `writer`; the event is set when it ends,
+    the list collects what it raised."""
+    done, errors = threading.Event(), []
 
     def ingest():
         try:
-            run_ingest(writer, encoder, sample_root, batch_size=4, workers=0, progress=False)
-        except Exception as exc:  # surfaced below
+            run_ingest(writer, encoder, root, batch_size=4, workers=0, progress=False)
+        except Exception as exc:  # surfaced by the test
             errors.append(exc)
         finally:
             done.set()
 
-    thread = threading.Thread(target=ingest)
+    return threading.Thread(target=ingest), done, errors
+
+
+def test_search_works_while_an_ingest_writes(sample_root, encoder):
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    writer = open_store(url=URL, collection=name)
+    ensure_collection(writer, encoder.spec)
+    thread, done, errors = _ingest_in_background(writer, encoder, sample_root)
+    answers = []
     thread.start()
     reader = open_store(url=URL, collection=name)
     try:
@@ -69,22 +76,12 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     assert encoder.spec.weights == spec.weights
     ensure_collection(writer, encoder.spec, weights_file=str(weights), root=str(sample_root))
     run_ingest(writer, encoder, sample_root, limit=8, workers=0, progress=False)
-    done, errors = threading.Event(), []
-
-    def ingest():
-        try:
-            run_ingest(writer, encoder, sample_root, batch_size=4, workers=0, progress=False)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            done.set()
-
+    thread, done, errors = _ingest_in_background(writer, encoder, sample_root)
     settings = Settings(url=URL, collection=name, weights=str(weights))
     photo = io.BytesIO()
     Image.new("RGB", (80, 80), "blue").save(photo, "JPEG")
     try:
         with TestClient(create_app(open_service(settings), settings)) as client:
-            thread = threading.Thread(target=ingest)
             thread.start()
             statuses = []
             while not done.is_set() or not statuses:
