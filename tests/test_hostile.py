@@ -185,11 +185,13 @@ def test_a_broken_traced_model_is_rebuilt(db, sample_root, tmp_path, monkeypatch
         r["id"] for r in json.loads(first.stdout)[0]["results"]
     ]
     from embedder.compiled import load_traced
+    from embedder.device import autocast_dtype
     from embedder.spec import ModelSpec
 
     with open_store(store_dir=str(db)) as store:
         spec = ModelSpec.from_json(store.metadata()["model_spec"])
-    assert load_traced(spec, None) is not None  # the rebuilt copy is sound
+    dtype = autocast_dtype(torch.device("cpu"), "auto")  # bf16 where the CPU has it, else fp32
+    assert load_traced(spec, dtype) is not None  # the rebuilt copy is sound
 
 
 # 4. a crash during the index build --------------------------------------------------------------
