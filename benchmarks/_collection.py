@@ -1,10 +1,12 @@
-"""A small collection for the query-side benchmarks: a generated sample embedded by `ingest run`
-with an untrained checkpoint of the given backbone (speed does not depend on the weights)."""
+"""Collections for the benchmarks: a timed in-process ingest into a fresh embedded store, and a
+small collection for the query side made by `ingest run` with an untrained checkpoint of the
+given backbone (speed does not depend on the weights)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -37,3 +39,19 @@ def make_collection(
         capture_output=True,
     )
     return root, db
+
+
+def timed_ingest(encoder, root, tmp: str, **settings) -> tuple[float, object]:
+    """Ingest `root` into a new embedded collection under `tmp` with `encoder`; returns (wall
+    seconds of run_ingest, its Summary). `settings`: IngestSettings fields."""
+    from ingest.plan import read_work
+    from ingest.runner import IngestSettings, ensure_collection, run_ingest
+    from search.stores import open_store
+
+    work = read_work(root)
+    options = IngestSettings(progress=False, report=f"{tmp}/failures.csv", **settings)
+    with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
+        ensure_collection(store, encoder.spec)
+        started = time.perf_counter()
+        summary = run_ingest(store, encoder, work, options)
+        return time.perf_counter() - started, summary

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _collection import timed_ingest  # benchmarks/ is on the path when run as a script
 
 from embedder.catalog import read_catalog
 from embedder.inference import Encoder
 from embedder.model import build_model
 from embedder.transforms import eval_transform, load_image
-from ingest.runner import ensure_collection, run_ingest
 from ingest.sample import write_sample
-from search.stores import open_store
 
 
 def reference(model, files: list[Path]) -> float:
@@ -54,19 +53,7 @@ def bare(encoder: Encoder, files: list[Path], batch: int) -> float:
 
 
 def pipeline(encoder: Encoder, root: Path, batch: int, workers: int, tmp: str) -> tuple:
-    with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
-        ensure_collection(store, encoder.spec)
-        started = time.perf_counter()
-        summary = run_ingest(
-            store,
-            encoder,
-            root,
-            batch_size=batch,
-            workers=workers,
-            progress=False,
-            report=f"{tmp}/failures.csv",
-        )
-        wall = time.perf_counter() - started
+    wall, summary = timed_ingest(encoder, root, tmp, batch_size=batch, workers=workers)
     return summary.embedded / wall, summary
 
 

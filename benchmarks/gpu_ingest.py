@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from _collection import timed_ingest  # benchmarks/ is on the path when run as a script
 
 from embedder.catalog import read_catalog
 from embedder.inference import Encoder
 from embedder.model import build_model
-from ingest.runner import ensure_collection, run_ingest
 from ingest.sample import write_sample
-from search.stores import open_store
 
 IMAGES_PER_ITEM = 3.5  # the generator's mean: 1-2 shop and 1-3 consumer photos per item
 
@@ -71,20 +70,14 @@ def main() -> None:
             build_model("resnet50", pretrained="none"), args.device, "auto", compile=args.compile
         )
         ceiling = bare_rate(encoder, args.batch_size)  # also compiles, outside the timed run
-        with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
-            ensure_collection(store, encoder.spec)
-            started = time.perf_counter()
-            summary = run_ingest(
-                store,
-                encoder,
-                data,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                progress=False,
-                decode=args.decode,
-                report=f"{tmp}/failures.csv",
-            )
-            wall = time.perf_counter() - started
+        wall, summary = timed_ingest(
+            encoder,
+            data,
+            tmp,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            decode=args.decode,
+        )
     print(
         f"{images} images, resnet50 {encoder.spec.img_size}px on {encoder.device} "
         f"({'bf16' if encoder.dtype else 'fp32'}{', compiled' if args.compile else ''}), "

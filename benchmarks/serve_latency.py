@@ -131,6 +131,7 @@ def main() -> None:
     import torch
     from _collection import make_collection
 
+    from search.query import serving_encoder
     from search.service import Query, SearchService
     from search.stores import open_store
 
@@ -139,7 +140,7 @@ def main() -> None:
             tmp, args.backbone, img_size=args.img_size, items=args.items, seed=1
         )
         photos = [p.read_bytes() for p in sorted(root.rglob("comsumer_*.jpg"))[: args.queries]]
-        query = Query.make(top=20, group="item")
+        query = Query.make(20, "item")
         os.environ["FASHION_RETRIEVAL_CACHE"] = f"{tmp}/traced"  # a fresh cache, as a new server
         print(
             f"{args.backbone} {args.img_size}px, {len(photos)} consumer photos as queries, "
@@ -148,8 +149,8 @@ def main() -> None:
 
         # 1. the floor: the service in this process, no HTTP, no batching
         with open_store(store_dir=db) as store:
-            service = SearchService(store)
-            service.prepare()  # the model as the server runs it (traced on CPU)
+            # the model as the server runs it (traced on CPU)
+            service = SearchService(store, encoder=serving_encoder(store.require_metadata()))
             service.search_upload(photos[0], query)  # warm
             bare = []
             started = time.perf_counter()

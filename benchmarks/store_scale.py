@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from search.store import IndexSettings, Points, point_id
+from search.store import APPROXIMATE, IndexSettings, Points, SearchParams, point_id
 from search.stores import open_store
 
 CATEGORIES = {"TOPS": 0.45, "DRESSES": 0.35, "TROUSERS": 0.20}
@@ -81,12 +81,12 @@ def fill(store, vectors, payloads, ids, batch=2048) -> float:
     return time.perf_counter() - started
 
 
-def latency(store, queries, k, truth, position, filters=None, exact=False):
+def latency(store, queries, k, truth, position, filters=None, params=APPROXIMATE):
     """p50/p95 ms of single-query searches and mean recall@k against `truth`."""
     walls, recall = [], []
     for q, expected in zip(queries, truth, strict=True):
         t0 = time.perf_counter()
-        hits = store.search(q[None], k, filters, exact=exact)[0]
+        hits = store.search(q[None], k, filters, params)[0]
         walls.append((time.perf_counter() - t0) * 1000)
         recall.append(len({position[h.id] for h in hits} & expected) / k)
     return np.percentile(walls, 50), np.percentile(walls, 95), float(np.mean(recall))
@@ -144,19 +144,21 @@ def main() -> None:
         store.count()
         print(f"reopen: {time.perf_counter() - t0:.2f} s")
         for ef in [int(v) for v in args.efs.split(",")]:
-            store.set_hnsw_ef(ef)
-            p50, p95, rec = latency(store, queries, k, truth, position)
+            params = SearchParams(hnsw_ef=ef)
+            p50, p95, rec = latency(store, queries, k, truth, position, params=params)
             store.oversample = 4
-            f50, f95, frec = latency(store, top_queries, k, truth_tops, position, tops)
+            f50, f95, frec = latency(store, top_queries, k, truth_tops, position, tops, params)
             store.oversample = 1
-            r50, _, rrec = latency(store, top_queries, k, truth_tops, position, tops)
+            r50, _, rrec = latency(store, top_queries, k, truth_tops, position, tops, params)
             print(
                 f"  hnsw_ef {ef:4d}: top-20 p50 {p50:5.2f} ms p95 {p95:5.2f} ms recall {rec:.3f}"
                 f" ({numpy_ms / p50:.0f}x numpy) | TOPS-filtered p50 {f50:5.2f} ms p95 "
                 f"{f95:5.2f} ms recall {frec:.3f} (Qdrant's filtered traversal alone: p50 "
                 f"{r50:5.2f} ms recall {rrec:.3f})"
             )
-        e50, _, erec = latency(store, queries[:50], k, truth[:50], position, exact=True)
+        e50, _, erec = latency(
+            store, queries[:50], k, truth[:50], position, params=SearchParams(exact=True)
+        )
         print(f"  exact search in the shard: p50 {e50:.1f} ms, recall {erec:.3f}")
         store.close()
     n = min(args.local_n, args.n)

@@ -1,5 +1,5 @@
-"""Shared CLI plumbing of the three commands: logging, one-line errors, and the options that
-choose a device, a precision and a store (typer types only: opening a store is search's job)."""
+"""Shared CLI plumbing of the three commands: logging, one-line errors, and the options every
+command shares (device, precision, top-k values). The store options live in search.options."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,27 +32,6 @@ def parse_ks(text: str) -> TopKs:
 
 
 Ks = Annotated[TopKs, typer.Option("--k", parser=parse_ks, metavar="K,K,...", help="Top-k values.")]
-StoreDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        help="Embedded Qdrant folder (the default store). [default: ./qdrant_data]",
-        show_default=False,
-    ),
-]
-QdrantUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--qdrant-url",
-        help="Qdrant server URL (http(s)://host:6333) instead of the embedded store; API key from "
-        "QDRANT_API_KEY. ':memory:' or 'file:DIR' use qdrant-client's local mode. [default: "
-        "QDRANT_URL when set and --store is not given]",
-        show_default=False,
-    ),
-]
-Collection = Annotated[
-    str, typer.Option("--collection", "-c", envvar="QDRANT_COLLECTION", help="Collection name.")
-]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")]
 Precision = Annotated[
     PrecisionChoice,

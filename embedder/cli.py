@@ -8,20 +8,8 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import (
-    Collection,
-    Device,
-    Ks,
-    Precision,
-    QdrantUrl,
-    StoreDir,
-    Verbose,
-    clean_errors,
-    echo,
-    setup_logging,
-)
+from embedder._cli import Device, Ks, Precision, Verbose, clean_errors, echo, setup_logging
 from embedder.choices import MapMethod, Mode
-from embedder.errors import UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -113,7 +101,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             margin=margin,
-            mode=mode.value,
+            mode=mode,
             train_stages=train_stages,
             per_item=per_item,
             device=device,
@@ -160,16 +148,6 @@ def evaluate(
     map_method: Annotated[
         MapMethod, typer.Option(help="pca, or tsne (scikit-learn).")
     ] = MapMethod.pca,
-    via_store: Annotated[
-        bool,
-        typer.Option(
-            help="Also run the queries through the Qdrant collection built with --weights "
-            "(HNSW) and report its accuracy and agreement with exact search."
-        ),
-    ] = False,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 1,
     device: Device = "auto",
@@ -178,7 +156,7 @@ def evaluate(
 ) -> None:
     """Consumer-to-shop retrieval: queries are the split's consumer photos, the gallery its shop
     photos; a query hits at k when a photo of its item is among the first k. Overall and per
-    category."""
+    category, with exact k-NN. Through a Qdrant collection (HNSW, filters): `search evaluate`."""
     setup_logging(verbose)
     ks = tuple(k)
     with clean_errors():
@@ -190,10 +168,6 @@ def evaluate(
         backbones = [n for names in backbone or [] for n in names.split(",") if n]
         if (weights is None) == (not backbones):
             raise ValueError("give either --weights or --backbone")
-        if via_store and weights is None:
-            raise ValueError(
-                "--via-store needs --weights (the model the collection was built with)"
-            )
         if weights:
             models = [(str(weights), lambda: build_model(weights=str(weights)))]
         else:
@@ -224,46 +198,11 @@ def evaluate(
             labels = evaluated[0].vectors["gallery_table"]["category"]
             draw_map(evaluated[0].vectors["gallery"], labels, embedding_map, map_method.value)
             echo(f"embedding map: {embedding_map}")
-        if via_store:  # with --weights: exactly one evaluation, of the collection's model
-            reports["store"] = _via_store(evaluated[0], ks, split, store, qdrant_url, collection)
         if plot:
             topk_curve({n: r.overall for n, r in reports.items()}, plot)
             echo(f"top-k curve: {plot}")
         if as_json:
             as_json.write_text(json.dumps({n: r.to_json() for n, r in reports.items()}, indent=1))
-
-
-def _via_store(evaluated, ks, split, store, qdrant_url, collection):
-    """The same queries through the collection: accuracy and agreement with exact search.
-
-    The collection's k-NN comes from the "fashion_retrieval.knn" entry point (search
-    provides it), so that embedder never imports the layers above it."""
-    from importlib.metadata import entry_points
-
-    from embedder.evaluate import accuracy, agreement
-
-    found = entry_points(group="fashion_retrieval.knn", name="collection")
-    if not found:
-        raise UserError("--via-store needs the search package (pip install fashion-retrieval)")
-    collection_knn = next(iter(found)).load()
-    vectors = evaluated.vectors
-    queries, gallery = vectors["query_table"], vectors["gallery_table"]
-    with collection_knn(
-        str(store) if store else None,
-        qdrant_url,
-        collection,
-        evaluated.spec,
-        gallery["path"].tolist(),
-        split,
-    ) as (knn, where):
-        neighbours = knn(vectors["queries"], max(ks))
-    report = accuracy(neighbours, queries, gallery, ks, split)
-    echo(f"via {where} collection {collection!r} (HNSW):")
-    for line in report.table():
-        echo(line)
-    agree = agreement(neighbours, vectors["neighbours"])
-    echo("agreement with exact search: " + ", ".join(f"{k} {v:.3f}" for k, v in agree.items()))
-    return report
 
 
 @app.command()

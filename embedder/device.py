@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp32")
+from embedder.choices import Precision
 
 
 @functools.cache
@@ -34,13 +34,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+def autocast_dtype(
+    device: torch.device, precision: Precision | str = Precision.auto
+) -> torch.dtype | None:
     """The autocast dtype to run under, or None for plain fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
+    precision = Precision(precision)
+    if precision is Precision.fp32:
         return None
-    if precision == "bf16":
+    if precision is Precision.bf16:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

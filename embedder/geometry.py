@@ -7,10 +7,8 @@ import math
 
 BBOX_MARGIN = 0.1  # keep a little context around the annotated garment
 MIN_BOX = 8  # pixels: a smaller box is no garment
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-Box = tuple[
-    float, float, float, float
-]  # x1, y1, x2, y2 in the upright photo's pixels  # timm's names; anything else: bilinear
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # timm's names; anything else: bilinear
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in the upright photo's pixels
 
 
 def interpolation(name: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embedder.choices import Decode, Precision
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.errors import describe_failure
 from embedder.geometry import Box
@@ -82,7 +83,7 @@ class Encoder:
         self,
         model: nn.Module,
         device: str | torch.device = "auto",
-        precision: str = "auto",
+        precision: Precision | str = Precision.auto,
         spec: ModelSpec | None = None,
         compile: bool = False,
     ):
@@ -118,9 +119,6 @@ class Encoder:
         return out[:n].float().cpu().numpy()
 
 
-DECODERS = ("cpu", "device")
-
-
 def die_with_parent(_worker: int = 0) -> None:
     """DataLoader worker_init_fn: the kernel kills the reader when its parent dies (kill -9),
     so no orphan keeps running, or keeps the store's lock that it inherited."""
@@ -143,10 +141,10 @@ def loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
-    decode: str = "cpu",
+    decode: Decode = Decode.cpu,
 ) -> DataLoader:
     """Reader: workers decode to uint8 pixels (cpu), or read JPEG bytes (device decode)."""
-    if decode == "device":
+    if decode is Decode.device:
         from embedder.device_decode import JpegFiles, collate_items
 
         data, collate_fn = JpegFiles(paths, boxes, spec), collate_items
@@ -157,7 +155,7 @@ def loader(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_fn,
-        pin_memory=pin_memory and decode == "cpu",
+        pin_memory=pin_memory and decode is Decode.cpu,
         persistent_workers=False,
         worker_init_fn=die_with_parent if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
@@ -171,14 +169,13 @@ def embed_batches(
     *,
     batch_size: int = 32,
     workers: int = 1,
-    decode: str = "cpu",
+    decode: Decode | str = Decode.cpu,
 ) -> Iterator[Embedded]:
     """Read (and on the CPU path decode) in `workers` processes, overlapping the model; embed;
     yield batch by batch. decode="device" decodes JPEGs on the encoder's device (nvjpeg)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    if decode not in DECODERS:
-        raise ValueError(f"unknown decode {decode!r}: use cpu or device")
+    decode = Decode(decode)
     pin = encoder.device.type == "cuda"
     batches = iter(
         loader(
@@ -197,7 +194,7 @@ def embed_batches(
         t1 = time.perf_counter()
         if batch is None:
             return
-        if decode == "device":
+        if decode is Decode.device:
             from embedder.device_decode import decode_batch
 
             batch = Batch(*decode_batch(batch, encoder.spec, encoder.device))

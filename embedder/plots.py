@@ -1,4 +1,4 @@
-"""Evaluation plots: the top-k accuracy curve and a 2-D map of embeddings."""
+"""Plots: training curves, the top-k accuracy curve and a 2-D map of embeddings."""
 
 from __future__ import annotations
 
@@ -15,6 +15,24 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def training_curves(rows: list[dict], out: str | Path) -> Path:
+    """A training run's loss and validation top-k accuracy by epoch (metrics.png)."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["loss"] for r in rows], marker="o")
+    left.set(title="triplet loss", xlabel="epoch")
+    for key in [k for k in rows[-1] if k.startswith("val_top")]:
+        right.plot(epochs, [r.get(key) for r in rows], marker="o", label=key[4:])
+    right.set(title="validation top-k accuracy", xlabel="epoch", ylim=(0, 1))
+    if right.lines:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)
 
 
 def topk_curve(curves: Mapping[str, Mapping[int, float]], out: str | Path) -> Path:

@@ -20,15 +20,15 @@ from tqdm import tqdm
 
 from embedder.catalog import bbox_of, locate, read_catalog, read_pairs
 from embedder.checkpoint import save_checkpoint
-from embedder.choices import Mode
+from embedder.choices import Mode, Precision
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.evaluate import DEFAULT_KS, evaluate, split_sets
 from embedder.inference import Encoder
 from embedder.model import EmbeddingNet, build_model, load_checkpoint
+from embedder.plots import training_curves
 from embedder.transforms import load_image, normalize, train_transform
 
 log = logging.getLogger(__name__)
-MODES = tuple(m.value for m in Mode)
 STATE_FILE = "train_state.json"
 
 
@@ -45,11 +45,11 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     margin: float = 0.5
-    mode: str = Mode.reference.value
+    mode: Mode = Mode.reference
     train_stages: str = "layer4"  # backbone children to train, comma-separated, or "all"
     per_item: int = 2  # images per item in a batch (online mining)
     device: str = "auto"
-    precision: str = "auto"
+    precision: Precision = Precision.auto
     workers: int = 2
     seed: int = 0
     ks: tuple[int, ...] = DEFAULT_KS
@@ -57,11 +57,10 @@ class TrainConfig:
     resume: bool = False  # continue the run in `out` after its last finished epoch
 
     def check(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
+        self.mode, self.precision = Mode(self.mode), Precision(self.precision)
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.margin < 0:
             raise ValueError("epochs ≥ 1, batch size ≥ 2, lr > 0 and margin ≥ 0 are required")
-        if self.mode != "reference" and self.batch_size % self.per_item:
+        if self.mode is not Mode.reference and self.batch_size % self.per_item:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a multiple of "
                 f"--per-item {self.per_item} for online mining"
@@ -224,7 +223,7 @@ def build_loader(
     cfg: TrainConfig, root, catalog: pd.DataFrame, pairs: pd.DataFrame | None, spec
 ) -> EpochLoader:
     """Reference triplets (shuffled) or item-balanced batches for online mining."""
-    if cfg.mode == "reference":
+    if cfg.mode is Mode.reference:
         data = TripletSet(root, pairs, catalog, spec, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(
@@ -298,12 +297,12 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device))
     loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
     miner = {
-        "batch-hard": miners.BatchHardMiner(),
-        "semihard": miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard"),
-        "reference": None,
+        Mode.batch_hard: miners.BatchHardMiner(),
+        Mode.semihard: miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard"),
+        Mode.reference: None,
     }[cfg.mode]
     catalog = read_catalog(cfg.root)  # read once: every epoch draws from the same tables
-    pairs = _train_pairs(cfg.root, catalog) if cfg.mode == "reference" else None
+    pairs = _train_pairs(cfg.root, catalog) if cfg.mode is Mode.reference else None
     batches = build_loader(cfg, cfg.root, catalog, pairs, model.spec)
     val_sets = _val_sets(cfg.root)
     for epoch in range(done + 1, cfg.epochs + 1):
@@ -356,9 +355,8 @@ def train_one_epoch(
             tuples = None
         with autocast(device, dtype):
             emb = model(normalize(x, model.spec, device))
-        if miner is not None:
-            with torch.no_grad():
-                tuples = miner(emb.float(), labels)
+        if miner is not None:  # pytorch-metric-learning's miners run without gradients
+            tuples = miner(emb.float(), labels)
         loss = loss_fn(emb.float(), labels, tuples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -413,7 +411,7 @@ def save_epoch(
         writer = csv.DictWriter(fh, fieldnames=list(history.rows[-1]))
         writer.writeheader()
         writer.writerows(history.rows)
-    _plot(history.rows, out / "metrics.png")
+    training_curves(history.rows, out / "metrics.png")
     state = {
         "epoch": epoch,
         "last": name,
@@ -424,23 +422,3 @@ def save_epoch(
     tmp = out / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1, default=str))
     tmp.replace(out / STATE_FILE)  # the state moves on only once the epoch's files are written
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r["loss"] for r in rows], marker="o")
-    left.set(title="triplet loss", xlabel="epoch")
-    for key in [k for k in rows[-1] if k.startswith("val_top")]:
-        right.plot(epochs, [r.get(key) for r in rows], marker="o", label=key[4:])
-    right.set(title="validation top-k accuracy", xlabel="epoch", ylim=(0, 1))
-    if right.lines:
-        right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Verbose, clean_errors, echo, setup_logging
+from embedder._cli import Device, Precision, Verbose, clean_errors, echo, setup_logging
 from embedder.choices import Decode
-from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
+from search.options import Collection, QdrantUrl, StoreDir, open_from
+from search.schema import DEFAULT_COLLECTION
 
 app = typer.Typer(
     add_completion=False,
@@ -141,7 +142,7 @@ def run(
     ] = None,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
     decode: Annotated[
@@ -165,25 +166,14 @@ def run(
     missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors():
-        from ingest.plan import check_image_url
-        from ingest.runner import IngestSettings
-
-        _check_writable(report, "the failure report (--report)")
-        options = IngestSettings(
-            batch_size=batch_size,
-            workers=workers,
-            decode=decode.value,
-            report=report,
-            progress=progress,
-            prune=prune,
-            image_base=check_image_url(image_url),
-        )
         from embedder.inference import Encoder
         from embedder.model import build_model
-        from ingest.plan import read_work
-        from ingest.runner import ensure_collection, run_ingest
+        from ingest.plan import check_image_url, read_work
+        from ingest.runner import IngestSettings, ensure_collection, run_ingest
         from search.store import IndexSettings as Index
 
+        _check_writable(report, "the failure report (--report)")
+        image_base = check_image_url(image_url)
         # the catalog first: a bad root fails before a model is built or a collection made
         work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
         model = build_model(
@@ -193,7 +183,16 @@ def run(
             weights=str(weights) if weights else None,
         )
         encoder = Encoder(model, device, precision, compile=compile)
-        options = options.for_device(encoder.device)
+        options = IngestSettings.for_device(
+            encoder.device,
+            batch_size=batch_size,
+            workers=workers,
+            decode=decode,
+            report=report,
+            progress=progress,
+            prune=prune,
+            image_base=image_base,
+        )
         index = Index(
             m=hnsw_m,
             ef_construct=ef_construct,
@@ -237,7 +236,7 @@ def publish(
         str, typer.Option("--to", help="Qdrant server URL (API key from QDRANT_API_KEY).")
     ],
     store: StoreDir = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     target_collection: Annotated[
         str | None, typer.Option(help="Name on the server [default: same].")
     ] = None,
@@ -275,7 +274,7 @@ def snapshot(
     out: Annotated[Path, typer.Option(help="Snapshot file to write (a tar).")],
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     verbose: Verbose = False,
 ) -> None:
     """Write a collection (model metadata, ids, payloads, vectors) to one file. The format is
@@ -299,7 +298,7 @@ def restore(
     recreate: Annotated[bool, typer.Option(help="Replace an existing collection.")] = False,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     verbose: Verbose = False,
 ) -> None:
     """Recreate a collection from a snapshot file, in the embedded store or on a server."""
@@ -322,7 +321,7 @@ def restore(
 def info(
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     check: Annotated[
         bool,
         typer.Option(
@@ -338,7 +337,7 @@ def info(
         echo(f"collection {collection!r} in {db.describe()}: {db.count()} points")
         echo(f"model: {meta.get('model')}")
         echo(f"weights file: {meta.get('weights_file')}; dataset: {meta.get('dataset_root')}")
-        echo(f"index: {meta.get('index')}")
+        echo(f"index: {meta.get('index')}; payload indexes: {', '.join(db.indexes()) or 'none'}")
         for key in ("category", "source", "split"):
             counts = db.facet(key)
             echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -9,11 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from embedder.catalog import bbox_of, locate, read_catalog
+from search.schema import CHANGE, LABELS
 from search.store import Store, point_id
 
 log = logging.getLogger(__name__)
-PAYLOAD_FIELDS = ("category", "subcategory", "item_id", "source", "split", "path")
-CHANGE_FIELDS = ["size", "mtime"]
 
 
 def image_url(base: str | None, pid: str) -> str | None:
@@ -62,12 +61,12 @@ class Plan:
 
 
 def payload(row, image_base: str | None = None) -> dict:
-    """The payload stored with a point (strings for the keyword-indexed fields); with
-    `image_base`, an image_url that Qdrant's dashboard shows as a picture."""
-    out = {name: str(getattr(row, name)) for name in PAYLOAD_FIELDS}
+    """The payload stored with a point (search.schema): the catalog's labels as strings, the
+    change fields, the box; with `image_base`, an image_url that Qdrant's dashboard shows."""
+    out = {name: str(getattr(row, name)) for name in LABELS}
     if image_base:
         out["image_url"] = image_url(image_base, row.id)
-    out["size"], out["mtime"] = int(row.size), int(row.mtime)
+    out.update({name: int(getattr(row, name)) for name in CHANGE})
     box = bbox_of(row)
     if box is not None:
         out["bbox"] = list(box)
@@ -113,7 +112,7 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
     """Compare the work with the store: unchanged stored images are skipped; with
     `image_base`, unchanged ones whose image_url differs are listed to relabel."""
     catalog = work.catalog
-    fields = [*CHANGE_FIELDS, "image_url"] if image_base else CHANGE_FIELDS
+    fields = [*CHANGE, "image_url"] if image_base else list(CHANGE)
     stored = store.retrieve(catalog["id"].tolist(), fields) if store.exists() else {}
     keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
     unchanged = pd.Series(

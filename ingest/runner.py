@@ -8,14 +8,15 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from embedder.choices import Decode
 from embedder.inference import Encoder, embed_batches
 from embedder.spec import ModelSpec, model_difference
-from ingest.plan import Work, image_url, make_plan, payload, read_work, stale_ids
+from ingest.plan import Work, image_url, make_plan, payload, stale_ids
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
@@ -129,46 +130,47 @@ def ensure_collection(
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """How to run an ingest; batch size and reader processes default by device."""
+    """How to run an ingest. for_device() fills in a device's batch size and reader count."""
 
-    batch_size: int | None = None  # images per forward pass [32 on CPU, 256 on CUDA]
-    workers: int | None = None  # reader processes [1 on CPU, up to 8 on CUDA]
-    decode: str = "cpu"  # "cpu" (workers decode) or "device" (JPEGs decode on the GPU)
+    batch_size: int = 32  # images per forward pass
+    workers: int = 1  # reader processes
+    decode: Decode = Decode.cpu  # cpu: workers decode; device: JPEGs decode on the GPU
     report: str | Path = "ingest-failures.csv"  # failed files and reasons
     progress: bool = True
     prune: bool = False  # delete points (of this share) whose files are gone
     image_base: str | None = None  # image_url = BASE<point id>.jpg in every payload
 
-    def for_device(self, device) -> IngestSettings:
-        """These settings with the defaults of `device` filled in (the one place they live)."""
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.workers < 0:
+            raise ValueError("the batch size must be positive and the readers at least 0")
+        object.__setattr__(self, "decode", Decode(self.decode))
+
+    @classmethod
+    def for_device(
+        cls, device, *, batch_size: int | None = None, workers: int | None = None, **rest
+    ) -> IngestSettings:
+        """Settings for `device` (the one place of device defaults): batch size 32 on CPU,
+        256 on CUDA; 1 reader on CPU, up to 8 on CUDA; explicit values win."""
         on_gpu = getattr(device, "type", device) == "cuda"
-        return replace(
-            self,
-            batch_size=self.batch_size or (256 if on_gpu else 32),
-            workers=self.workers
-            if self.workers is not None
+        return cls(
+            batch_size=batch_size or (256 if on_gpu else 32),
+            workers=workers
+            if workers is not None
             else (max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1),
+            **rest,
         )
 
 
 def run_ingest(
-    store: Store,
-    encoder: Encoder,
-    work: Work | str | Path,
-    settings: IngestSettings | None = None,
-    **options,
+    store: Store, encoder: Encoder, work: Work, settings: IngestSettings = IngestSettings()
 ) -> Summary:
-    """Embed every image of `work` not already stored unchanged, and upsert it into `store`.
+    """Embed every image of `work` (ingest.plan.read_work) not already stored unchanged, and
+    upsert it into `store`.
 
     Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues where
-    the last one stopped; the collection must already exist (see ensure_collection).
-    work: from ingest.plan.read_work, or a dataset root to read (then `limit` and `shard` may
-    be among `options`); options: IngestSettings fields, for callers without a settings object.
-    Stored points that lack the image_url of `image_base` get it without re-embedding.
+    the last one stopped; the collection must already exist (see ensure_collection). Stored
+    points that lack the image_url of `settings.image_base` get it without re-embedding.
     """
-    if not isinstance(work, Work):
-        work = read_work(work, limit=options.pop("limit", None), shard=options.pop("shard", None))
-    settings = replace(settings or IngestSettings(), **options).for_device(encoder.device)
     if settings.prune and work.limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
     image_base = settings.image_base
@@ -221,7 +223,7 @@ def run_ingest(
             store.flush()
             summary.embedded = writer.stored
     summary.seconds.update(read=read, model=model, write=writer.seconds)
-    if settings.decode == "device":
+    if settings.decode is Decode.device:
         summary.seconds["decode"] = decode
     if summary.embedded or summary.pruned or not store.index_complete():
         t0 = time.perf_counter()  # also finishes an index build that a crash interrupted

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.plan import image_url
-from search.store import IndexSettings, Points, Store, StoreError, check_space
+from search.store import IndexSettings, Points, Store, StoreError, require_free_space
 
 FORMAT = "fashion-retrieval-snapshot/2"  # /2: a sha256 per part in the header
 READABLE = ("fashion-retrieval-snapshot/1", FORMAT)
@@ -96,7 +96,7 @@ def write_snapshot(
     meta = store.require_metadata()
     out = Path(out)
     total = store.count()
-    check_space(
+    require_free_space(
         out.parent, total * (4 * int(meta["dim"]) + 600) + 65536, f"a snapshot of {total:,} points"
     )
     tmp = out.with_name(out.name + ".partial")
@@ -212,16 +212,9 @@ def restore_snapshot(
             f"collection {target.collection!r} already exists in {target.describe()}; "
             f"pass --recreate to replace it"
         )
-    staging = target.staging() if hasattr(target, "staging") else None
-    into = staging or target
-    try:
+    with target.replacement() as into:
         create_like(into, header["metadata"], recreate=True)
         restored = _fill(into, _parts(path, header), progress)
         if restored != header["count"]:
             raise _bad(path, f"{restored} of {header['count']} points could be restored")
-        if staging is not None:
-            target.swap_in(staging)
-    finally:
-        if staging is not None:
-            staging.discard()
     return restored

@@ -24,7 +24,9 @@ class _Request:
 
 
 class Batcher:
-    """`batcher(pixels)` returns `forward(pixels)`, running at most `workers` forwards at once.
+    """`batcher(pixels)` returns `encoder(pixels)`, running at most `workers` forwards at once;
+    it stands in for the encoder (same `spec` and `device`), so the search service takes it as
+    its model.
 
     Leader/follower batching, with no thread of its own: a caller that finds a free slot runs
     the forward itself, on its own photo and every photo waiting at that moment (up to
@@ -36,7 +38,7 @@ class Batcher:
 
     def __init__(
         self,
-        forward: Callable,
+        encoder: Callable,
         *,
         workers: int = 1,
         max_batch: int = 16,
@@ -45,7 +47,8 @@ class Batcher:
     ):
         if workers < 1 or max_batch < 1:
             raise ValueError("the model pool needs at least one worker and a batch of one")
-        self.forward, self.workers, self.max_batch = forward, workers, max_batch
+        self.forward, self.workers, self.max_batch = encoder, workers, max_batch
+        self.spec, self.device = encoder.spec, getattr(encoder, "device", None)
         self.max_queue, self.on_batch = max_queue, on_batch
         self._waiting: deque[_Request] = deque()
         self._running = 0

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Verbose, clean_errors, echo, setup_logging
-from search.options import Collection, Device, Precision, QdrantUrl, StoreDir, open_from
+from embedder._cli import Device, Ks, Precision, Verbose, clean_errors, echo, setup_logging
+from search.options import Collection, QdrantUrl, StoreDir, open_from
+from search.schema import DEFAULT_COLLECTION
 from search.service import MAX_TOP, Grouping, Source
 
 app = typer.Typer(
@@ -101,7 +102,7 @@ def search(
     weights: Weights = None,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
     verbose: Verbose = False,
@@ -109,7 +110,7 @@ def search(
     """Embed QUERY photo(s) with the model that built the collection and print the nearest
     images: rank, score (cosine), category, subcategory, item_id, source, path.
 
-    The web app: `search serve --help`."""
+    The web app: `search serve --help`; the collection's accuracy: `search evaluate --help`."""
     setup_logging(verbose)
     started = time.perf_counter()
     queries = queries or []
@@ -118,8 +119,16 @@ def search(
     with clean_errors():
         from search import render
         from search.service import Query, SearchService
+        from search.store import SearchParams
 
-        query = Query.make(top, category, subcategory, source, group, exact)
+        query = Query.make(
+            top,
+            group,
+            SearchParams(exact=exact, hnsw_ef=hnsw_ef),
+            category=category,
+            subcategory=subcategory,
+            source=source,
+        )
         with (
             open_from(store, qdrant_url, collection, read_only=True) as db,
             SearchService(
@@ -130,7 +139,6 @@ def search(
                 traced=traced,
             ) as service,
         ):
-            db.set_hnsw_ef(hnsw_ef)
             answers = (
                 [service.similar(like, query)]
                 if like
@@ -198,7 +206,7 @@ def serve(
     ] = 20.0,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
-    collection: Collection = "deepfashion",
+    collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
     verbose: Verbose = False,
@@ -220,15 +228,97 @@ def serve(
                 precision=precision,
                 workers=workers,
                 max_upload=int(max_upload_mb * 1_000_000),
-            ),
-            host=host,
-            port=port,
+                host=host,
+                port=port,
+            )
         )
 
 
+evaluate_app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Top-k accuracy of a collection: the standard protocol, answered by Qdrant.",
+)
+
+
+@evaluate_app.command()
+def evaluate(
+    root: Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    k: Ks = "1,5,10,20,50",
+    hnsw_ef: Annotated[
+        int | None,
+        typer.Option(help="HNSW ef for the queries [default: the collection's, 512 unless set]."),
+    ] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the top-k curve PNG.")] = None,
+    weights: Weights = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 1,
+    store: StoreDir = None,
+    qdrant_url: QdrantUrl = None,
+    collection: Collection = DEFAULT_COLLECTION,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """`embedder evaluate`'s report for a collection: the split's consumer photos, embedded with
+    the collection's model, are looked up in the collection (HNSW, split and source filters) as
+    user queries are; exact search over the same stored vectors is printed beside it, with how
+    far the two agree."""
+    setup_logging(verbose)
+    with clean_errors():
+        import json
+
+        from embedder.plots import topk_curve
+        from search.evaluate import evaluate_collection
+        from search.service import SearchService
+        from search.store import SearchParams
+
+        with (
+            open_from(store, qdrant_url, collection, read_only=True) as db,
+            SearchService(
+                db, weights=str(weights) if weights else None, device=device, precision=precision
+            ) as service,
+        ):
+            found = evaluate_collection(
+                db,
+                service.encoder,
+                root,
+                split=split,
+                ks=tuple(k),
+                params=SearchParams(hnsw_ef=hnsw_ef),
+                batch_size=batch_size,
+                workers=workers,
+            )
+            echo(
+                f"{db.describe()} collection {collection!r}: {found.store.queries} queries, "
+                f"gallery {found.store.gallery} ({split})"
+            )
+        reports = {"store": found.store, "exact": found.exact}
+        for name, title in (("store", "via the collection (HNSW)"), ("exact", "exact search")):
+            echo(f"{title}:")
+            for line in reports[name].table():
+                echo(line)
+        echo(
+            "agreement with exact search: "
+            + ", ".join(f"{key} {value:.3f}" for key, value in found.agreement.items())
+        )
+        if plot:
+            topk_curve({n: r.overall for n, r in reports.items()}, plot)
+            echo(f"top-k curve: {plot}")
+        if as_json:
+            body = {n: r.to_json() for n, r in reports.items()}
+            as_json.write_text(json.dumps({**body, "agreement": found.agreement}, indent=1))
+
+
+SUBCOMMANDS = {"serve": serve_app, "evaluate": evaluate_app}
+
+
 def main() -> None:
-    """Console script: `search serve ...` runs the web app, anything else is a search."""
-    if sys.argv[1:2] == ["serve"]:
-        serve_app(sys.argv[2:], prog_name="search serve")
+    """Console script: `search serve ...` runs the web app, `search evaluate ...` scores a
+    collection, anything else is a search."""
+    if (sub := SUBCOMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")) is not None:
+        sub(sys.argv[2:], prog_name=f"search {sys.argv[1]}")
     else:
         app()

@@ -11,21 +11,23 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import qdrant_edge as qe
 
+from search.schema import INDEXED
 from search.store import (
-    INDEXED_FIELDS,
     Filters,
     Hit,
     IndexSettings,
     Points,
+    SearchParams,
     Store,
     StoreError,
-    check_space,
     records_to_points,
+    require_free_space,
 )
 
 METADATA_FILE = "collection.json"
@@ -102,8 +104,6 @@ class EdgeStore(Store):
         self._lock = None
         self._copy: str | None = None  # a temporary copy of a read-only shard
         self._indexed: bool | None = None
-        self._search_params: qe.SearchParams | None = None
-        self._params_ready = False
 
     def _damaged(self, exc: BaseException) -> StoreError:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -180,14 +180,17 @@ class EdgeStore(Store):
                 raise self._damaged(exc) from None
         return self._shard
 
-    def _query_params(self) -> qe.SearchParams | None:
-        return self._params(
-            lambda ef, oversampling: qe.SearchParams(
-                hnsw_ef=ef,
-                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-                if oversampling
-                else None,
-            )
+    def _engine_params(self, params: SearchParams) -> qe.SearchParams | None:
+        if params.exact:
+            return qe.SearchParams(exact=True)
+        if (options := self.search_options(params)) is None:
+            return None
+        ef, oversampling = options
+        return qe.SearchParams(
+            hnsw_ef=ef,
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+            if oversampling
+            else None,
         )
 
     def exists(self) -> bool:
@@ -197,7 +200,7 @@ class EdgeStore(Store):
         if self.exists():
             raise StoreError(f"collection {self.collection!r} already exists")
         self._acquire()
-        check_space(self.folder, SHARD_BYTES, "a new collection")
+        require_free_space(self.folder, SHARD_BYTES, "a new collection")
         quant = (
             qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
             if settings.quantization
@@ -212,7 +215,7 @@ class EdgeStore(Store):
         )
         shutil.rmtree(self.folder / "shard", ignore_errors=True)  # leftovers of a failed create
         self._shard = qe.EdgeShard.create(str(self.folder / "shard"), config)
-        for name in INDEXED_FIELDS:
+        for name in INDEXED:
             self._shard.update(
                 qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
             )
@@ -221,7 +224,7 @@ class EdgeStore(Store):
         tmp = self.folder / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.replace(self.folder / METADATA_FILE)  # written last: its presence means "created"
-        self._params_ready = False
+        self._metadata = meta
         self._shard.flush()
 
     def drop(self) -> None:
@@ -232,15 +235,22 @@ class EdgeStore(Store):
         for child in self.folder.iterdir():
             if child.name != ".lock":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self._metadata = None
 
-    def staging(self) -> EdgeStore:
-        """An empty collection beside this one, to build a replacement in (see swap_in)."""
-        other = EdgeStore(self.root, f".staging-{self.collection}")
-        if other.folder.exists():
-            other.drop()  # leftovers of an earlier failed restore
-        return other
+    @contextmanager
+    def replacement(self) -> Iterator[EdgeStore]:
+        """An empty collection beside this one; swapped in when the block succeeds, deleted in
+        any case: a failure at any point leaves this collection as it was."""
+        staging = EdgeStore(self.root, f".staging-{self.collection}")
+        if staging.folder.exists():
+            staging.drop()  # leftovers of an earlier failed restore
+        try:
+            yield staging
+            self._swap_in(staging)
+        finally:
+            staging._discard()
 
-    def swap_in(self, other: EdgeStore) -> None:
+    def _swap_in(self, other: EdgeStore) -> None:
         """Replace this collection by `other` (complete and flushed), entry by entry; a crash
         halfway leaves both on disk, never neither."""
         other.close()
@@ -258,14 +268,14 @@ class EdgeStore(Store):
             if (other.folder / name).exists():
                 (other.folder / name).rename(self.folder / name)
         shutil.rmtree(old, ignore_errors=True)
-        self._params_ready, self._indexed = False, None
+        self._metadata, self._indexed = None, None
 
-    def discard(self) -> None:
+    def _discard(self) -> None:
         """Delete this (staging) collection and its folder."""
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def metadata(self) -> dict:
+    def _read_metadata(self) -> dict:
         path = self.folder / METADATA_FILE
         try:
             meta = json.loads(path.read_text())
@@ -284,7 +294,7 @@ class EdgeStore(Store):
         dim = self.metadata()["dim"] if self.exists() else 512
         need = points * (3 * 4 * dim + POINT_BYTES)  # vector, its copy in the index and WAL
         if points:
-            check_space(self.folder, need, f"{points:,} points")
+            require_free_space(self.folder, need, f"{points:,} points")
 
     def _writing(self) -> None:
         """Before a write: the index is no longer complete until the next finish()."""
@@ -325,6 +335,9 @@ class EdgeStore(Store):
             self._open().count, qe.CountRequest(exact=True, filter=edge_filter(filters))
         )
 
+    def indexes(self) -> list[str]:
+        return sorted(self._engine(self._open().info).payload_schema)
+
     def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
         shard, out = self._open(), {}
         for start in range(0, len(ids), 1000):
@@ -361,23 +374,21 @@ class EdgeStore(Store):
         self,
         vectors: np.ndarray,
         top: int,
-        filters: Filters | None = None,
-        exact: bool = False,
+        filters: Filters | None,
+        params: SearchParams,
         exclude: Sequence[str] = (),
-        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
         shard = self._open()
-        params = qe.SearchParams(exact=True) if exact else self._query_params()
-        rows = np.asarray(vectors, np.float32).tolist()
+        engine_params, where = self._engine_params(params), edge_filter(filters, exclude)
         requests = [
             qe.QueryRequest(
                 limit=top,
                 query=qe.Query.Nearest(vec),
                 with_payload=True,
-                filter=edge_filter(per_query[n] if per_query else filters, exclude),
-                params=params,
+                filter=where,
+                params=engine_params,
             )
-            for n, vec in enumerate(rows)
+            for vec in np.asarray(vectors, np.float32).tolist()
         ]
         results = self._engine(shard.query_batch, qe.QueryBatchRequest(requests))
         return [[Hit(str(p.id), float(p.score), p.payload or {}) for p in res] for res in results]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+import logging
 from pathlib import Path
 
 from embedder.spec import model_difference
-from search.store import Store, StoreError
+from search.store import StoreError
+
+log = logging.getLogger(__name__)
 
 
 def model_for(metadata: dict, weights: str | None = None):
@@ -88,48 +89,23 @@ def query_encoder(
     return encoder, cache
 
 
-def store_knn(store: Store, gallery_paths: Sequence[str], split: str, chunk: int = 256):
-    """A k-NN function for evaluation that asks the collection (HNSW) instead of brute force.
-
-    Searches the split's shop photos; returns gallery positions, -1 where the store returned
-    fewer hits or an image outside `gallery_paths`.
-    """
-    import numpy as np
-
-    from search.store import point_id
-
-    position = {point_id(p): i for i, p in enumerate(gallery_paths)}
-
-    def knn(queries, k: int):
-        out = np.full((len(queries), k), -1, np.int64)
-        for start in range(0, len(queries), chunk):
-            results = store.search(
-                queries[start : start + chunk], k, {"split": split, "source": "shop"}
-            )
-            for row, hits in enumerate(results, start):
-                for col, hit in enumerate(hits):
-                    out[row, col] = position.get(hit.id, -1)
-        return out
-
-    return knn
-
-
-@contextlib.contextmanager
-def collection_knn(
-    store_dir: str | None,
-    url: str | None,
-    collection: str,
-    spec,
-    gallery_paths: Sequence[str],
-    split: str,
+def serving_encoder(
+    metadata: dict,
+    weights: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    traced: bool = True,
 ):
-    """`embedder evaluate --via-store`'s k-NN: the collection built by `spec`'s model, searched
-    with HNSW. Found by embedder through the "fashion_retrieval.knn" entry point, so that
-    embedder never imports search. Yields (knn, the store's description)."""
-    from search.stores import open_store
-
-    with open_store(store_dir=store_dir, url=url, collection=collection, read_only=True) as store:
-        diff = model_difference(store.require_metadata().get("model"), spec)
-        if diff:
-            raise StoreError(f"collection {collection!r} was built with another model ({diff})")
-        yield store_knn(store, gallery_paths, split), store.describe()
+    """The encoder for a long-running server, loaded (and checked) now: on CPU the traced copy
+    of the collection's model, written to the cache first when there is none. TorchScript runs
+    the whole forward without taking Python's GIL between layers, so concurrent requests'
+    decoding and HTTP work do not stall it."""
+    encoder, cache = query_encoder(metadata, weights, device, precision, traced)
+    if cache is None:
+        return encoder
+    try:
+        cache()
+    except OSError as exc:
+        log.warning("could not cache the traced model: %s", exc)
+        return encoder
+    return query_encoder(metadata, weights, device, precision, traced)[0]

@@ -11,14 +11,15 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from search.schema import GROUP, INDEXED
 from search.store import (
-    GROUP_FIELD,
-    INDEXED_FIELDS,
+    APPROXIMATE,
     Filters,
     Group,
     Hit,
     IndexSettings,
     Points,
+    SearchParams,
     Store,
     StoreError,
     records_to_points,
@@ -118,37 +119,37 @@ class ServerStore(Store):
             quantization_config=quant,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
-            metadata={**metadata, "dim": dim, "distance": "cosine", "index": index},
+            metadata=(meta := {**metadata, "dim": dim, "distance": "cosine", "index": index}),
         )
+        self._metadata = meta
         with warnings.catch_warnings():  # local mode warns that it ignores keyword indexes
             warnings.simplefilter("ignore", UserWarning)
-            for name in INDEXED_FIELDS:
+            for name in INDEXED:
                 self.client.create_payload_index(
                     self.collection, name, field_schema=models.PayloadSchemaType.KEYWORD
                 )
 
     def drop(self) -> None:
         self._call("delete the collection", self.client.delete_collection, self.collection)
+        self._metadata = None
 
-    def metadata(self) -> dict:
+    def _read_metadata(self) -> dict:
         info = self._call("read the collection", self.client.get_collection, self.collection)
         return dict(info.config.metadata or {})
 
-    def _exact_params(self) -> models.SearchParams | None:
-        return None if self.local else models.SearchParams(exact=True)  # local mode is exact
-
-    def _query_params(self) -> models.SearchParams | None:
+    def _engine_params(self, params: SearchParams) -> models.SearchParams | None:
         if self.local:
-            return None  # local mode is exact: no HNSW parameters
-        return self._params(
-            lambda ef, oversampling: models.SearchParams(
-                hnsw_ef=ef,
-                quantization=models.QuantizationSearchParams(
-                    rescore=True, oversampling=oversampling
-                )
-                if oversampling
-                else None,
-            )
+            return None  # local mode is exact: it takes no HNSW parameters
+        if params.exact:
+            return models.SearchParams(exact=True)
+        if (options := self.search_options(params)) is None:
+            return None
+        ef, oversampling = options
+        return models.SearchParams(
+            hnsw_ef=ef,
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+            if oversampling
+            else None,
         )
 
     def finish(self) -> None:
@@ -173,6 +174,10 @@ class ServerStore(Store):
             count_filter=server_filter(filters),
             exact=True,
         ).count
+
+    def indexes(self) -> list[str]:
+        info = self._call("read the collection", self.client.get_collection, self.collection)
+        return sorted(info.payload_schema or {})
 
     def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
         out = {}
@@ -231,21 +236,16 @@ class ServerStore(Store):
         self,
         vectors: np.ndarray,
         top: int,
-        filters: Filters | None = None,
-        exact: bool = False,
+        filters: Filters | None,
+        params: SearchParams,
         exclude: Sequence[str] = (),
-        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
-        params = self._exact_params() if exact else self._query_params()
+        engine_params, where = self._engine_params(params), server_filter(filters, exclude)
         requests = [
             models.QueryRequest(
-                query=vec,
-                limit=top,
-                filter=server_filter(per_query[n] if per_query else filters, exclude),
-                params=params,
-                with_payload=True,
+                query=vec, limit=top, filter=where, params=engine_params, with_payload=True
             )
-            for n, vec in enumerate(np.asarray(vectors, np.float32).tolist())
+            for vec in np.asarray(vectors, np.float32).tolist()
         ]
         responses = self._call(
             "search", self.client.query_batch_points, self.collection, requests=requests
@@ -259,22 +259,22 @@ class ServerStore(Store):
         vectors: np.ndarray,
         top: int,
         filters: Filters | None = None,
-        exact: bool = False,
+        params: SearchParams = APPROXIMATE,
         exclude: Sequence[str] = (),
         group_size: int = 10,
     ) -> list[list[Group]]:
         """Qdrant's own group query (group_by item_id), one request per query vector."""
-        params = self._exact_params() if exact else self._query_params()
+        engine_params = self._engine_params(params)
         out = []
         for vec in np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist():
             result = self._call(
                 "search",
                 self.client.query_points_groups,
                 self.collection,
-                group_by=GROUP_FIELD,
+                group_by=GROUP,
                 query=vec,
                 query_filter=server_filter(filters, exclude),
-                search_params=params,
+                search_params=engine_params,
                 limit=top,
                 group_size=group_size,
                 with_payload=True,

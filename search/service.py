@@ -7,13 +7,14 @@ of a point. Callers render; nothing here prints or knows about HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,13 +23,13 @@ import numpy as np
 
 from embedder.errors import UserError
 from embedder.geometry import Box
-from search.store import GROUP_FIELD, Filters, Hit, Store, StoreError, point_id
+from search.schema import FILTERS, GROUP, SHOWN
+from search.store import APPROXIMATE, Filters, Hit, SearchParams, Store, StoreError, point_id
 
 log = logging.getLogger(__name__)
 
 MAX_TOP = 1000
 FACETS_TTL = 30.0  # seconds: counts follow a collection that another process is filling
-FILTER_FIELDS = ("category", "subcategory", "source")
 
 
 class Grouping(str, Enum):
@@ -68,33 +69,26 @@ class Query:
     filters: Filters = field(default_factory=dict)
     group: Grouping = Grouping.none
     group_size: int = 10  # photos listed per garment in a grouped answer
-    exact: bool = False
+    params: SearchParams = APPROXIMATE
 
     def __post_init__(self) -> None:
         if not 1 <= self.top <= MAX_TOP:
             raise ValueError(f"--top must be between 1 and {MAX_TOP}, got {self.top}")
-        unknown = set(self.filters) - set(FILTER_FIELDS)
+        unknown = set(self.filters) - set(FILTERS)
         if unknown:
-            raise ValueError(f"unknown filter {sorted(unknown)}; use {', '.join(FILTER_FIELDS)}")
+            raise ValueError(f"unknown filter {sorted(unknown)}; use {', '.join(FILTERS)}")
 
     @classmethod
     def make(
         cls,
         top: int = 20,
-        category: str | None = None,
-        subcategory: str | None = None,
-        source: Source | str | None = None,
         group: Grouping | str = Grouping.none,
-        exact: bool = False,
+        params: SearchParams = APPROXIMATE,
+        **filters: str | Enum | None,
     ) -> Query:
-        """A query from optional filter values (empty or None: no filter)."""
-        source = source.value if isinstance(source, Source) else source
-        filters = {
-            k: v
-            for k, v in (("category", category), ("subcategory", subcategory), ("source", source))
-            if v
-        }
-        return cls(top=top, filters=filters, group=Grouping(group), exact=exact)
+        """A query from optional filter values by field name (empty or None: no filter)."""
+        chosen = {k: v.value if isinstance(v, Enum) else v for k, v in filters.items() if v}
+        return cls(top=top, filters=chosen, group=Grouping(group), params=params)
 
 
 @dataclass(frozen=True)
@@ -115,7 +109,7 @@ class Result:
 
     @property
     def item_id(self) -> str | None:
-        return self.hit.payload.get(GROUP_FIELD)
+        return self.hit.payload.get(GROUP)
 
 
 @dataclass
@@ -181,51 +175,45 @@ def answer_vectors(
     """Search (or grouped search) for each vector; the one place results are ranked."""
     if query.group is Grouping.item:
         grouped = store.search_groups(
-            vectors, query.top, query.filters, query.exact, exclude, query.group_size
+            vectors, query.top, query.filters, query.params, exclude, query.group_size
         )
         return [
             [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups, 1)]
             for groups in grouped
         ]
-    found = store.search(vectors, query.top, query.filters, query.exact, exclude)
+    found = store.search(vectors, query.top, query.filters, query.params, exclude)
     return [[Result(rank, h, [h]) for rank, h in enumerate(hits, 1)] for hits in found]
 
 
-def search_images(
-    store: Store,
-    encoder,
-    images: Sequence[str | Path],
-    *,
-    top: int = 20,
-    filters: Filters | None = None,
-    exact: bool = False,
-    boxes: Sequence[Box | None] | None = None,
-) -> list[list[Hit]]:
-    """Top-`top` neighbours of each query photo, for callers that hold an encoder already:
-    SearchService.search_files with it (boxes as there)."""
-    query = Query(top=top, filters=dict(filters or {}), exact=exact)
-    answers = SearchService(store, encoder=encoder).search_files(images, query, boxes)
-    return [[r.hit for r in answer.results] for answer in answers]
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to seconds[stage]."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
 class SearchService:
     """A collection and the model that made it, kept open for many queries.
 
     The CLI makes one per command; the web app makes one at start-up and shares it between
-    requests: store calls are serialised by a lock (they take milliseconds), and model calls
-    go through `forward`, which the web app replaces with a batching worker pool.
+    requests: store calls are serialised by a lock (they take milliseconds). `encoder` is any
+    callable from uint8 pixels to vectors with a `spec` (the web app passes its batching model
+    pool); without one, the collection's own model is loaded on first use.
     """
 
     def __init__(
         self,
         store: Store,
         *,
+        encoder=None,
         weights: str | None = None,
         device: str = "auto",
         precision: str = "auto",
         traced: bool = True,
         images: str | Path | None = None,
-        encoder=None,
     ):
         self.store = store
         self.metadata = store.require_metadata()
@@ -235,11 +223,10 @@ class SearchService:
         root = images or self.metadata.get("dataset_root")
         self.images = Path(root).expanduser() if root else None
         self.lock = threading.RLock()
-        self._encoder = encoder  # None: the collection's model, loaded on first use
+        self._encoder = encoder
         self._cache_model: Callable[[], None] | None = None
         self._facets: dict | None = None
         self._facets_at = 0.0
-        self.forward: Callable = self._forward
 
     # the model --------------------------------------------------------------------------------
     @property
@@ -254,27 +241,12 @@ class SearchService:
                 )
             return self._encoder
 
-    def prepare(self) -> None:
-        """For a long-running server: load the model now, and on CPU replace the eager model by
-        its traced copy (written to the cache first when there is none). TorchScript runs the
-        whole forward without taking Python's GIL between layers, so concurrent requests'
-        decoding and HTTP work do not stall it."""
-        _ = self.encoder
-        if self._cache_model is not None:
-            self.close()  # writes the traced copy
-            with self.lock:
-                self._encoder = None
-            _ = self.encoder  # now loads it (or stays eager when tracing was not faithful)
-
-    def _forward(self, pixels) -> np.ndarray:
-        return self.encoder(pixels)
-
     def warm(self) -> None:
-        """Load the model and run it once, so the first real query is not the slow one."""
+        """Run the model once, so the first real query is not the slow one."""
         import torch
 
         size = self.encoder.spec.img_size
-        self.forward(torch.zeros((1, 3, size, size), dtype=torch.uint8))
+        self.encoder(torch.zeros((1, 3, size, size), dtype=torch.uint8))
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         if not np.isfinite(vectors).all():
@@ -304,7 +276,7 @@ class SearchService:
             raise BadImage("image has too many pixels (a decompression bomb?)") from None
         except Exception as exc:  # truncated, damaged, unsupported mode
             raise BadImage(f"cannot decode the image: {describe_failure(exc)}") from None
-        return self._check_vectors(self.forward(pixels[None]))
+        return self._check_vectors(self.encoder(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
     def check(self, query: Query) -> None:
@@ -328,12 +300,12 @@ class SearchService:
         self.check(query)
         with self.lock:
             known = dataset_points(self.store, paths, self.images)
-        t0 = time.perf_counter()
-        vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
-        t1 = time.perf_counter()
-        results = self._answer(vectors, query)
-        t2 = time.perf_counter()
-        per = {"model": (t1 - t0) / len(paths), "store": (t2 - t1) / len(paths)}
+        seconds: dict[str, float] = {}
+        with timed(seconds, "model"):
+            vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
+        with timed(seconds, "store"):
+            results = self._answer(vectors, query)
+        per = {stage: t / len(paths) for stage, t in seconds.items()}
         return [
             Answer(str(p), r, k.get("item_id"), seconds=dict(per))
             for p, r, k in zip(paths, results, known, strict=True)
@@ -341,13 +313,12 @@ class SearchService:
 
     def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
         self.check(query)
-        t0 = time.perf_counter()
-        vector = self.embed_upload(data, bbox)
-        t1 = time.perf_counter()
-        results = self._answer(vector, query)[0]
-        return Answer(
-            "upload", results, seconds={"model": t1 - t0, "store": time.perf_counter() - t1}
-        )
+        seconds: dict[str, float] = {}
+        with timed(seconds, "model"):
+            vector = self.embed_upload(data, bbox)
+        with timed(seconds, "store"):
+            results = self._answer(vector, query)[0]
+        return Answer("upload", results, seconds=seconds)
 
     def resolve(self, point: str) -> str:
         """A point id, or a dataset path (relative to the dataset or a file under it) → id."""
@@ -367,7 +338,7 @@ class SearchService:
         """The stored payload of a point (id or dataset path), with its id."""
         pid = self.resolve(point)
         with self.lock:
-            payload = self.store.retrieve([pid], list(_PAYLOAD))
+            payload = self.store.retrieve([pid], list(SHOWN))
         if pid not in payload:
             raise NotFound(f"no stored photo {point!r} in collection {self.store.collection!r}")
         return {"id": pid, **payload[pid]}
@@ -376,16 +347,13 @@ class SearchService:
         """ "More like this" for a stored photo: its own vector as the query, itself left out."""
         self.check(query)
         stored = self.point(point)
-        t0 = time.perf_counter()
-        with self.lock:
-            vector = self.store.vectors([stored["id"]])[stored["id"]]
-        results = self._answer(vector[None], query, exclude=[stored["id"]])[0]
+        seconds = {"model": 0.0}
+        with timed(seconds, "store"):
+            with self.lock:
+                vector = self.store.vectors([stored["id"]])[stored["id"]]
+            results = self._answer(vector[None], query, exclude=[stored["id"]])[0]
         return Answer(
-            stored["id"],
-            results,
-            stored.get("item_id"),
-            exclude=stored["id"],
-            seconds={"model": 0.0, "store": time.perf_counter() - t0},
+            stored["id"], results, stored.get(GROUP), exclude=stored["id"], seconds=seconds
         )
 
     def item(self, item_id: str) -> list[Hit]:
@@ -393,7 +361,7 @@ class SearchService:
         with self.lock:
             photos = [
                 Hit(pid, 1.0, payload)
-                for points in self.store.scroll(256, vectors=False, filters={GROUP_FIELD: item_id})
+                for points in self.store.scroll(256, vectors=False, filters={GROUP: item_id})
                 for pid, payload in zip(points.ids, points.payloads, strict=True)
             ]
         if not photos:
@@ -468,6 +436,3 @@ class SearchService:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-_PAYLOAD = ("category", "subcategory", "item_id", "source", "split", "path", "bbox", "image_url")

@@ -1,7 +1,11 @@
-"""The one store interface over Qdrant: an embedded shard (default) or a Qdrant server."""
+"""The one store interface over Qdrant: an embedded shard (default) or a Qdrant server.
+
+Calls are stateless, as qdrant-client's are: search parameters (HNSW ef, exact) travel with each
+call; the collection's metadata is read once, when first needed, and kept with the open store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -13,14 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import UserError
+from search.schema import GROUP
 
-DEFAULT_COLLECTION = "deepfashion"
 DEFAULT_STORE_DIR = "./qdrant_data"
-INDEXED_FIELDS = ("category", "subcategory", "item_id", "source", "split")
 POINT_NAMESPACE = uuid.UUID("5b0c3f7e-8a41-4d0e-9c57-6a3f1f0de2b1")
 
 Filters = Mapping[str, "str | Sequence[str]"]  # field → value, or any of several values
-GROUP_FIELD = "item_id"  # one garment: its consumer and shop photos
 MAX_MEMBERS = 4096  # photos read to fill the groups of one grouped query
 RESCORE_OVERSAMPLING = 2.0  # quantized search: candidates rescored with the original vectors
 SCORE_SLACK = 1.0 + 1e-3  # cosine scores beyond ±this (or NaN) mean damaged vectors
@@ -40,7 +42,7 @@ def mount_of(path: str | Path) -> str:
     return str(path)
 
 
-def check_space(where: str | Path, need: int, what: str) -> None:
+def require_free_space(where: str | Path, need: int, what: str) -> None:
     """Refuse, in one line, to start writing `need` bytes where fewer are free: a full disk
     met halfway through a memory-mapped write is a crash (SIGBUS), not an error."""
     folder = Path(where).expanduser().absolute()
@@ -109,7 +111,23 @@ def passes(hit: Hit, filters: Filters | None, exclude: Collection[str] = ()) -> 
 
 
 def group_key(hit: Hit) -> str:
-    return str(hit.payload.get(GROUP_FIELD) or hit.id)
+    return str(hit.payload.get(GROUP) or hit.id)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How one search runs: exact (brute force in the store), or HNSW with this ef (None: the
+    ef recorded with the collection)."""
+
+    exact: bool = False
+    hnsw_ef: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hnsw_ef is not None and self.hnsw_ef < 1:
+            raise ValueError(f"hnsw ef must be positive, got {self.hnsw_ef}")
+
+
+APPROXIMATE = SearchParams()
 
 
 @dataclass(frozen=True)
@@ -144,10 +162,12 @@ class IndexSettings:
 
 
 class Store(ABC):
-    """One collection in one Qdrant. Cosine distance, keyword indexes on INDEXED_FIELDS."""
+    """One collection in one Qdrant. Cosine distance, keyword indexes on the schema's indexed
+    fields (search.schema.INDEXED)."""
 
     kind: str
     collection: str
+    _metadata: dict | None = None  # read once per open store (see metadata())
 
     @abstractmethod
     def exists(self) -> bool: ...
@@ -161,10 +181,22 @@ class Store(ABC):
         """Delete the collection and all its points, if it exists."""
 
     @abstractmethod
-    def metadata(self) -> dict: ...
+    def _read_metadata(self) -> dict:
+        """The collection's metadata as stored (it exists)."""
+
+    def metadata(self) -> dict:
+        """The collection's metadata (model, dim, index settings), read from the store once;
+        create() and drop() keep it current."""
+        if self._metadata is None:
+            self._metadata = self._read_metadata()
+        return self._metadata
 
     @abstractmethod
     def count(self, filters: Filters | None = None) -> int: ...
+
+    @abstractmethod
+    def indexes(self) -> list[str]:
+        """The payload fields the collection has an index on (search.schema.INDEXED)."""
 
     @abstractmethod
     def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
@@ -181,48 +213,27 @@ class Store(ABC):
         """Merge each point's given payload fields into its stored payload (vectors untouched)."""
 
     oversample: int = 4  # filtered search: unfiltered candidates per requested hit
-    _params_ready: bool = False
-    _search_params = None
-    hnsw_ef: int | None = None  # overrides the collection's recorded search-time ef
-
-    def set_hnsw_ef(self, ef: int | None) -> None:
-        """Search with this HNSW ef from now on (None: the one recorded with the collection)."""
-        if ef is not None and ef < 1:
-            raise ValueError(f"hnsw ef must be positive, got {ef}")
-        self.hnsw_ef = ef
-        self._params_ready = False
-
-    def search_options(self) -> tuple[int | None, float | None] | None:
-        """(HNSW ef, rescoring oversampling of quantized vectors) for approximate searches, as
-        recorded with the collection and overridden by set_hnsw_ef; None: the engine's own."""
-        index = self.index_settings()
-        oversampling = RESCORE_OVERSAMPLING if index.get("quantization") else None
-        if index.get("hnsw_ef") is None and oversampling is None:
-            return None
-        return index.get("hnsw_ef"), oversampling
-
-    def _params(self, build):
-        """The library's search parameters for search_options(), built once per setting:
-        `build(ef, oversampling)`; None when the engine's own are used."""
-        if not self._params_ready:
-            options = self.search_options()
-            self._search_params = None if options is None else build(*options)
-            self._params_ready = True
-        return self._search_params
 
     def index_settings(self) -> dict:
-        """The collection's recorded index settings with this session's overrides applied."""
-        index = dict(self.metadata().get("index", {}))
-        if self.hnsw_ef is not None:
-            index["hnsw_ef"] = self.hnsw_ef
-        return index
+        """The index settings recorded with the collection (m, ef_construct, hnsw_ef, ...)."""
+        return dict(self.metadata().get("index", {}))
+
+    def search_options(self, params: SearchParams) -> tuple[int | None, float | None] | None:
+        """(HNSW ef, rescoring oversampling of quantized vectors) of an approximate search:
+        `params`' ef, else the collection's recorded one; None: the engine's own."""
+        index = self.index_settings()
+        ef = params.hnsw_ef if params.hnsw_ef is not None else index.get("hnsw_ef")
+        oversampling = RESCORE_OVERSAMPLING if index.get("quantization") else None
+        if ef is None and oversampling is None:
+            return None
+        return ef, oversampling
 
     def search(
         self,
         vectors: np.ndarray,
         top: int,
         filters: Filters | None = None,
-        exact: bool = False,
+        params: SearchParams = APPROXIMATE,
         exclude: Sequence[str] = (),
     ) -> list[list[Hit]]:
         """Nearest neighbours by cosine for each row of `vectors`, best first; `exclude`: point
@@ -237,9 +248,9 @@ class Store(ABC):
         """
         vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
         exclude = tuple(exclude)
-        if not filters or exact or self.oversample <= 1:
-            return self._checked(self._search(vectors, top, filters, exact, exclude))
-        candidates = self._search(vectors, top * self.oversample + len(exclude), None, False, ())
+        if not filters or params.exact or self.oversample <= 1:
+            return self._checked(self._search(vectors, top, filters, params, exclude))
+        candidates = self._search(vectors, top * self.oversample + len(exclude), None, params, ())
         results: list[list[Hit] | None] = []
         for hits in candidates:
             kept = [h for h in hits if passes(h, filters, exclude)]
@@ -247,7 +258,7 @@ class Store(ABC):
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             for i, hits in zip(
-                missing, self._search(vectors[missing], top, filters, False, exclude), strict=True
+                missing, self._search(vectors[missing], top, filters, params, exclude), strict=True
             ):
                 results[i] = hits
         return self._checked(results)
@@ -271,6 +282,14 @@ class Store(ABC):
     def check_space(self, points: int) -> None:
         """Before writing `points` new points: StoreError when the disk cannot hold them."""
         return None  # a server manages (and reports) its own disk
+
+    @contextlib.contextmanager
+    def replacement(self) -> Iterator[Store]:
+        """A store to build a whole new version of this collection in; it takes this
+        collection's place when the block ends without an error. Here the collection itself
+        (Qdrant has no rename: a server's collection is replaced in place); the embedded store
+        builds beside the old one and swaps only when complete."""
+        yield self
 
     def verify(self) -> dict:
         """Read every point: vectors finite and unit length, payloads with a path, the count
@@ -305,7 +324,7 @@ class Store(ABC):
         vectors: np.ndarray,
         top: int,
         filters: Filters | None = None,
-        exact: bool = False,
+        params: SearchParams = APPROXIMATE,
         exclude: Sequence[str] = (),
         group_size: int = 10,
     ) -> list[list[Group]]:
@@ -324,7 +343,7 @@ class Store(ABC):
         for vec in vectors:
             limit = max(top * 4, group_size)
             while True:
-                hits = self.search(vec[None], limit, filters, exact, exclude)[0]
+                hits = self.search(vec[None], limit, filters, params, exclude)[0]
                 groups: dict[str, list[Hit]] = {}
                 for hit in hits:
                     groups.setdefault(group_key(hit), []).append(hit)
@@ -338,7 +357,7 @@ class Store(ABC):
                 limit = min(limit * 4, total)
             chosen = list(groups)[:top]
             if not exhausted:  # the chosen garments may have more photos below the candidates
-                groups = self._members(vec, chosen, filters, exact, exclude)
+                groups = self._members(vec, chosen, filters, params, exclude)
             out.append([Group(key, groups[key][:group_size]) for key in chosen])
             self._checked([g.hits for g in out[-1]])
         return out
@@ -348,15 +367,15 @@ class Store(ABC):
         vec: np.ndarray,
         items: list[str],
         filters: Filters | None,
-        exact: bool,
+        params: SearchParams,
         exclude: Sequence[str],
     ) -> dict[str, list[Hit]]:
         """Every passing photo of `items`, best first per item: one search restricted to them
         (a selective filter: Qdrant scores them all from the payload index)."""
-        within = {**(filters or {}), GROUP_FIELD: items}
+        within = {**(filters or {}), GROUP: items}
         limit = min(self.count(within), MAX_MEMBERS)
         members: dict[str, list[Hit]] = {}
-        for hit in self._search(vec[None], max(limit, 1), within, exact, exclude)[0]:
+        for hit in self._search(vec[None], max(limit, 1), within, params, exclude)[0]:
             members.setdefault(group_key(hit), []).append(hit)
         return members
 
@@ -366,12 +385,10 @@ class Store(ABC):
         vectors: np.ndarray,
         top: int,
         filters: Filters | None,
-        exact: bool,
+        params: SearchParams,
         exclude: Sequence[str] = (),
-        per_query: Sequence[Filters] | None = None,
     ) -> list[list[Hit]]:
-        """The store's own nearest-neighbour search, in one batch; `per_query` gives each
-        query its own filters instead of `filters`."""
+        """The store's own nearest-neighbour search, in one batch."""
 
     @abstractmethod
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 
-from search.store import DEFAULT_COLLECTION, DEFAULT_STORE_DIR, Store
+from search.schema import DEFAULT_COLLECTION
+from search.store import DEFAULT_STORE_DIR, Store
 
 
 def open_store(

@@ -1,8 +1,12 @@
-"""Shared fixtures: a generated DeepFashion-layout tree and a tiny untrained timm model."""
+"""Shared fixtures: a generated DeepFashion-layout tree, a tiny untrained timm model, collections
+ingested from them, and the checks and helpers several test modules use."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,129 @@ def store_contents():
         }
 
     return read
+
+
+@pytest.fixture(scope="session")
+def ingest_into():
+    """A function: ingest a dataset root into an open store with an encoder, the library way
+    (read_work → run_ingest); keyword arguments: limit, shard, and IngestSettings fields."""
+    from ingest.plan import read_work
+    from ingest.runner import IngestSettings, run_ingest
+
+    def run(store, encoder, root, *, limit=None, shard=None, **settings):
+        work = read_work(root, limit=limit, shard=shard)
+        return run_ingest(store, encoder, work, IngestSettings(progress=False, **settings))
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def search_files():
+    """A function: the top hits of each query photo through the search service, with a
+    caller's encoder (boxes and filters as SearchService.search_files and Query take them)."""
+    from search.service import Query, SearchService
+
+    def run(store, encoder, images, *, top=20, boxes=None, filters=None):
+        service = SearchService(store, encoder=encoder)
+        answers = service.search_files(images, Query(top=top, filters=dict(filters or {})), boxes)
+        return [[r.hit for r in answer.results] for answer in answers]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def ingested(sample_root, tmp_path_factory, ingest_tiny):
+    """(store folder, ingest output) of the sample ingested through the CLI, per test module."""
+    db = tmp_path_factory.mktemp("cli") / "qdrant_data"
+    result = ingest_tiny(sample_root, str(db))
+    assert result.exit_code == 0, result.output
+    return db, result.output
+
+
+@pytest.fixture()
+def db(sample_root, tmp_path, ingest_tiny) -> Path:
+    """A private store folder holding the sample ingested with the tiny model (may be damaged)."""
+    db = tmp_path / "db"
+    result = ingest_tiny(sample_root, str(db))
+    assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(sample_root, tmp_path_factory, ingest_tiny) -> dict[str, str]:
+    """An ingested store and files that are not what they claim to be."""
+    tmp = tmp_path_factory.mktemp("bad-inputs")
+    (tmp / "empty").mkdir()
+    (tmp / "notes.jpg").write_text("not an image")
+    (tmp / "bad.safetensors").write_bytes(b"\x00" * 64)
+    db = str(tmp / "db")
+    assert ingest_tiny(sample_root, db).exit_code == 0
+    return {"tmp": str(tmp), "db": db, "root": str(sample_root)}
+
+
+@pytest.fixture(scope="session")
+def store_count():
+    """A function: the number of points in an embedded store folder's collection."""
+    from search.stores import open_store
+
+    def count(db, **kw) -> int:
+        with open_store(store_dir=str(db), **kw) as store:
+            return store.count()
+
+    return count
+
+
+@pytest.fixture(scope="session")
+def query_photo(sample_root) -> str:
+    """A consumer photo of the sample, as a query."""
+    return str(sorted(sample_root.rglob("comsumer_01.jpg"))[0])
+
+
+@pytest.fixture(scope="session")
+def search_cli():
+    """A function: `search ARGS --store DB --top 3` through the CLI runner."""
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    def search(db, *args):
+        return CliRunner().invoke(app, [*args, "--store", str(db), "--top", "3"])
+
+    return search
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """A check: the command exited 2 with exactly one `error:` line holding each of `words`."""
+
+    def check(result, *words):
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        error = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(error) == 1, result.output
+        for word in words:
+            assert word in error[0], error[0]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def tmpfs():
+    """A context manager: a tmpfs of `size` mounted at `where` (root only: the test skips,
+    saying why, otherwise)."""
+
+    @contextlib.contextmanager
+    def mount(where: Path, size: str):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where.mkdir()
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+        ).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)])
+
+    return mount

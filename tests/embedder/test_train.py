@@ -134,7 +134,9 @@ def test_bad_training_settings_fail_early(bigger_sample, tmp_path):
         )
 
 
-def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
+def test_projection_is_built_into_the_checkpoint(
+    bigger_sample, tmp_path, ingest_into, search_files
+):
     import numpy as np
 
     from embedder import save_checkpoint
@@ -161,16 +163,15 @@ def test_projection_is_built_into_the_checkpoint(bigger_sample, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="projection size"):
         fit_projection(data, 1000)
-    from ingest.runner import ensure_collection, run_ingest
-    from search.service import search_images
+    from ingest.runner import ensure_collection
     from search.stores import open_store
 
     with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
         encoder = Encoder(loaded, "cpu", "fp32")
         ensure_collection(store, loaded.spec)
-        run_ingest(store, encoder, bigger_sample, limit=12, workers=0, progress=False)
+        ingest_into(store, encoder, bigger_sample, limit=12, workers=0)
         assert store.metadata()["dim"] == 16 and store.count() == 12
-        hits = search_images(store, encoder, [files[0]], top=3)[0]
+        hits = search_files(store, encoder, [files[0]], top=3)[0]
         assert files[0].endswith(hits[0].payload["path"])
         assert hits[0].score == pytest.approx(1.0, abs=1e-3)  # whitening magnifies fp32 noise
 

@@ -4,14 +4,18 @@ import csv
 import io
 import os
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from embedder import read_catalog
-from ingest.runner import ensure_collection, run_ingest
+from ingest.runner import ensure_collection
+from search.cli import app as search_app
 from search.store import point_id
 from search.stores import open_store
 
@@ -74,18 +78,12 @@ def messy(dataset):
     return dataset, good, bad
 
 
-def test_bad_files_are_reported_and_good_ones_stored(messy, encoder, tmp_path):
+def test_bad_files_are_reported_and_good_ones_stored(messy, encoder, tmp_path, ingest_into):
     root, good, bad = messy
     with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
         ensure_collection(store, encoder.spec)
-        summary = run_ingest(
-            store,
-            encoder,
-            root,
-            batch_size=8,
-            workers=1,
-            progress=False,
-            report=tmp_path / "failures.csv",
+        summary = ingest_into(
+            store, encoder, root, batch_size=8, workers=1, report=tmp_path / "failures.csv"
         )
         catalog = read_catalog(root)
         failed = {path.rsplit("/", 1)[1] for path, _ in summary.failures}
@@ -117,16 +115,46 @@ def test_strict_makes_failures_an_error(messy, tmp_path, ingest_tiny):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file_is_reported(dataset, encoder, tmp_path):
+def test_unreadable_file_is_reported(dataset, encoder, tmp_path, ingest_into):
     locked = next(dataset.rglob("shop_01.jpg"))
     locked.chmod(0)
     try:
         with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
             ensure_collection(store, encoder.spec)
-            summary = run_ingest(
-                store, encoder, dataset, workers=0, progress=False, report=tmp_path / "f.csv"
-            )
+            summary = ingest_into(store, encoder, dataset, workers=0, report=tmp_path / "f.csv")
         assert [p for p, _ in summary.failures] == [locked.relative_to(dataset).as_posix()]
         assert "Permission" in summary.failures[0][1]
     finally:
         locked.chmod(0o644)
+
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+ROOT = os.geteuid() == 0
+
+
+def test_odd_annotation_lines_and_boxes_are_survived(dataset, tmp_path, ingest_tiny):
+    anno = dataset / "Anno" / "list_bbox_consumer2shop.txt"
+    lines = anno.read_text().splitlines()
+    first, second, third = lines[2].split(), lines[3].split(), lines[4].split()
+    lines[2] = " ".join(first[:3] + ["inf", "0", "10", "10"])
+    lines[3] = " ".join(second[:3] + ["1e400", "1", "2", "3"])
+    lines[4] = " ".join(third[:3] + ["-99999", "-99999", "99999", "99999"])
+    anno.write_text("\n".join(lines) + "\n")
+    result = ingest_tiny(dataset, str(tmp_path / "db"))
+    assert result.exit_code == 0, result.output
+    total = len(list(dataset.rglob("*.jpg")))
+    assert f"embedded {total}" in result.output and "failed 0" in result.output
+    huge = runner.invoke(
+        search_app,
+        [
+            str(dataset / third[0]),
+            "--store",
+            str(tmp_path / "db"),
+            "--top",
+            "1",
+            "--bbox",
+            "-99999,-99999,99999,99999",
+        ],
+    )
+    assert huge.exit_code == 0, huge.output

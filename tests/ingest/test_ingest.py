@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from embedder import Encoder, build_model, embed_files, read_catalog
-from ingest.runner import ensure_collection, run_ingest
+from ingest.plan import read_work
+from ingest.runner import IngestSettings, ensure_collection, run_ingest
 from search.query import model_for
-from search.service import search_images
 from search.store import StoreError
 from search.stores import open_store
 
@@ -15,9 +15,10 @@ def store(tmp_path):
         yield db
 
 
-def _ingest(store, encoder, root, **kw):
+def _ingest(store, encoder, root, limit=None, shard=None):
     ensure_collection(store, encoder.spec, root=str(root))
-    return run_ingest(store, encoder, root, batch_size=16, workers=1, progress=False, **kw)
+    settings = IngestSettings(batch_size=16, workers=1, progress=False)
+    return run_ingest(store, encoder, read_work(root, limit=limit, shard=shard), settings)
 
 
 def test_second_run_embeds_nothing_and_changes_no_count(store, encoder, sample_root):
@@ -38,22 +39,22 @@ def test_interrupted_run_is_completed_by_the_next(store, encoder, sample_root):
     assert store.count() == rest.seen
 
 
-def test_a_dataset_image_finds_itself_first(store, encoder, sample_root, tmp_path):
+def test_a_dataset_image_finds_itself_first(store, encoder, sample_root, tmp_path, search_files):
     _ingest(store, encoder, sample_root)
     table = read_catalog(sample_root)
     shop = table[table.source == "shop"].iloc[3]
     consumer = table[table.source == "consumer"].iloc[5]  # cropped to its bbox at ingest
     queries = [sample_root / shop.path, sample_root / consumer.path]
     for row, hits in zip(
-        [shop, consumer], search_images(store, encoder, queries, top=5), strict=True
+        [shop, consumer], search_files(store, encoder, queries, top=5), strict=True
     ):
         assert hits[0].payload["path"] == row.path
         assert hits[0].score == pytest.approx(1.0, abs=0.01)
     copy = tmp_path / "outside.jpg"  # the same photo outside the dataset is used whole
     copy.write_bytes((sample_root / consumer.path).read_bytes())
-    whole = search_images(store, encoder, [copy], top=5)[0]
+    whole = search_files(store, encoder, [copy], top=5)[0]
     assert whole[0].score < hits[0].score
-    boxed = search_images(
+    boxed = search_files(
         store, encoder, [copy], top=5, boxes=[(consumer.x1, consumer.y1, consumer.x2, consumer.y2)]
     )[0]
     assert boxed[0].payload["path"] == consumer.path

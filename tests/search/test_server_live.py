@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from ingest.runner import ensure_collection, run_ingest
+from ingest.plan import read_work
+from ingest.runner import IngestSettings, ensure_collection, run_ingest
 from search.stores import open_store
 
 URL = os.environ.get("QDRANT_TEST_URL")
@@ -23,7 +24,8 @@ def _ingest_in_background(writer, encoder, root) -> tuple[threading.Thread, thre
 
     def ingest():
         try:
-            run_ingest(writer, encoder, root, batch_size=4, workers=0, progress=False)
+            settings = IngestSettings(batch_size=4, workers=0, progress=False)
+            run_ingest(writer, encoder, read_work(root), settings)
         except Exception as exc:  # surfaced by the test
             errors.append(exc)
         finally:
@@ -64,7 +66,7 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     from PIL import Image
 
     from embedder import Encoder, save_checkpoint
-    from search.web import Settings, create_app, open_service
+    from search.web import Settings, create_app
 
     weights = tmp_path / "w.safetensors"
     spec = save_checkpoint(tiny_model, weights)
@@ -75,13 +77,15 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     encoder = Encoder(load_checkpoint(weights), "cpu", "fp32")
     assert encoder.spec.weights == spec.weights
     ensure_collection(writer, encoder.spec, weights_file=str(weights), root=str(sample_root))
-    run_ingest(writer, encoder, sample_root, limit=8, workers=0, progress=False)
+    run_ingest(
+        writer, encoder, read_work(sample_root, limit=8), IngestSettings(workers=0, progress=False)
+    )
     thread, done, errors = _ingest_in_background(writer, encoder, sample_root)
     settings = Settings(url=URL, collection=name, weights=str(weights))
     photo = io.BytesIO()
     Image.new("RGB", (80, 80), "blue").save(photo, "JPEG")
     try:
-        with TestClient(create_app(open_service(settings), settings)) as client:
+        with TestClient(create_app(settings)) as client:
             thread.start()
             statuses = []
             while not done.is_set() or not statuses:

@@ -1,13 +1,18 @@
 """Congruence: embedded and server stores hold and answer the same, and match exact search."""
 
+import os
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from embedder import read_catalog
-from ingest.runner import ensure_collection, run_ingest
-from search.store import StoreError
+from ingest.cli import app as ingest_app
+from ingest.runner import ensure_collection
+from search.store import SearchParams, StoreError
 from search.stores import open_store
 
 
@@ -19,11 +24,11 @@ def _stores(tmp_path):
 
 
 @pytest.fixture()
-def filled(sample_root, encoder, tmp_path):
+def filled(sample_root, encoder, tmp_path, ingest_into):
     stores = _stores(tmp_path)
     for store in stores.values():
         ensure_collection(store, encoder.spec, root=str(sample_root))
-        run_ingest(store, encoder, sample_root, batch_size=16, workers=0, progress=False)
+        ingest_into(store, encoder, sample_root, batch_size=16, workers=0)
     yield stores
     for store in stores.values():
         store.close()
@@ -170,8 +175,28 @@ def test_grouped_search_widens_its_candidates_for_garments_with_many_photos(tmp_
             store.create(16, {}, IndexSettings())
             store.upsert(Points(ids, vectors, payloads))
             everything = {i: (p, v) for i, p, v in zip(ids, payloads, vectors, strict=True)}
-            (groups,) = store.search_groups(query[None], 3, group_size=10, exact=True)
+            (groups,) = store.search_groups(
+                query[None], 3, params=SearchParams(exact=True), group_size=10
+            )
             expected = _brute_groups(everything, query, 3, 10)
             assert [g.id for g in groups] == [item for item, _ in expected], store.kind
             for group, (_, photos) in zip(groups, expected, strict=True):
                 assert len(group.hits) == 10 and {h.id for h in group.hits} == set(photos)
+
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+ROOT = os.geteuid() == 0
+
+
+def test_an_explicit_store_wins_over_qdrant_url(
+    db, sample_root, monkeypatch, tmp_path, one_line_error, search_cli, query_photo
+):
+    monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:9")
+    assert search_cli(db, query_photo).exit_code == 0
+    target = f"file:{tmp_path / 'server'}"
+    published = runner.invoke(ingest_app, ["publish", "--to", target, "--store", str(db)])
+    assert published.exit_code == 0, published.output
+    empty = runner.invoke(ingest_app, ["publish", "--to", "", "--store", str(db)])
+    one_line_error(empty, "empty")
+    assert not Path("qdrant_data").exists()

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from search.service import NotFound
-from search.web import Settings, create_app, open_service
+from search.web import Settings, create_app
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,8 @@ def served(sample_root, tmp_path_factory, ingest_tiny):
     db = tmp_path_factory.mktemp("web") / "qdrant_data"
     assert ingest_tiny(sample_root, str(db)).exit_code == 0
     settings = Settings(store=str(db), max_upload=300_000)
-    service = open_service(settings)
-    with TestClient(create_app(service, settings)) as client:
-        yield client, service
+    with TestClient(create_app(settings)) as client:
+        yield client, client.app.state.service
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""`search evaluate`: the consumer-to-shop report with the k-NN answered by a collection (HNSW
+and the split/source filters, as user queries are answered), beside exact search over the very
+vectors the collection holds, so that index and filter recall show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedder.evaluate import Knn, Report, accuracy, agreement, embed_table, exact_knn, split_sets
+from search.store import APPROXIMATE, SearchParams, Store, StoreError, point_id
+
+CHUNK = 1024  # ids per store call
+
+
+def store_knn(
+    store: Store, gallery_ids: Sequence[str], split: str, params: SearchParams = APPROXIMATE
+) -> Knn:
+    """A k-NN function for evaluation that asks the collection: the split's shop photos.
+    Returns gallery positions, -1 where the store returned fewer hits or another photo."""
+    position = {pid: i for i, pid in enumerate(gallery_ids)}
+
+    def knn(queries: np.ndarray, k: int) -> np.ndarray:
+        out = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), 256):
+            results = store.search(
+                queries[start : start + 256], k, {"split": split, "source": "shop"}, params
+            )
+            for row, hits in enumerate(results, start):
+                for col, hit in enumerate(hits):
+                    out[row, col] = position.get(hit.id, -1)
+        return out
+
+    return knn
+
+
+def stored_vectors(store: Store, ids: Sequence[str]) -> np.ndarray:
+    """The collection's vectors of `ids`, in order; StoreError naming how many are missing."""
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(ids), CHUNK):
+        found.update(store.vectors(list(ids[start : start + CHUNK])))
+    missing = [pid for pid in ids if pid not in found]
+    if missing:
+        raise StoreError(
+            f"collection {store.collection!r} lacks {len(missing)} of the split's {len(ids)} "
+            f"shop photos; ingest the dataset into it first (`ingest run --root DIR`)"
+        )
+    return np.stack([found[pid] for pid in ids])
+
+
+@dataclass
+class CollectionReport:
+    """The collection's answer, exact search's over the same vectors, and how far they agree."""
+
+    store: Report
+    exact: Report
+    agreement: dict[str, float]
+
+
+def evaluate_collection(
+    store: Store,
+    encoder,
+    root: str | Path,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = (1, 5, 10, 20, 50),
+    params: SearchParams = APPROXIMATE,
+    batch_size: int = 64,
+    workers: int = 1,
+) -> CollectionReport:
+    """Embed the split's consumer photos with the collection's model and look them up in the
+    collection; the gallery is the split's shop photos as stored."""
+    queries, gallery = split_sets(root, split)
+    ids = [point_id(p) for p in gallery["path"]]
+    vectors = stored_vectors(store, ids)
+    q = embed_table(encoder, root, queries, batch_size=batch_size, workers=workers)
+    via_store = store_knn(store, ids, split, params)(q, max(ks))
+    exact = exact_knn(vectors)(q, max(ks))
+    return CollectionReport(
+        accuracy(via_store, queries, gallery, ks, split),
+        accuracy(exact, queries, gallery, ks, split),
+        agreement(via_store, exact),
+    )

@@ -1,0 +1,137 @@
+"""The app: its lifespan opens the collection and the model pool and closes them; create_app
+assembles the routers, the error table and the request metrics; run serves it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from embedder.errors import UserError
+from search.batcher import Batcher
+from search.service import SearchService
+from search.web.deps import ERRORS, Settings, answer_error, too_large
+from search.web.metrics import Metrics
+from search.web.routes import api, images, pages
+
+__all__ = ["Settings", "create_app", "open_service", "run"]
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService]:
+    """The collection, and its model (checked, traced on CPU) behind a batching pool."""
+    from search.query import serving_encoder
+    from search.schema import DEFAULT_COLLECTION
+    from search.stores import open_store
+
+    with open_store(
+        store_dir=settings.store,
+        url=settings.url,
+        collection=settings.collection or DEFAULT_COLLECTION,
+        read_only=True,
+    ) as store:
+        model = serving_encoder(
+            store.require_metadata(),
+            settings.weights,
+            settings.device,
+            settings.precision,
+            settings.traced,
+        )
+        pool = Batcher(
+            model,
+            workers=settings.workers,
+            max_batch=settings.max_batch,
+            on_batch=metrics.on_batch,
+        )
+        yield SearchService(store, encoder=pool, images=settings.images)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Open the collection and the model pool, warm the model, say where it serves; close
+    both at shutdown."""
+    settings: Settings = app.state.settings
+    with contextlib.ExitStack() as stack:
+        try:
+            service = stack.enter_context(open_service(settings, app.state.metrics))
+        except (UserError, ValueError, OSError) as exc:
+            app.state.startup_error = exc  # run() reports it as one line, not a traceback
+            raise
+        service.warm()
+        app.state.service = service
+        info = service.info()
+        shown = "localhost" if settings.host in ("127.0.0.1", "::1") else settings.host
+        print(
+            f"serving collection {info['collection']!r} ({info['store']}, {info['points']} "
+            f"points) at http://{shown}:{settings.port}/  (API docs: /docs)",
+            flush=True,
+        )
+        yield
+
+
+async def measure(request: Request, call_next):
+    """Requests and latency per endpoint; an over-large body is refused before it is read;
+    a bug is logged and answered 500, and the server keeps serving."""
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload + 65536:
+        metrics.requests.labels("too-large", request.method, "413").inc()
+        return await answer_error(request, too_large(settings.max_upload))
+    started = time.perf_counter()
+    try:
+        response = await call_next(request)
+    except Exception:
+        log.exception("error serving %s", request.url.path)
+        response = JSONResponse({"detail": "internal server error (logged)"}, 500)
+    endpoint = getattr(request.scope.get("route"), "path", "other")
+    metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+    return response
+
+
+def create_app(settings: Settings = Settings()) -> FastAPI:
+    """The app for `settings`; the collection and model open when it starts (its lifespan)."""
+    app = FastAPI(
+        title="fashion-retrieval",
+        summary="Find a garment from a photo: consumer-to-shop search over a Qdrant collection.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.metrics = settings, Metrics()
+    for router in (pages, api, images):
+        app.include_router(router)
+    for error in ERRORS:
+        app.add_exception_handler(error, answer_error)
+    app.middleware("http")(measure)
+    return app
+
+
+class _StartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a startup that failed for a reason run() reports."""
+
+    def __init__(self, app: FastAPI):
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(self.app.state, "startup_error", None) is None
+
+
+def run(settings: Settings) -> None:
+    """Serve until Ctrl-C; a collection or model that cannot be opened is a one-line error."""
+    import uvicorn
+
+    app = create_app(settings)
+    quiet = _StartupFailure(app)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    if (error := getattr(app.state, "startup_error", None)) is not None:
+        raise error

@@ -1,0 +1,101 @@
+"""The API's response models (the OpenAPI page at /docs shows them); a photo's fields come from
+the one payload schema (search.schema)."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, create_model
+
+from search.schema import BY_NAME, SHOWN
+from search.service import Answer, Grouping, Query
+from search.store import Hit
+
+THUMB_SIZES = (128, 256, 512)
+
+Photo = create_model(
+    "Photo",
+    __doc__="A stored photo: its point id, score (in answers) and payload.",
+    id=(str, ...),
+    score=(float | None, None),
+    **{
+        name: (BY_NAME[name].type | None, Field(None, description=BY_NAME[name].description))
+        for name in SHOWN
+    },
+    image_url=(str, Field(description="The photo, served by point id.")),
+    thumb_url=(str, Field(description="A 256-px thumbnail of the photo.")),
+)
+
+
+class ResultOut(BaseModel):
+    rank: int
+    score: float
+    matches: int = Field(description="Photos of this garment that matched (1 when ungrouped).")
+    photo: Photo = Field(description="The best-scoring photo.")
+    photos: list[Photo] = Field(description="The garment's matching photos, best first.")
+
+
+class SearchOut(BaseModel):
+    query: str = Field(description="'upload', or the point id of a 'more like this' search.")
+    query_item: str | None = Field(None, description="The query photo's garment, if stored.")
+    group: Grouping
+    filters: dict[str, str]
+    results: list[ResultOut]
+    timings_ms: dict[str, float]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    photos: list[Photo]
+
+
+class FacetsOut(BaseModel):
+    categories: dict[str, int]
+    subcategories: dict[str, dict[str, int]]
+    sources: dict[str, int]
+
+
+class InfoOut(BaseModel):
+    collection: str
+    store: str
+    points: int
+    model: dict
+    index: dict
+    dataset_root: str | None
+    max_upload_bytes: int
+    max_top: int = Field(description="The largest `top` a search takes.")
+    thumb_sizes: list[int]
+
+
+def photo(hit: Hit, score: bool = True) -> dict:
+    """A stored photo as the API shows it (the Photo model's fields)."""
+    return {
+        "id": hit.id,
+        "score": hit.score if score else None,
+        **{k: hit.payload.get(k) for k in SHOWN},
+        "image_url": f"/images/{hit.id}.jpg",
+        "thumb_url": f"/images/{hit.id}.jpg?size=256",
+    }
+
+
+def answer_out(answer: Answer, query: Query) -> JSONResponse:
+    """A SearchOut as JSON, built from plain data: validating hundreds of photo models again on
+    every answer cost a noticeable share of a query's time."""
+    return JSONResponse(
+        {
+            "query": answer.query,
+            "query_item": answer.item_id,
+            "group": query.group.value,
+            "filters": dict(query.filters),
+            "results": [
+                {
+                    "rank": r.rank,
+                    "score": r.hit.score,
+                    "matches": r.matches,
+                    "photo": photo(r.hit),
+                    "photos": [photo(h) for h in r.photos],
+                }
+                for r in answer.results
+            ],
+            "timings_ms": {k: round(v * 1000, 2) for k, v in answer.seconds.items()},
+        }
+    )

@@ -1,0 +1,119 @@
+"""`ingest` through its commands: output, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ingest.cli import app as ingest_app
+from search.schema import DEFAULT_COLLECTION
+from search.stores import open_store
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+ROOT = os.geteuid() == 0
+
+
+def test_sample_command_writes_a_tree(tmp_path):
+    result = runner.invoke(ingest_app, ["sample", "--out", str(tmp_path / "s"), "--items", "3"])
+    assert result.exit_code == 0 and "wrote 3 items" in result.output
+    assert (tmp_path / "s" / "Eval" / "list_eval_partition.txt").is_file()
+
+
+def test_ingest_prints_a_summary_and_a_rerun_skips_everything(ingested, sample_root, ingest_tiny):
+    db, output = ingested
+    images = len(list(sample_root.rglob("*.jpg")))
+    assert f"seen {images}, embedded {images}" in output and "failed 0" in output
+    again = ingest_tiny(sample_root, str(db))
+    assert (
+        again.exit_code == 0 and f"embedded 0 (0 changed), already present {images}" in again.output
+    )
+
+
+def test_offline_default_weights_exit_with_a_hint(sample_root, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [
+            BIN / "ingest",
+            "run",
+            "--root",
+            str(sample_root),
+            "--store",
+            str(tmp_path / "db"),
+            "--backbone",
+            "test_resnet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--weights" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_image_url_payload_for_the_dashboard(sample_root, tmp_path, ingest_tiny):
+
+    db = str(tmp_path / "db")
+
+    def urls(**where):
+        with open_store(**where, collection=DEFAULT_COLLECTION) as store:
+            return {
+                i: p.get("image_url")
+                for pts in store.scroll(64)
+                for i, p in zip(pts.ids, pts.payloads, strict=True)
+            }
+
+    first = ingest_tiny(sample_root, db, "--image-url", "http://shop.example:8000/images")
+    assert first.exit_code == 0, first.output
+    assert all(
+        u == f"http://shop.example:8000/images/{i}.jpg" for i, u in urls(store_dir=db).items()
+    )
+    # a new base reaches every stored point without embedding anything again
+    again = ingest_tiny(sample_root, db, "--image-url", "https://app.example/images/")
+    assert again.exit_code == 0 and "embedded 0 (0 changed)" in again.output
+    assert all(u == f"https://app.example/images/{i}.jpg" for i, u in urls(store_dir=db).items())
+    target = f"file:{tmp_path / 'server'}"
+    result = runner.invoke(
+        ingest_app,
+        ["publish", "--to", target, "--store", db, "--image-url", "http://h:8000/images/"],
+    )
+    assert result.exit_code == 0, result.output
+    published = urls(url=target)
+    assert published and all(u == f"http://h:8000/images/{i}.jpg" for i, u in published.items())
+    bad = ingest_tiny(sample_root, db, "--image-url", "images/")
+    assert bad.exit_code == 2 and "absolute http(s) URL" in bad.output
+
+
+def test_an_unwritable_report_is_found_before_the_ingest(
+    sample_root, tmp_path, ingest_tiny, one_line_error
+):
+    result = ingest_tiny(sample_root, str(tmp_path / "db"), "--report", "/nonexistent/r.csv")
+    one_line_error(result, "--report")
+    assert not (tmp_path / "db").exists()
+
+
+ONE_LINE_ERRORS = [
+    ("run --root {tmp}/empty --store {db} TINY", "no images"),
+    (
+        "run --root {root} --store {db} --weights {tmp}/bad.safetensors",
+        "not a valid safetensors file",
+    ),
+    ("run --root {root} --store {db} --weights {tmp}/none.safetensors", "not found"),
+    ("info --store {db} --collection missing", "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), ONE_LINE_ERRORS)
+def test_cli_errors_are_one_line(bad_inputs, tiny_args, args, message):
+    argv = [
+        a
+        for part in args.format(**bad_inputs).split()
+        for a in (tiny_args if part == "TINY" else [part])
+    ]
+    result = CliRunner().invoke(ingest_app, argv)
+    assert result.exit_code == 2, (argv, result.output)
+    assert message in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,97 @@
+"""The embedded store: damaged files are one-line errors, locks, read-only folders."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ingest.cli import app as ingest_app
+from search.schema import DEFAULT_COLLECTION
+from search.stores import open_store
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+ROOT = os.geteuid() == 0
+
+
+def _segment_file(db: Path, name: str) -> Path:
+    found = sorted(db.rglob(name))
+    assert found, f"no {name} in {db}"
+    return found[0]
+
+
+def test_garbled_vectors_are_an_error_not_an_answer(
+    db, sample_root, one_line_error, search_cli, query_photo
+):
+    vectors = _segment_file(db, "chunk_0.mmap")
+    data = bytearray(vectors.read_bytes())
+    rng = np.random.default_rng(0)
+    data[: 40 * 512 * 4] = rng.integers(0, 256, 40 * 512 * 4, dtype=np.uint8).tobytes()
+    vectors.write_bytes(bytes(data))
+    one_line_error(search_cli(db, query_photo), "damaged", "--recreate")
+    one_line_error(runner.invoke(ingest_app, ["info", "--store", str(db), "--check"]), "damaged")
+
+
+def test_a_truncated_vector_file_is_a_one_line_error(
+    db, sample_root, one_line_error, search_cli, query_photo
+):
+    vectors = _segment_file(db, "chunk_0.mmap")
+    with open(vectors, "r+b") as fh:
+        fh.truncate(100)
+    result = search_cli(db, query_photo)
+    one_line_error(result, str(db), "--recreate")
+
+
+def test_garbled_payload_pages_are_a_one_line_error(
+    db, sample_root, one_line_error, search_cli, query_photo
+):
+    page = _segment_file(db, "payload_storage/page_0.dat")
+    page.write_bytes(b"\xff" * page.stat().st_size)
+    one_line_error(search_cli(db, query_photo), "damaged", "--recreate")
+    one_line_error(runner.invoke(ingest_app, ["info", "--store", str(db), "--check"]), "damaged")
+
+
+def test_info_check_passes_on_a_sound_store(db):
+    result = runner.invoke(ingest_app, ["info", "--store", str(db), "--check"])
+    assert result.exit_code == 0 and "check: ok" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [('["a", "list"]', "does not describe a collection"), ("{not json", "not valid JSON")],
+)
+def test_a_bad_collection_file_is_named(
+    db, sample_root, content, words, one_line_error, search_cli, query_photo
+):
+    meta = db / DEFAULT_COLLECTION / "collection.json"
+    meta.write_text(content)
+    one_line_error(search_cli(db, query_photo), str(meta), words)
+
+
+@pytest.fixture()
+def read_only_copy(db, tmp_path, tmpfs):
+    with tmpfs(tmp_path / "ro", "400m") as where:
+        shutil.copytree(db, where / "db")
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where / "db"
+
+
+def test_a_read_only_store_can_be_searched(read_only_copy, sample_root, search_cli, query_photo):
+    result = search_cli(read_only_copy, query_photo)
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(ingest_app, ["info", "--store", str(read_only_copy)])
+    assert info.exit_code == 0, info.output
+
+
+def test_a_locked_store_is_a_one_line_error(db):
+    with open_store(store_dir=str(db), collection=DEFAULT_COLLECTION) as held:
+        held.count()
+        locked = subprocess.run(
+            [BIN / "ingest", "info", "--store", str(db)], capture_output=True, text=True
+        )
+    assert locked.returncode == 2 and "in use by another process" in locked.stderr
