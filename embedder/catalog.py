@@ -31,6 +31,7 @@ COLUMNS = [
 ]
 EVAL_FILE = "Eval/list_eval_partition.txt"
 BBOX_FILE = "Anno/list_bbox_consumer2shop.txt"
+ITEM_FILE = "Anno/list_item_consumer2shop.txt"
 UNKNOWN = "unknown"
 
 
@@ -129,6 +130,18 @@ def _read_table(path: Path, min_fields: int) -> list[list[str]]:
     return rows
 
 
+def read_items(root: str | Path | DatasetRoot) -> list[str]:
+    """The item ids of Anno/list_item_consumer2shop.txt ([] if absent): ONE header line (the
+    count), then one id a line; the numbering has gaps."""
+    where = root if isinstance(root, DatasetRoot) else locate(root)
+    path = where.base / ITEM_FILE
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        lines = [line.split() for line in fh]
+    return [f[0] for n, f in enumerate(lines) if f and not (n == 0 and f[0].isdigit())]
+
+
 def read_pairs(root: str | Path) -> pd.DataFrame:
     """Consumer/shop pairs from Eval/list_eval_partition.txt: consumer, shop, item_id, split."""
     where = locate(root)
@@ -219,6 +232,11 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
         table[col] = table[col].astype("Int64")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):
         table[col] = table[col].astype("string")
+    items = read_items(where)
+    if items:
+        unlisted = table.loc[~table["item_id"].isin(items + [UNKNOWN]), "item_id"].unique()
+        if len(unlisted):
+            log.warning("%d item folders are not in %s", len(unlisted), where.base / ITEM_FILE)
     log.info("catalog: %d images under %s", len(table), where.images)
     return table
 

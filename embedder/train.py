@@ -104,16 +104,22 @@ class TripletSet(Dataset):
         img = load_image(self.base / path, box_for_training(row, strong))
         return (self.strong if strong else self.mild)(img)
 
-    def __getitem__(self, i: int):
-        consumer, shop, item = self.pairs.loc[i, ["consumer", "shop", "item_id"]]
-        sub = self.rows.loc[consumer, "subcategory"]
+    def negative(self, i: int) -> str:
+        """Pair i's negative this epoch: another garment (by item id, whatever its folders)
+        from the subcategory of the anchor's (consumer photo's) folder."""
+        consumer, item = self.pairs.loc[i, ["consumer", "item_id"]]
+        pool = self.by_sub[self.rows.loc[consumer, "subcategory"]]
         rng = random.Random(hash((self.seed, self.epoch, i)))
-        pool = self.by_sub[sub]
         negative = pool[rng.randrange(len(pool))]
         for _ in range(20):  # a different item of the same subcategory
             if self.rows.loc[negative, "item_id"] != item:
                 break
             negative = pool[rng.randrange(len(pool))]
+        return negative
+
+    def __getitem__(self, i: int):
+        consumer, shop = self.pairs.loc[i, ["consumer", "shop"]]
+        negative = self.negative(i)
         return (
             self._image(consumer, True),
             self._image(shop, False),

@@ -1,4 +1,7 @@
-"""A generated DeepFashion consumer-to-shop tree: distinct garments, shop and phone-style photos."""
+"""A generated DeepFashion consumer-to-shop tree: distinct garments, shop and phone-style photos,
+with the real files' quirks: item ids with gaps, 1-based boxes that may end one pixel past the
+photo or cover all of it, and garments whose consumer and shop photos sit in two subcategory
+folders (about 3% of items in the real set)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from embedder.catalog import ITEM_FILE as ITEM_LIST
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +24,9 @@ SUBCATEGORIES: dict[str, tuple[str, ...]] = {
 CLOTHES_TYPE = {"TOPS": 1, "TROUSERS": 2, "DRESSES": 3}
 SHOP_SIZE = (240, 320)  # width, height
 PATTERNS = ("solid", "stripes", "dots", "checks", "gradient", "zigzag")
+SPLIT_EVERY, SPLIT_AT = 32, 7  # item 7, 39, 71, ...: shop photos under another subcategory
+ID_GAP_EVERY = 20  # one item number skipped after every 20, as the real list has gaps
+WHOLE_PHOTO = 0.3  # share of shop photos whose box is the whole photo ("1 1 W H")
 
 # Silhouettes in unit coordinates (x right, y down), one per subcategory.
 _SHAPES: dict[str, list[tuple[float, float]]] = {
@@ -112,10 +120,13 @@ _SHAPES: dict[str, list[tuple[float, float]]] = {
 
 @dataclass(frozen=True)
 class Garment:
-    """One item: its shape, colours and pattern, all drawn from the item's own random stream."""
+    """One item: its shape, colours and pattern, all drawn from the item's own random stream.
+    `shop_subcategory`: the folder of its shop photos (another one than its consumer photos'
+    for a few items, as in the real dataset)."""
 
     category: str
     subcategory: str
+    shop_subcategory: str
     item_id: str
     colors: np.ndarray  # (3, 3) uint8
     pattern: str
@@ -128,11 +139,13 @@ def _garment(index: int, seed: int) -> Garment:
     rng = np.random.default_rng([seed, index, 0])
     category = list(SUBCATEGORIES)[index % len(SUBCATEGORIES)]
     subs = SUBCATEGORIES[category]
-    subcategory = subs[(index // len(SUBCATEGORIES)) % len(subs)]
+    position = (index // len(SUBCATEGORIES)) % len(subs)
+    moved = index % SPLIT_EVERY == SPLIT_AT
     return Garment(
         category=category,
-        subcategory=subcategory,
-        item_id=f"id_{index + 1:08d}",
+        subcategory=subs[position],
+        shop_subcategory=subs[(position + 1) % len(subs)] if moved else subs[position],
+        item_id=f"id_{index + 1 + index // ID_GAP_EVERY:08d}",
         colors=rng.integers(0, 256, size=(3, 3), dtype=np.uint8),
         pattern=PATTERNS[int(rng.integers(len(PATTERNS)))],
         scale=float(rng.uniform(4, 14)),
@@ -178,8 +191,15 @@ def _cutout(g: Garment, size: tuple[int, int]) -> Image.Image:
 
 
 def _bbox(alpha: Image.Image) -> tuple[int, int, int, int]:
+    """The visible garment as the real Anno file writes boxes: 1-based x1 y1 x2 y2."""
     box = alpha.getbbox() or (0, 0, alpha.width, alpha.height)
-    return box[0], box[1], box[2], box[3]
+    return box[0] + 1, box[1] + 1, box[2], box[3]
+
+
+def _whole_photo(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A box over the whole photo, sometimes one pixel past it (301 on a 300-pixel side)."""
+    past = int(rng.random() < 0.5)
+    return 1, 1, size[0] + past, size[1] + past
 
 
 def shop_photo(g: Garment, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, ...]]:
@@ -198,6 +218,8 @@ def shop_photo(g: Garment, rng: np.random.Generator) -> tuple[Image.Image, tuple
     )
     layer.paste(piece, offset, piece)
     canvas.alpha_composite(layer)
+    if rng.random() < WHOLE_PHOTO:
+        return canvas.convert("RGB"), _whole_photo(SHOP_SIZE, rng)
     return canvas.convert("RGB"), _bbox(layer.getchannel("A"))
 
 
@@ -244,27 +266,33 @@ def _split(rng: np.random.Generator) -> str:
     return "train" if r < 0.6 else ("val" if r < 0.8 else "test")
 
 
-def _write_item(out: Path, index: int, seed: int) -> tuple[list[str], list[str]]:
-    """Write one garment's photos; returns its (pair lines, bbox lines)."""
+def _folder(out: Path, g: Garment, subcategory: str) -> tuple[Path, str]:
+    rel = f"img/{g.category}/{subcategory}/{g.item_id}"
+    (out / rel).mkdir(parents=True, exist_ok=True)
+    return out / rel, rel
+
+
+def _write_item(out: Path, index: int, seed: int) -> tuple[str, list[str], list[str]]:
+    """Write one garment's photos; returns its (item id, pair lines, bbox lines)."""
     g = _garment(index, seed)
     rng = np.random.default_rng([seed, index, 1])
     split = _split(rng)
-    folder = out / "img" / g.category / g.subcategory / g.item_id
-    folder.mkdir(parents=True, exist_ok=True)
-    rel = f"img/{g.category}/{g.subcategory}/{g.item_id}"
     kind = CLOTHES_TYPE[g.category]
     shops, consumers, boxes = [], [], []
+    folder, rel = _folder(out, g, g.shop_subcategory)
     for n in range(1, int(rng.integers(1, 3)) + 1):
         img, box = shop_photo(g, rng)
         img.save(folder / f"shop_{n:02d}.jpg", quality=92)
         shops.append(f"{rel}/shop_{n:02d}.jpg")
         boxes.append(f"{shops[-1]} {kind} 1 {box[0]} {box[1]} {box[2]} {box[3]}")
+    folder, rel = _folder(out, g, g.subcategory)
     for n in range(1, int(rng.integers(1, 4)) + 1):
         img, box = consumer_photo(g, rng)
         img.save(folder / f"comsumer_{n:02d}.jpg", quality=int(rng.integers(40, 86)))
         consumers.append(f"{rel}/comsumer_{n:02d}.jpg")
         boxes.append(f"{consumers[-1]} {kind} 2 {box[0]} {box[1]} {box[2]} {box[3]}")
-    return [f"{c} {s} {g.item_id} {split}" for c in consumers for s in shops], boxes
+    pairs = [f"{c} {s} {g.item_id} {split}" for c in consumers for s in shops]
+    return g.item_id, pairs, boxes
 
 
 def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int = 1) -> Path:
@@ -288,8 +316,8 @@ def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int
             written = list(
                 pool.map(partial(_write_item, out, seed=seed), range(items), chunksize=64)
             )
-    pairs = [line for item_pairs, _ in written for line in item_pairs]
-    boxes = [line for _, item_boxes in written for line in item_boxes]
+    pairs = [line for _, item_pairs, _ in written for line in item_pairs]
+    boxes = [line for _, _, item_boxes in written for line in item_boxes]
     _write_list(
         out / "Eval" / "list_eval_partition.txt",
         "image_pair_name_1 image_pair_name_2 item_id evaluation_status",
@@ -300,6 +328,8 @@ def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int
         "image_name clothes_type source_type x_1 y_1 x_2 y_2",
         boxes,
     )
+    ids = [item_id for item_id, _, _ in written]  # the real list: a count, then one id a line
+    (out / ITEM_LIST).write_text(f"{len(ids)}\n" + "".join(i + "\n" for i in ids))
     log.info("sample: %d items, %d images, %d pairs in %s", items, len(boxes), len(pairs), out)
     return out
 

@@ -61,6 +61,18 @@ def sample_root(tmp_path_factory) -> Path:
     return write_sample(tmp_path_factory.mktemp("data") / "sample", items=24, seed=3)
 
 
+@pytest.fixture(scope="session")
+def split_garment(sample_root) -> tuple[str, Path, Path]:
+    """(item id, its consumer photos' folder, its shop photos' folder) of a garment the sample
+    puts in two subcategory folders, as about 3% of the real dataset's are."""
+    folders: dict[str, list[Path]] = {}
+    for folder in sorted((sample_root / "img").glob("*/*/id_*")):
+        folders.setdefault(folder.name, []).append(folder)
+    item, (a, b) = next((i, f) for i, f in folders.items() if len(f) == 2)
+    consumer, shop = (a, b) if any(a.glob("comsumer_*.jpg")) else (b, a)
+    return item, consumer, shop
+
+
 @pytest.fixture()
 def dataset(sample_root, tmp_path) -> Path:
     """A private copy of the sample that a test may change."""

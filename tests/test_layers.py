@@ -3,6 +3,7 @@
 Every import counts, the ones inside functions too (a lazy import is still a dependency)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,12 @@ def test_imports_run_one_way(package):
         if target.split(".")[0] not in ALLOWED[package] | {package}
     )
     assert wrong == []
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+\.py)`", section))  # module names, not paths of tests
+    files = {p.name for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")} - {"__init__.py"}
+    assert files - named == set(), "modules the README's layout does not name"
+    assert named - files == set(), "modules the README's layout names that do not exist"

@@ -200,3 +200,59 @@ def test_frozen_stages_keep_their_batchnorm_statistics(tiny_model):
         assert torch.equal(before[key], after[key]), key
     assert any(not torch.equal(before[k], after[k]) for k in trained)
     assert all(m.training for m in model.backbone.layer4.modules())
+
+
+def test_a_garment_in_two_folders_is_one_garment_for_training(sample_root, split_garment):
+    """Its consumer anchors' negatives come from the anchor's own subcategory and are never
+    the garment itself; mined batches give all its photos one label."""
+    from embedder.catalog import read_catalog
+    from embedder.spec import ModelSpec
+    from embedder.train import ItemImages, TripletSet, _train_pairs
+
+    item, consumer_folder, shop_folder = split_garment
+    catalog = read_catalog(sample_root)
+    pairs = _train_pairs(sample_root, catalog)  # the sample puts this garment in train
+    data = TripletSet(sample_root, pairs, catalog, ModelSpec(img_size=32), seed=0)
+    rows = catalog.set_index("path")
+    mine = [i for i, p in enumerate(data.pairs.itertuples()) if p.item_id == item]
+    assert mine
+    for epoch in range(3):
+        data.epoch = epoch
+        for i in mine:
+            consumer, shop = data.pairs.loc[i, ["consumer", "shop"]]
+            assert rows.loc[consumer, "subcategory"] == consumer_folder.parent.name
+            assert rows.loc[shop, "subcategory"] == shop_folder.parent.name
+            negative = data.negative(i)
+            assert rows.loc[negative, "subcategory"] == consumer_folder.parent.name
+            assert rows.loc[negative, "item_id"] != item
+    train = catalog[catalog["split"] == "train"]
+    images = ItemImages(sample_root, train, ModelSpec(img_size=32))
+    labels = {
+        images.labels[i] for i, row in enumerate(images.table.itertuples()) if row.item_id == item
+    }
+    folders = set(images.table.loc[images.table.item_id == item, "subcategory"])
+    assert len(labels) == 1 and folders == {consumer_folder.parent.name, shop_folder.parent.name}
+
+
+def test_a_garment_in_two_folders_is_one_garment_for_evaluation(sample_root, split_garment):
+    """A consumer query hits at k when a shop photo of its item, in whatever folder, is in
+    its first k."""
+    import numpy as np
+
+    from embedder.evaluate import split_sets
+
+    item, _, shop_folder = split_garment
+    queries, gallery = split_sets(sample_root, "train")
+    q = int(np.flatnonzero(queries["item_id"] == item)[0])
+    own = np.flatnonzero(
+        gallery["path"].str.startswith(
+            f"img/{shop_folder.parent.parent.name}/{shop_folder.parent.name}/{item}/"
+        )
+    )
+    other = int(np.flatnonzero(gallery["item_id"] != item)[0])
+    neighbours = np.full((len(queries), 2), other)
+    neighbours[q] = [other, own[0]]
+    report = accuracy(neighbours, queries, gallery, (1, 2), "train")
+    hits = hits_at(neighbours, queries["item_id"].tolist(), gallery["item_id"].tolist(), (1, 2))
+    assert not hits[q, 0] and hits[q, 1]
+    assert report.overall[2] >= 1 / len(queries)

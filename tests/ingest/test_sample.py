@@ -2,7 +2,7 @@ import hashlib
 
 from PIL import Image
 
-from embedder.catalog import read_catalog
+from embedder.catalog import read_catalog, read_items
 from ingest.sample import write_sample
 
 
@@ -32,9 +32,33 @@ def test_sample_layout_and_list_files(sample_root):
     boxes = (sample_root / "Anno" / "list_bbox_consumer2shop.txt").read_text().splitlines()
     assert boxes[1] == "image_name clothes_type source_type x_1 y_1 x_2 y_2"
     table = read_catalog(sample_root)
-    for row in table.itertuples():
+    whole = past = 0
+    for row in table.itertuples():  # 1-based boxes, as the real file's; x2 may be width + 1
         with Image.open(sample_root / row.path) as img:
-            assert 0 <= row.x1 < row.x2 <= img.width and 0 <= row.y1 < row.y2 <= img.height
+            assert 1 <= row.x1 < row.x2 <= img.width + 1 and 1 <= row.y1 < row.y2 <= img.height + 1
+            whole += (row.x1, row.y1) == (1, 1) and row.x2 >= img.width and row.y2 >= img.height
+            past += row.x2 == img.width + 1
+    assert whole and past  # some boxes cover the whole photo, some end one pixel past it
     per_item = table.groupby("item_id")["source"].agg(set)
     assert (per_item == {"consumer", "shop"}).all()  # every item has both kinds of photo
     assert set(table.split) == {"train", "val", "test"}
+
+
+def test_the_item_list_has_one_header_line_and_gaps(sample_root):
+    lines = (sample_root / "Anno" / "list_item_consumer2shop.txt").read_text().splitlines()
+    assert int(lines[0]) == len(lines) - 1  # the count, then one id a line: no header line
+    numbers = [int(line.removeprefix("id_")) for line in lines[1:]]
+    assert numbers == sorted(numbers) and numbers[-1] > len(numbers)  # numbering with gaps
+    assert read_items(sample_root) == lines[1:]
+    assert set(read_catalog(sample_root)["item_id"]) == set(lines[1:])
+
+
+def test_some_garments_sit_in_two_subcategory_folders(sample_root, split_garment):
+    item, consumer_folder, shop_folder = split_garment
+    assert consumer_folder.parent != shop_folder.parent  # two subcategories of one category
+    assert consumer_folder.parent.parent == shop_folder.parent.parent
+    assert {p.name[:4] for p in consumer_folder.glob("*.jpg")} == {"coms"}
+    assert {p.name[:4] for p in shop_folder.glob("*.jpg")} == {"shop"}
+    pairs = (sample_root / "Eval" / "list_eval_partition.txt").read_text().splitlines()[2:]
+    mine = [line.split() for line in pairs if line.split()[2] == item]
+    assert mine and all(c.split("/")[2] != s.split("/")[2] for c, s, _, _ in mine)

@@ -200,3 +200,17 @@ def test_an_explicit_store_wins_over_qdrant_url(
     empty = runner.invoke(ingest_app, ["publish", "--to", "", "--store", str(db)])
     one_line_error(empty, "empty")
     assert not Path("qdrant_data").exists()
+
+
+def test_grouping_joins_a_garment_in_two_folders_in_both_stores(filled, split_garment):
+    item, consumer_folder, shop_folder = split_garment
+    answers = {}
+    for kind, store in filled.items():
+        vec = next(store.scroll(1024, filters={"item_id": item})).vectors[:1]
+        (groups,) = store.search_groups(vec, 100, group_size=10)
+        assert len({g.id for g in groups}) == len(groups), kind
+        mine = next(g for g in groups if g.id == item)
+        folders = {h.payload["subcategory"] for h in mine.hits}
+        assert folders == {consumer_folder.parent.name, shop_folder.parent.name}, kind
+        answers[kind] = sorted(h.id for h in mine.hits)
+    assert answers["embedded"] == answers["server"]

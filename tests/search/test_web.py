@@ -256,3 +256,27 @@ def test_concurrent_queries_are_answered_alike_and_batched(client):
             assert abs(a["score"] - b["score"]) < 1e-3
     metrics = client.get("/metrics").text
     assert "model_batch_images_count" in metrics
+
+
+def test_a_garment_in_two_folders_is_one_garment(client, served, sample_root, split_garment):
+    item, consumer_folder, shop_folder = split_garment
+    on_disk = {
+        p.relative_to(sample_root).as_posix()
+        for folder in (consumer_folder, shop_folder)
+        for p in folder.glob("*.jpg")
+    }
+    body = client.get(f"/api/items/{item}").json()
+    assert {p["path"] for p in body["photos"]} == on_disk
+    assert len({p["subcategory"] for p in body["photos"]}) == 2
+    consumer = next(consumer_folder.glob("comsumer_*.jpg")).relative_to(sample_root).as_posix()
+    similar = client.get(
+        f"/api/points/{served[1].resolve(consumer)}/similar", params={"top": 100, "group": "item"}
+    ).json()
+    assert similar["query_item"] == item
+    items = [r["photo"]["item_id"] for r in similar["results"]]
+    assert len(items) == len(set(items))  # one result per garment, this one included once
+    mine = next(r for r in similar["results"] if r["photo"]["item_id"] == item)
+    assert {p["path"] for p in mine["photos"]} == on_disk - {consumer}
+    upload = _post(client, (sample_root / consumer).read_bytes(), top=100, group="item").json()
+    mine = next(r for r in upload["results"] if r["photo"]["item_id"] == item)
+    assert {p["path"] for p in mine["photos"]} == on_disk and mine["matches"] == len(on_disk)
