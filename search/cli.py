@@ -173,11 +173,12 @@ def search(
                     typer.echo(f"contact sheet: {out}", err=as_json)
 
 
-serve_app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,
-    help="The web app: find a garment from a photo in the browser.",
-)
+def _subcommand(help: str) -> typer.Typer:
+    """A `search` subcommand (serve, evaluate) as its own typer app: main() dispatches."""
+    return typer.Typer(add_completion=False, rich_markup_mode=None, help=help)
+
+
+serve_app = _subcommand("The web app: find a garment from a photo in the browser.")
 
 
 @serve_app.command()
@@ -234,10 +235,8 @@ def serve(
         )
 
 
-evaluate_app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,
-    help="Top-k accuracy of a collection: the standard protocol, answered by Qdrant.",
+evaluate_app = _subcommand(
+    "Top-k accuracy of a collection: the standard protocol, answered by Qdrant."
 )
 
 

@@ -180,19 +180,6 @@ class EdgeStore(Store):
                 raise self._damaged(exc) from None
         return self._shard
 
-    def _engine_params(self, params: SearchParams) -> qe.SearchParams | None:
-        if params.exact:
-            return qe.SearchParams(exact=True)
-        if (options := self.search_options(params)) is None:
-            return None
-        ef, oversampling = options
-        return qe.SearchParams(
-            hnsw_ef=ef,
-            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-            if oversampling
-            else None,
-        )
-
     def exists(self) -> bool:
         return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()
 
@@ -379,7 +366,7 @@ class EdgeStore(Store):
         exclude: Sequence[str] = (),
     ) -> list[list[Hit]]:
         shard = self._open()
-        engine_params, where = self._engine_params(params), edge_filter(filters, exclude)
+        engine_params, where = self.library_params(params, qe), edge_filter(filters, exclude)
         requests = [
             qe.QueryRequest(
                 limit=top,

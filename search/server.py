@@ -138,19 +138,8 @@ class ServerStore(Store):
         return dict(info.config.metadata or {})
 
     def _engine_params(self, params: SearchParams) -> models.SearchParams | None:
-        if self.local:
-            return None  # local mode is exact: it takes no HNSW parameters
-        if params.exact:
-            return models.SearchParams(exact=True)
-        if (options := self.search_options(params)) is None:
-            return None
-        ef, oversampling = options
-        return models.SearchParams(
-            hnsw_ef=ef,
-            quantization=models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-            if oversampling
-            else None,
-        )
+        # local mode is exact: it takes no HNSW parameters
+        return None if self.local else self.library_params(params, models)
 
     def finish(self) -> None:
         self._call(

@@ -228,6 +228,22 @@ class Store(ABC):
             return None
         return ef, oversampling
 
+    def library_params(self, params: SearchParams, library):
+        """`params` as the client library's own search parameters: `library` is qdrant_edge or
+        qdrant_client.models (both name them SearchParams and QuantizationSearchParams);
+        None: the engine's defaults."""
+        if params.exact:
+            return library.SearchParams(exact=True)
+        if (options := self.search_options(params)) is None:
+            return None
+        ef, oversampling = options
+        rescore = (
+            library.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+            if oversampling
+            else None
+        )
+        return library.SearchParams(hnsw_ef=ef, quantization=rescore)
+
     def search(
         self,
         vectors: np.ndarray,
