@@ -124,7 +124,7 @@ class SearchParams:
 
     def __post_init__(self) -> None:
         if self.hnsw_ef is not None and self.hnsw_ef < 1:
-            raise ValueError(f"hnsw ef must be positive, got {self.hnsw_ef}")
+            raise ValueError(f"--hnsw-ef must be positive, got {self.hnsw_ef}")
 
 
 APPROXIMATE = SearchParams()
