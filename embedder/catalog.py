@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from embedder.errors import UserError
@@ -41,10 +42,18 @@ class CatalogError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DatasetRoot:
-    """Where a dataset lives: `base` holds Anno/ and Eval/, `images` the image tree."""
+    """Where a dataset lives: catalog paths are relative to `base` (so `base / path` is the
+    file), `images` is the image tree, `lists` the folder holding Anno/ and Eval/. They differ
+    for the `Img/img/` layout: base `Img/`, images `Img/img/`, lists the dataset folder, so that
+    paths read "img/...", as the list files write them."""
 
     base: Path
     images: Path
+    lists: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.lists is None:
+            object.__setattr__(self, "lists", self.base)
 
     @property
     def prefix(self) -> str:
@@ -61,50 +70,80 @@ def locate(root: str | Path) -> DatasetRoot:
     if not root.is_dir():
         raise CatalogError(f"root {str(root)!r} is not a folder")
     root = root.resolve()
-    for images in (root / "img", root / "Img" / "img"):
-        if images.is_dir():
-            return DatasetRoot(base=root, images=images)
+    if (root / "img").is_dir():
+        return DatasetRoot(base=root, images=root / "img")
+    if (root / "Img" / "img").is_dir():
+        return DatasetRoot(base=root / "Img", images=root / "Img" / "img", lists=root)
     if root.name == "img":
-        base = root.parent.parent if root.parent.name == "Img" else root.parent
-        return DatasetRoot(base=base, images=root)
+        nested = root.parent.name == "Img"
+        return DatasetRoot(root.parent, root, root.parent.parent if nested else root.parent)
     return DatasetRoot(base=root, images=root)
 
 
-def _walk(top: Path) -> list[os.DirEntry]:
-    """Every image file below `top`, in sorted order, following symlinked files."""
-    found: list[os.DirEntry] = []
-    stack = [str(top)]
+CONSUMER_PREFIXES = ("comsumer", "consumer")  # the dataset's own spelling, and the usual one
+
+
+def _walk(top: str, prefix: str = "") -> dict[str, list]:
+    """Every image file below `top`, in one os.scandir recursion: symlinked files are followed,
+    symlinked folders are not, macOS `._*` files are skipped. Returns lists: the files' paths
+    (`prefix` + the path below `top`, built by string operations), sources (from the name),
+    sizes and mtimes (-1 and 0 for a broken link, which ingest then reports), the index of each
+    file's folder, and the folders' paths below `top`."""
+    rels: list[str] = []
+    sources: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    where: list[int] = []
+    folders: list[str] = []
+    stack = [(top, "")]
     while stack:
-        folder = stack.pop()
+        path, rel = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(path) as found:
+                entries = list(found)
         except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc)
+            log.warning("cannot list %s: %s", path, exc)
             continue
-        subdirs = []
+        index = len(folders)
+        folders.append(rel)
+        folder_prefix = prefix + rel
         for entry in entries:
+            name = entry.name
             if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry.path)
-            elif entry.name.startswith("._"):
-                continue  # macOS AppleDouble metadata beside a copied photo, not an image
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(entry)
-        stack.extend(reversed(subdirs))
-    return found
+                stack.append((entry.path, rel + name + "/"))
+                continue
+            dot = name.rfind(".")
+            if dot <= 0 or name[dot:].lower() not in IMAGE_SUFFIXES or name.startswith("._"):
+                continue  # not an image, or AppleDouble metadata beside a copied photo
+            try:
+                stat = entry.stat()
+                sizes.append(stat.st_size)
+                mtimes.append(stat.st_mtime_ns)
+            except OSError:  # a broken symlink: kept, so ingest reports it as a failure
+                sizes.append(-1)
+                mtimes.append(0)
+            start = name[:8].lower()
+            sources.append(
+                "consumer"
+                if start.startswith(CONSUMER_PREFIXES)
+                else "shop"
+                if start.startswith("shop")
+                else UNKNOWN
+            )
+            rels.append(folder_prefix + name)
+            where.append(index)
+    return {
+        "path": rels,
+        "source": sources,
+        "size": sizes,
+        "mtime": mtimes,
+        "folder": where,
+        "folders": folders,
+    }
 
 
-def _source(filename: str) -> str:
-    name = filename.lower()
-    if name.startswith(("comsumer", "consumer")):
-        return "consumer"
-    if name.startswith("shop"):
-        return "shop"
-    return UNKNOWN
-
-
-def _labels(parts: tuple[str, ...]) -> tuple[str, str, str]:
+def _labels(folders: list[str]) -> tuple[str, str, str]:
     """(category, subcategory, item_id) from the folders above a file, where present."""
-    folders = parts[:-1]
     if len(folders) >= 3 and folders[-1].startswith("id_"):
         return folders[-3], folders[-2], folders[-1]
     if folders and folders[-1].startswith("id_"):
@@ -115,26 +154,39 @@ def _labels(parts: tuple[str, ...]) -> tuple[str, str, str]:
     return category, subcategory, UNKNOWN
 
 
-def _read_table(path: Path, min_fields: int) -> list[list[str]]:
-    """Rows of a DeepFashion list file (line 1 a count, line 2 a header); [] if absent."""
+MAX_FIELDS = 16  # fields a list-file line may have; a longer line is skipped
+
+
+def _read_table(path: Path, fields: int) -> pd.DataFrame:
+    """Rows of a DeepFashion list file (line 1 a count, line 2 a header) as strings in columns
+    0 .. fields - 1, parsed by pandas' C reader; lines with fewer fields are skipped, of lines
+    with more (up to MAX_FIELDS) the first `fields` are kept; empty if the file is absent."""
     if not path.is_file():
-        return []
-    rows = []
+        return pd.DataFrame(columns=range(fields), dtype=object)
     with path.open(encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh):
-            fields = line.split()
-            if number < 2 and (len(fields) <= 1 or not fields[0].startswith("img/")):
-                continue  # the count line and the header line
-            if len(fields) >= min_fields:
-                rows.append(fields)
-    return rows
+        first = [fh.readline().split() for _ in range(2)]
+    head = [n for n, f in enumerate(first) if len(f) <= 1 or not f[0].startswith("img/")]
+    rows = pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=None,
+        names=range(MAX_FIELDS),  # room for extra fields, as `line.split()` had
+        index_col=False,
+        skiprows=head,
+        dtype=str,
+        quoting=csv.QUOTE_NONE,
+        on_bad_lines="skip",
+        encoding_errors="replace",
+        engine="c",
+    )
+    return rows[list(range(fields))].dropna().astype(object)
 
 
 def read_items(root: str | Path | DatasetRoot) -> list[str]:
     """The item ids of Anno/list_item_consumer2shop.txt ([] if absent): ONE header line (the
     count), then one id a line; the numbering has gaps."""
     where = root if isinstance(root, DatasetRoot) else locate(root)
-    path = where.base / ITEM_FILE
+    path = where.lists / ITEM_FILE
     if not path.is_file():
         return []
     with path.open(encoding="utf-8", errors="replace") as fh:
@@ -145,47 +197,37 @@ def read_items(root: str | Path | DatasetRoot) -> list[str]:
 def read_pairs(root: str | Path) -> pd.DataFrame:
     """Consumer/shop pairs from Eval/list_eval_partition.txt: consumer, shop, item_id, split."""
     where = locate(root)
-    rows = _read_table(where.base / EVAL_FILE, 4)
-    return pd.DataFrame(
-        [r[:4] for r in rows], columns=["consumer", "shop", "item_id", "split"], dtype="string"
-    )
+    rows = _read_table(where.lists / EVAL_FILE, 4)
+    rows.columns = ["consumer", "shop", "item_id", "split"]
+    return rows.reset_index(drop=True).astype("string")
 
 
-def _splits(where: DatasetRoot) -> dict[str, str]:
-    split: dict[str, str] = {}
-    for consumer, shop, _item, status in _read_table(where.base / EVAL_FILE, 4):
-        split.setdefault(consumer, status)
-        split.setdefault(shop, status)
-    return split
+def _splits(where: DatasetRoot) -> pd.Series:
+    """path → split from Eval/list_eval_partition.txt; a photo in several pairs keeps the
+    split of its first pair."""
+    rows = _read_table(where.lists / EVAL_FILE, 4)
+    paths = rows[[0, 1]].to_numpy().ravel()  # consumer, shop, consumer, shop, ...
+    splits = pd.Series(np.repeat(rows[3].to_numpy(), 2), index=paths, dtype=object)
+    return splits[~splits.index.duplicated(keep="first")]
 
 
 MAX_COORDINATE = 1_000_000  # pixels: anything larger is a broken line, not a photo
+BOX = ["x1", "y1", "x2", "y2"]
 
 
-def _box(fields: list[str]) -> tuple[int, int, int, int] | None:
-    """x1 y1 x2 y2 of an Anno line, or None when they are not finite, sane numbers."""
-    try:
-        values = [float(v) for v in fields[3:7]]
-    except ValueError:
-        return None
-    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in values):
-        return None
-    return tuple(int(v) for v in values)
-
-
-def _bboxes(where: DatasetRoot) -> dict[str, tuple[int, int, int, int]]:
-    """Boxes from the Anno file; malformed lines are skipped and counted in a warning (a box
-    outside its photo is kept: it is clipped to the photo when the photo is read)."""
-    boxes, skipped = {}, 0
-    for fields in _read_table(where.base / BBOX_FILE, 7):
-        box = _box(fields)
-        if box is None:
-            skipped += 1
-            continue
-        boxes[fields[0]] = box
-    if skipped:
-        log.warning("skipped %d malformed line(s) in %s", skipped, where.base / BBOX_FILE)
-    return boxes
+def _bboxes(where: DatasetRoot) -> pd.DataFrame:
+    """path → x1 y1 x2 y2 from the Anno file (the last line of a path wins); lines whose
+    numbers are not finite, sane numbers are skipped and counted in a warning (a box outside
+    its photo is kept: it is clipped to the photo when the photo is read)."""
+    rows = _read_table(where.lists / BBOX_FILE, 7)
+    text = rows[[3, 4, 5, 6]].to_numpy().ravel()
+    values = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(np.float64).reshape(-1, 4)
+    good = (np.isfinite(values) & (np.abs(values) <= MAX_COORDINATE)).all(axis=1)
+    if skipped := int((~good).sum()):
+        log.warning("skipped %d malformed line(s) in %s", skipped, where.lists / BBOX_FILE)
+    paths = pd.Index(rows[0].to_numpy())[good]
+    boxes = pd.DataFrame(np.trunc(values[good]).astype(np.int64), index=paths, columns=BOX)
+    return boxes[~boxes.index.duplicated(keep="last")]
 
 
 def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
@@ -194,41 +236,33 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     Columns: path (relative to the dataset folder, "img/..." for DeepFashion), category,
     subcategory, item_id, source (consumer/shop/unknown), split (train/val/test/unknown),
     bbox x1..y2 (nullable), size and mtime (for change detection). Anno/ and Eval/ are optional.
+    The walk costs one scandir per folder and one stat per file; labels are worked out once per
+    folder, and the list files are joined to the table in pandas.
     """
     where = root if isinstance(root, DatasetRoot) else locate(root)
-    entries = _walk(where.images)
-    if not entries:
+    found = _walk(str(where.images), where.prefix)
+    if not found["path"]:
         raise CatalogError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {where.images}")
-    splits, boxes = _splits(where), _bboxes(where)
-    prefix = where.prefix
-    records = []
-    for entry in entries:
-        rel = os.path.relpath(entry.path, where.images)
-        parts = tuple(rel.split(os.sep))
-        path = prefix + "/".join(parts)
-        category, subcategory, item_id = _labels(parts)
-        try:
-            stat = entry.stat()
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:  # a broken symlink: kept, so ingest reports it as a failure
-            size, mtime = -1, 0
-        box = boxes.get(path, (None, None, None, None))
-        records.append(
-            (
-                path,
-                category,
-                subcategory,
-                item_id,
-                _source(parts[-1]),
-                splits.get(path, UNKNOWN),
-                *box,
-                size,
-                mtime,
-            )
-        )
-    table = pd.DataFrame.from_records(records, columns=COLUMNS)
+    folders = [_labels(f.split("/")[:-1]) for f in found["folders"]]
+    labels = np.array(folders, dtype=object)[found["folder"]]
+    table = pd.DataFrame(
+        {
+            "path": found["path"],
+            "category": labels[:, 0],
+            "subcategory": labels[:, 1],
+            "item_id": labels[:, 2],
+            "source": found["source"],
+            "size": np.asarray(found["size"], np.int64),
+            "mtime": np.asarray(found["mtime"], np.int64),
+        }
+    )
     table = table.sort_values("path", ignore_index=True)
-    for col in ("x1", "y1", "x2", "y2"):
+    table["split"] = table["path"].map(_splits(where)).astype(object).fillna(UNKNOWN)
+    boxes = _bboxes(where).reindex(table["path"])
+    for col in BOX:
+        table[col] = boxes[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    table = table[COLUMNS]
+    for col in BOX:
         table[col] = table[col].astype("Int64")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):
         table[col] = table[col].astype("string")
@@ -236,7 +270,7 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     if items:
         unlisted = table.loc[~table["item_id"].isin(items + [UNKNOWN]), "item_id"].unique()
         if len(unlisted):
-            log.warning("%d item folders are not in %s", len(unlisted), where.base / ITEM_FILE)
+            log.info("%d item folders are not in %s", len(unlisted), where.lists / ITEM_FILE)
     log.info("catalog: %d images under %s", len(table), where.images)
     return table
 

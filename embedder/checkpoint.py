@@ -1,7 +1,8 @@
 """The checkpoint format: safetensors files that carry their model spec, epoch and metrics.
 
 Below the model builder: this module reads and writes tensors and specs; embedder.model makes
-the model from them."""
+the model from them. Reading a checkpoint's spec needs no torch (a rerun with nothing to embed
+never imports it)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 
 from embedder.errors import WeightsError
 from embedder.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "fashion-embedder/1"
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
     """A content hash of the parameters: the weights' identity in collections."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
@@ -33,6 +38,8 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, **info) -> ModelSpec:
     """Write the model's parameters and spec (plus `info`: epoch, metrics, ...) to `path`."""
+    from safetensors.torch import save_file
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     spec = replace(model.spec, weights=weights_digest(state))
     metadata = {"format": FORMAT, "spec": spec.to_json(), "info": json.dumps(info, default=str)}
@@ -45,14 +52,12 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, **info) -> ModelSp
 
 
 def read_metadata(path: str | Path) -> tuple[ModelSpec, dict]:
-    """The spec and info recorded in a checkpoint, without loading its tensors."""
-    from safetensors import safe_open
-
+    """The spec and info recorded in a checkpoint, without loading its tensors (or torch)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} not found")
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(
@@ -65,6 +70,8 @@ def read_metadata(path: str | Path) -> tuple[ModelSpec, dict]:
 
 def read_state(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec and the tensors of a checkpoint (the model builder makes the model)."""
+    from safetensors.torch import load_file
+
     spec, _ = read_metadata(path)
     try:
         return spec, load_file(str(path))

@@ -105,6 +105,10 @@ class Encoder:
         if compile:
             self.model = torch.compile(self.model)
 
+    def build(self) -> Encoder:
+        """An encoder is its own recipe (see embedder.recipe): already built."""
+        return self
+
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         n = len(pixels)

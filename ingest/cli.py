@@ -166,33 +166,34 @@ def run(
     missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors():
-        from embedder.inference import Encoder
-        from embedder.model import build_model
+        from embedder.recipe import EncoderRecipe
         from ingest.plan import check_image_url, read_work
         from ingest.runner import IngestSettings, ensure_collection, run_ingest
         from search.store import IndexSettings as Index
 
         _check_writable(report, "the failure report (--report)")
-        image_base = check_image_url(image_url)
-        # the catalog first: a bad root fails before a model is built or a collection made
-        work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
-        model = build_model(
-            backbone,
-            img_size=img_size,
-            pretrained=pretrained,
-            weights=str(weights) if weights else None,
-        )
-        encoder = Encoder(model, device, precision, compile=compile)
-        options = IngestSettings.for_device(
-            encoder.device,
+        options = IngestSettings(
             batch_size=batch_size,
             workers=workers,
             decode=decode,
             report=report,
             progress=progress,
             prune=prune,
-            image_base=image_base,
+            image_base=check_image_url(image_url),
         )
+        # the catalog first: a bad root fails before a model is built or a collection made
+        work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
+        # the model only when something is to be embedded; a checkpoint's spec needs no torch
+        recipe = EncoderRecipe(
+            backbone,
+            img_size=img_size,
+            pretrained=pretrained,
+            weights=str(weights) if weights else None,
+            device=device,
+            precision=precision,
+            compile=compile,
+        )
+        spec = recipe.spec
         index = Index(
             m=hnsw_m,
             ef_construct=ef_construct,
@@ -204,7 +205,7 @@ def run(
         with open_from(store, qdrant_url, collection) as db:
             ensure_collection(
                 db,
-                model.spec,
+                spec,
                 weights_file=str(weights) if weights else None,
                 recreate=recreate,
                 settings=index,
@@ -212,12 +213,10 @@ def run(
             )
             echo(
                 f"ingest {work.base} → {db.describe()} collection {collection!r} "
-                f"({model.spec.backbone}, weights {model.spec.weights}, {encoder.device}, "
-                f"{'bf16' if encoder.dtype else 'fp32'}, batch {options.batch_size}, "
-                f"{options.workers} workers)"
+                f"({spec.backbone}, weights {spec.weights})"
             )
             try:
-                summary = run_ingest(db, encoder, work, options)
+                summary = run_ingest(db, recipe, work, options)
             except KeyboardInterrupt:
                 typer.echo(
                     "interrupted: what was embedded is stored; rerun the same command to continue",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from embedder.catalog import bbox_of, locate, read_catalog
+from embedder.catalog import BOX, bbox_of, locate, read_catalog
 from search.schema import CHANGE, LABELS
-from search.store import Store, point_id
+from search.store import Store, point_ids
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Work:
     catalog: pd.DataFrame
     shard: tuple[int, int] | None = None
     limit: int | None = None
+    seconds: float = 0.0  # reading the catalog: the walk, the labels, the ids
 
 
 @dataclass
@@ -52,12 +55,17 @@ class Plan:
     present: int
     changed: int
     relabel: list[str] = field(default_factory=list)  # unchanged points whose image_url changes
+    gone: list[str] = field(default_factory=list)  # stored points (of this share) without a file
 
     def files(self) -> list[str]:
-        return [str(self.base / p) for p in self.todo["path"]]
+        base = str(self.base) + "/"
+        return [base + p for p in self.todo["path"]]
 
     def boxes(self) -> list[tuple[int, int, int, int] | None]:
-        return [bbox_of(r) for r in self.todo.itertuples(index=False)]
+        boxes = self.todo[BOX]
+        known = boxes.notna().all(axis=1).to_numpy()
+        values = boxes.to_numpy(dtype=np.int64, na_value=0).tolist()
+        return [tuple(v) if k else None for v, k in zip(values, known, strict=True)]
 
 
 def payload(row, image_base: str | None = None) -> dict:
@@ -73,24 +81,34 @@ def payload(row, image_base: str | None = None) -> dict:
     return out
 
 
-def in_shard(pid: str, shard: tuple[int, int]) -> bool:
-    """Whether a point id falls in share K of N: deterministic, independent of file order."""
+def shard_mask(ids: pd.Series, shard: tuple[int, int]) -> np.ndarray:
+    """Which point ids fall in share K of N (the 128-bit id modulo N is K - 1): deterministic,
+    independent of file order; computed for all ids at once (Horner's rule over the bytes)."""
     k, n = shard
-    return int(pid.replace("-", ""), 16) % n == k - 1
+    raw = np.frombuffer(bytes.fromhex("".join(ids).replace("-", "")), np.uint8).reshape(-1, 16)
+    rest = np.zeros(len(raw), np.int64)
+    for column in raw.T:
+        rest = (rest * 256 + column) % n
+    return rest == k - 1
 
 
-def shard_of(ids: pd.Series, shard: tuple[int, int]) -> pd.Series:
-    return ids.map(lambda pid: in_shard(pid, shard))
+CHANGE_PAGE = 65_536  # stored points read per call when comparing with the catalog
 
 
-def stale_ids(store: Store, keep: set[str], shard: tuple[int, int] | None = None) -> list[str]:
-    """Stored points (of this share) whose image is no longer in the catalog."""
-    return [
-        pid
-        for points in store.scroll(4096, vectors=False)
-        for pid in points.ids
-        if pid not in keep and (shard is None or in_shard(pid, shard))
-    ]
+def stored_state(store: Store, fields: list[str]) -> pd.DataFrame:
+    """Every stored point's `fields`, indexed by point id, read in large pages of the payload
+    fields alone (sizes and mtimes as nullable integers: mtimes in ns overflow a float)."""
+    ids: list[str] = []
+    values: dict[str, list] = {name: [] for name in fields}
+    if store.exists():
+        for points in store.scroll(CHANGE_PAGE, vectors=False, fields=fields):
+            ids += points.ids
+            for name in fields:
+                values[name] += [p.get(name) for p in points.payloads]
+    frame = pd.DataFrame(values, index=pd.Index(ids, dtype=object, name="id"))
+    for name in set(fields) & set(CHANGE):
+        frame[name] = pd.array(frame[name].tolist(), dtype="Int64")
+    return frame
 
 
 def read_work(
@@ -98,42 +116,44 @@ def read_work(
 ) -> Work:
     """The catalog rows this run is responsible for, with their point ids (the dataset folder
     is located once, here)."""
+    started = time.perf_counter()
     where = locate(root)
     catalog = read_catalog(where)
-    catalog["id"] = catalog["path"].map(point_id).astype("string")
+    catalog["id"] = pd.array(point_ids(catalog["path"].tolist()), dtype="string")
     if shard is not None:
-        catalog = catalog[shard_of(catalog["id"], shard)].reset_index(drop=True)
+        catalog = catalog[shard_mask(catalog["id"], shard)].reset_index(drop=True)
     if limit is not None:
         catalog = catalog.head(limit)
-    return Work(where.base, catalog, shard, limit)
+    return Work(where.base, catalog, shard, limit, time.perf_counter() - started)
 
 
 def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Plan:
-    """Compare the work with the store: unchanged stored images are skipped; with
-    `image_base`, unchanged ones whose image_url differs are listed to relabel."""
+    """Compare the work with the store, as one join on point id: unchanged stored images (same
+    size and mtime) are skipped; with `image_base`, unchanged ones whose image_url differs are
+    listed to relabel. Also lists the stored points of this share whose file is gone."""
     catalog = work.catalog
     fields = [*CHANGE, "image_url"] if image_base else list(CHANGE)
-    stored = store.retrieve(catalog["id"].tolist(), fields) if store.exists() else {}
-    keys = zip(catalog["id"], catalog["size"], catalog["mtime"], strict=True)
-    unchanged = pd.Series(
-        [
-            (p := stored.get(pid)) is not None and p.get("size") == size and p.get("mtime") == mtime
-            for pid, size, mtime in keys
-        ],
-        index=catalog.index,
-        dtype=bool,
-    )
-    changed = int(catalog["id"].isin(list(stored)).sum() - unchanged.sum())
-    relabel = [
-        pid
-        for pid in catalog.loc[unchanged, "id"]
-        if image_base and stored[pid].get("image_url") != image_url(image_base, pid)
-    ]
+    stored = stored_state(store, fields)
+    found = stored.reindex(catalog["id"].to_numpy(dtype=object))
+    present = catalog["id"].isin(stored.index).to_numpy()
+    unchanged = present.copy()
+    for name in CHANGE:
+        same = found[name].reset_index(drop=True) == catalog[name].reset_index(drop=True)
+        unchanged &= same.fillna(False).to_numpy(dtype=bool)
+    relabel: list[str] = []
+    if image_base:
+        urls = (image_base + catalog["id"].astype(object) + ".jpg").to_numpy(dtype=object)
+        stale_url = found["image_url"].to_numpy(dtype=object) != urls
+        relabel = catalog["id"].to_numpy(dtype=object)[unchanged & stale_url].tolist()
+    gone = stored.index.difference(pd.Index(catalog["id"].to_numpy(dtype=object)))
+    if work.shard is not None and len(gone):
+        gone = gone[shard_mask(pd.Series(gone), work.shard)]
     return Plan(
         work.base,
         catalog,
         catalog[~unchanged].reset_index(drop=True),
         int(unchanged.sum()),
-        changed,
+        int(present.sum() - unchanged.sum()),
         relabel,
+        gone.tolist(),
     )

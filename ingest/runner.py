@@ -8,17 +8,21 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from embedder.choices import Decode
-from embedder.inference import Encoder, embed_batches
 from embedder.spec import ModelSpec, model_difference
-from ingest.plan import Work, image_url, make_plan, payload, stale_ids
+from ingest.plan import Plan, Work, image_url, make_plan, payload
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
+
+if TYPE_CHECKING:
+    from embedder.inference import Encoder
+    from embedder.recipe import EncoderRecipe
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class Summary:
     total_seconds: float = 0.0
     report: Path | None = None
     collection_points: int = 0
+    runtime: str = ""  # where the model ran: device, precision, batch, readers
 
     @property
     def failed(self) -> int:
@@ -90,6 +95,8 @@ class Summary:
             f"{self.images_per_second:.1f} img/s embedding; stages: {stages}; "
             f"total {self.total_seconds:.1f}s; collection now holds {self.collection_points}",
         ]
+        if self.runtime:
+            out.append(f"model on {self.runtime}")
         if self.report:
             out.append(f"failed files and reasons: {self.report}")
         return out
@@ -130,10 +137,11 @@ def ensure_collection(
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """How to run an ingest. for_device() fills in a device's batch size and reader count."""
+    """How to run an ingest; batch size and readers left None take the model's device's
+    defaults (for_device, applied once the model is built)."""
 
-    batch_size: int = 32  # images per forward pass
-    workers: int = 1  # reader processes
+    batch_size: int | None = None  # images per forward pass [32 on CPU, 256 on CUDA]
+    workers: int | None = None  # reader processes [1 on CPU, up to 8 on CUDA]
     decode: Decode = Decode.cpu  # cpu: workers decode; device: JPEGs decode on the GPU
     report: str | Path = "ingest-failures.csv"  # failed files and reasons
     progress: bool = True
@@ -141,51 +149,83 @@ class IngestSettings:
     image_base: str | None = None  # image_url = BASE<point id>.jpg in every payload
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.workers < 0:
+        if (self.batch_size is not None and self.batch_size < 1) or (
+            self.workers is not None and self.workers < 0
+        ):
             raise ValueError("the batch size must be positive and the readers at least 0")
         object.__setattr__(self, "decode", Decode(self.decode))
 
-    @classmethod
-    def for_device(
-        cls, device, *, batch_size: int | None = None, workers: int | None = None, **rest
-    ) -> IngestSettings:
-        """Settings for `device` (the one place of device defaults): batch size 32 on CPU,
-        256 on CUDA; 1 reader on CPU, up to 8 on CUDA; explicit values win."""
+    def for_device(self, device) -> IngestSettings:
+        """These settings with `device`'s defaults where they were left None (the one place
+        of device defaults): batch 32 on CPU, 256 on CUDA; 1 reader on CPU, up to 8 on CUDA."""
         on_gpu = getattr(device, "type", device) == "cuda"
-        return cls(
-            batch_size=batch_size or (256 if on_gpu else 32),
-            workers=workers
-            if workers is not None
+        return replace(
+            self,
+            batch_size=self.batch_size or (256 if on_gpu else 32),
+            workers=self.workers
+            if self.workers is not None
             else (max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1),
-            **rest,
         )
 
 
 def run_ingest(
-    store: Store, encoder: Encoder, work: Work, settings: IngestSettings = IngestSettings()
+    store: Store,
+    encoder: Encoder | EncoderRecipe,
+    work: Work,
+    settings: IngestSettings = IngestSettings(),
 ) -> Summary:
     """Embed every image of `work` (ingest.plan.read_work) not already stored unchanged, and
     upsert it into `store`.
 
-    Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues where
-    the last one stopped; the collection must already exist (see ensure_collection). Stored
-    points that lack the image_url of `settings.image_base` get it without re-embedding.
+    `encoder`: an Encoder, or a recipe that builds one (embedder.recipe): only a run that has
+    something to embed builds the model (and imports torch). Point ids are uuid5(path), so a
+    rerun (after a crash, Ctrl-C or new files) continues where the last one stopped; the
+    collection must already exist (see ensure_collection). Stored points that lack the
+    image_url of `settings.image_base` get it without re-embedding.
     """
     if settings.prune and work.limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
     image_base = settings.image_base
     started = time.perf_counter()
-    summary = Summary()
+    summary = Summary(seconds={"catalog": work.seconds})
     plan = make_plan(work, store, image_base=image_base)
     if plan.relabel:
         store.set_payloads({pid: {"image_url": image_url(image_base, pid)} for pid in plan.relabel})
     if settings.prune:
-        stale = stale_ids(store, set(plan.catalog["id"]), work.shard)
-        store.delete(stale)
-        summary.pruned = len(stale)
+        store.delete(plan.gone)
+        summary.pruned = len(plan.gone)
     summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
     store.check_space(len(plan.todo))
     summary.seconds["plan"] = time.perf_counter() - started
+    if len(plan.todo):
+        _embed(store, encoder.build(), plan, settings, summary)
+    if summary.embedded or summary.pruned or not store.index_complete():
+        t0 = time.perf_counter()  # also finishes an index build that a crash interrupted
+        store.finish()
+        summary.seconds["index"] = time.perf_counter() - t0
+    summary.collection_points = store.count()
+    if summary.failures:
+        summary.report = Path(settings.report)
+        with summary.report.open("w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["path", "reason"])
+            out.writerows(summary.failures)
+    summary.total_seconds = work.seconds + time.perf_counter() - started
+    return summary
+
+
+def _embed(
+    store: Store, encoder: Encoder, plan: Plan, settings: IngestSettings, summary: Summary
+) -> None:
+    """Decode and embed the plan's images, writing each batch as it comes (read, model and
+    write times into the summary); Ctrl-C/SIGTERM stop after the batch in hand."""
+    from embedder.inference import embed_batches
+
+    settings = settings.for_device(encoder.device)
+    summary.runtime = (
+        f"{encoder.device} ({'bf16' if encoder.dtype else 'fp32'}), batch "
+        f"{settings.batch_size}, {settings.workers} reader process(es)"
+    )
     todo = plan.todo
     writer = Writer(store)
     bar = tqdm(
@@ -207,7 +247,7 @@ def run_ingest(
                     Points(
                         rows["id"].tolist(),
                         part.vectors,
-                        [payload(r, image_base) for r in rows.itertuples(index=False)],
+                        [payload(r, settings.image_base) for r in rows.itertuples(index=False)],
                     )
                 )
                 summary.failures += [
@@ -225,16 +265,3 @@ def run_ingest(
     summary.seconds.update(read=read, model=model, write=writer.seconds)
     if settings.decode is Decode.device:
         summary.seconds["decode"] = decode
-    if summary.embedded or summary.pruned or not store.index_complete():
-        t0 = time.perf_counter()  # also finishes an index build that a crash interrupted
-        store.finish()
-        summary.seconds["index"] = time.perf_counter() - t0
-    summary.collection_points = store.count()
-    if summary.failures:
-        summary.report = Path(settings.report)
-        with summary.report.open("w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["path", "reason"])
-            out.writerows(summary.failures)
-    summary.total_seconds = time.perf_counter() - started
-    return summary

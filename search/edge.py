@@ -393,8 +393,10 @@ class EdgeStore(Store):
         vectors: bool = True,
         filters: Filters | None = None,
         exclude: Sequence[str] = (),
+        fields: Sequence[str] | None = None,
     ) -> Iterator[Points]:
         shard, offset = self._open(), None
+        payload = True if fields is None else list(fields)
         while True:
             records, offset = self._engine(
                 shard.scroll,
@@ -402,7 +404,7 @@ class EdgeStore(Store):
                     offset=offset,
                     limit=batch,
                     filter=edge_filter(filters, exclude),
-                    with_payload=True,
+                    with_payload=payload,
                     with_vector=vectors,
                 ),
             )

@@ -293,8 +293,10 @@ class ServerStore(Store):
         vectors: bool = True,
         filters: Filters | None = None,
         exclude: Sequence[str] = (),
+        fields: Sequence[str] | None = None,
     ) -> Iterator[Points]:
         offset = None
+        payload = True if fields is None else list(fields)
         while True:
             records, offset = self._call(
                 "read points",
@@ -303,7 +305,7 @@ class ServerStore(Store):
                 scroll_filter=server_filter(filters, exclude),
                 limit=batch,
                 offset=offset,
-                with_payload=True,
+                with_payload=payload,
                 with_vectors=vectors,
             )
             if records:

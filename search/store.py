@@ -6,6 +6,7 @@ call; the collection's metadata is read once, when first needed, and kept with t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -59,6 +60,27 @@ def require_free_space(where: str | Path, need: int, what: str) -> None:
 def point_id(path: str) -> str:
     """Deterministic point id of an image: uuid5 of its dataset-relative path."""
     return str(uuid.uuid5(POINT_NAMESPACE, path))
+
+
+_UUID_GROUPS = ((0, 8), (9, 13), (14, 18), (19, 23), (24, 36))  # where the hex digits go
+
+
+def point_ids(paths: Sequence[str]) -> np.ndarray:
+    """point_id of every path at once (an array of str): the SHA-1 of each path as uuid5 takes
+    it, then the version and variant bits and the dashed hex for all of them in NumPy, several
+    times faster than uuid.uuid5 in a loop."""
+    namespace, sha1 = POINT_NAMESPACE.bytes, hashlib.sha1
+    digests = b"".join([sha1(namespace + p.encode()).digest()[:16] for p in paths])
+    raw = np.frombuffer(digests, np.uint8).reshape(-1, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50  # version 5
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = np.frombuffer(raw.tobytes().hex().encode(), np.uint8).reshape(-1, 32)
+    out = np.full((len(raw), 36), ord("-"), np.uint8)
+    start = 0
+    for a, b in _UUID_GROUPS:
+        out[:, a:b] = hexed[:, start : start + b - a]
+        start += b - a
+    return out.view("S36").ravel().astype(str)
 
 
 @dataclass
@@ -417,8 +439,10 @@ class Store(ABC):
         vectors: bool = True,
         filters: Filters | None = None,
         exclude: Sequence[str] = (),
+        fields: Sequence[str] | None = None,
     ) -> Iterator[Points]:
-        """Every point (that passes `filters`, less `exclude`), in id order, `batch` at a time."""
+        """Every point (that passes `filters`, less `exclude`), in id order, `batch` at a time;
+        `fields`: only these payload fields (None: all)."""
 
     @abstractmethod
     def facet(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
