@@ -56,6 +56,20 @@ class Plan:
     changed: int
     relabel: list[str] = field(default_factory=list)  # unchanged points whose image_url changes
     gone: list[str] = field(default_factory=list)  # stored points (of this share) without a file
+    stored: pd.DataFrame | None = None  # every stored point's change fields, by id, before
+
+    def state_after(self, failed: set[str], pruned: bool) -> pd.DataFrame:
+        """The stored change fields once the todo rows (but the failed paths) are written and,
+        when pruned, the gone points deleted."""
+        written = self.todo[~self.todo["path"].isin(failed)]
+        new = pd.DataFrame(
+            {name: pd.array(written[name].to_numpy(), dtype="Int64") for name in CHANGE},
+            index=pd.Index(written["id"].to_numpy(dtype=object), name="id"),
+        )
+        old = self.stored[list(CHANGE)] if self.stored is not None else new.iloc[:0]
+        if pruned:
+            old = old.drop(index=self.gone, errors="ignore")
+        return pd.concat([old.drop(index=new.index, errors="ignore"), new])
 
     def files(self) -> list[str]:
         base = str(self.base) + "/"
@@ -93,11 +107,16 @@ def shard_mask(ids: pd.Series, shard: tuple[int, int]) -> np.ndarray:
 
 
 CHANGE_PAGE = 65_536  # stored points read per call when comparing with the catalog
+STATE = "ingest-state.npz"  # the stored change fields, kept by ingest beside an embedded store
 
 
 def stored_state(store: Store, fields: list[str]) -> pd.DataFrame:
-    """Every stored point's `fields`, indexed by point id, read in large pages of the payload
-    fields alone (sizes and mtimes as nullable integers: mtimes in ns overflow a float)."""
+    """Every stored point's `fields`, indexed by point id: the change fields from the state
+    the last ingest left beside the store when it still holds (no write since, same count),
+    else read in large pages of the payload fields alone (sizes and mtimes as nullable
+    integers: mtimes in ns overflow a float)."""
+    if list(fields) == list(CHANGE) and (kept := _kept_state(store)) is not None:
+        return kept
     ids: list[str] = []
     values: dict[str, list] = {name: [] for name in fields}
     if store.exists():
@@ -109,6 +128,44 @@ def stored_state(store: Store, fields: list[str]) -> pd.DataFrame:
     for name in set(fields) & set(CHANGE):
         frame[name] = pd.array(frame[name].tolist(), dtype="Int64")
     return frame
+
+
+def _kept_state(store: Store) -> pd.DataFrame | None:
+    path = store.sidecar(STATE)
+    if path is None or not path.is_file() or not store.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, sizes, mtimes = data["ids"], data["size"], data["mtime"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if not len(ids) == len(sizes) == len(mtimes) == store.count():
+        return None
+    index = pd.Index(ids.astype(str), dtype=object, name="id")
+    return pd.DataFrame(
+        {"size": pd.array(sizes, dtype="Int64"), "mtime": pd.array(mtimes, dtype="Int64")},
+        index=index,
+    )
+
+
+def keep_state(store: Store, state: pd.DataFrame) -> None:
+    """Leave the stored change fields beside the store for the next run's plan (the store
+    deletes them at its next write); a store that cannot hold them is no error."""
+    path = store.sidecar(STATE)
+    if path is None or state[list(CHANGE)].isna().any().any() or len(state) != store.count():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            ids=state.index.to_numpy(dtype=str).astype("S36"),
+            size=state["size"].to_numpy(np.int64),
+            mtime=state["mtime"].to_numpy(np.int64),
+        )
+        tmp.replace(path)
+    except OSError as exc:
+        log.info("not keeping the ingest state beside the store: %s", exc)
 
 
 def read_work(
@@ -156,4 +213,5 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
         int(present.sum() - unchanged.sum()),
         relabel,
         gone.tolist(),
+        stored,
     )

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from embedder.choices import Decode
 from embedder.spec import ModelSpec, model_difference
-from ingest.plan import Plan, Work, image_url, make_plan, payload
+from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
@@ -204,6 +204,8 @@ def run_ingest(
         store.finish()
         summary.seconds["index"] = time.perf_counter() - t0
     summary.collection_points = store.count()
+    if not settings.image_base:  # the next plan reads this instead of every stored payload
+        keep_state(store, plan.state_after({p for p, _ in summary.failures}, settings.prune))
     if summary.failures:
         summary.report = Path(settings.report)
         with summary.report.open("w", newline="") as fh:

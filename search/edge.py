@@ -58,6 +58,7 @@ def _vector(record) -> list[float]:
 SHARD_BYTES = 200_000_000  # a new shard's memory-mapped files (WAL, storages), mostly sparse
 POINT_BYTES = 2048  # per point besides its vector: payload, indexes, WAL
 INDEX_MARKER = "index.complete"  # written after the HNSW build; removed by the next write
+SIDECARS = "sidecars"  # files derived from the points (see Store.sidecar); removed by writes
 LOCK_WAIT = 5.0  # seconds to wait for a lock left by a process that has just exited
 
 
@@ -284,10 +285,15 @@ class EdgeStore(Store):
             require_free_space(self.folder, need, f"{points:,} points")
 
     def _writing(self) -> None:
-        """Before a write: the index is no longer complete until the next finish()."""
+        """Before a write: the index is no longer complete until the next finish(), and what
+        was derived from the points is stale."""
         if self._indexed is not False:
             (self.folder / INDEX_MARKER).unlink(missing_ok=True)
+            shutil.rmtree(self.folder / SIDECARS, ignore_errors=True)
             self._indexed = False
+
+    def sidecar(self, name: str) -> Path:
+        return self.folder / SIDECARS / name
 
     def finish(self) -> None:
         shard = self._open()

@@ -321,6 +321,12 @@ class Store(ABC):
         """Before writing `points` new points: StoreError when the disk cannot hold them."""
         return None  # a server manages (and reports) its own disk
 
+    def sidecar(self, name: str) -> Path | None:
+        """A file kept beside the collection that is valid only as long as nothing is written
+        to the collection (the embedded store deletes its sidecars at every first write after a
+        finish); None where there is no such place (a server, which others may write)."""
+        return None
+
     @contextlib.contextmanager
     def replacement(self) -> Iterator[Store]:
         """A store to build a whole new version of this collection in; it takes this

@@ -74,3 +74,30 @@ def test_the_vectorised_diff_agrees_with_the_slow_one(dataset, encoder, tmp_path
         share = make_plan(read_work(dataset, shard=(1, 2)), store)
         mask = shard_mask(pd.Series([point_id(gone)]), (1, 2))[0]
         assert share.gone == ([point_id(gone)] if mask else [])
+
+
+def test_the_state_kept_beside_the_store_is_used_only_while_it_holds(
+    dataset, encoder, tmp_path, ingest_into
+):
+    from ingest.plan import STATE, stored_state
+
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+        ensure_collection(store, encoder.spec)
+        ingest_into(store, encoder, dataset, workers=0)
+        kept = store.sidecar(STATE)
+        assert kept.is_file()
+        from_file = stored_state(store, ["size", "mtime"])
+        scrolled = stored_state(store, ["size", "mtime", "image_url"])[["size", "mtime"]]
+        pd.testing.assert_frame_equal(from_file.sort_index(), scrolled.sort_index())
+        pid = from_file.index[0]
+        store.set_payloads({pid: {"size": 1}})  # any write makes the kept state stale
+        assert not kept.exists()
+        assert stored_state(store, ["size", "mtime"]).loc[pid, "size"] == 1
+        rerun = ingest_into(store, encoder, dataset, workers=0)
+        assert (rerun.embedded, rerun.changed) == (1, 1) and kept.is_file()
+        kept.write_bytes(b"not an npz")  # damaged: read from the store instead
+        plan = make_plan(read_work(dataset), store)
+        assert (len(plan.todo), plan.present) == (0, len(from_file))
+        np.savez(kept.with_name("x.npz"), ids=np.array([b"x"]), size=[1], mtime=[1])
+        kept.with_name("x.npz").replace(kept)  # another count than the store's: ignored
+        assert len(stored_state(store, ["size", "mtime"])) == len(from_file)
