@@ -10,19 +10,23 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import qdrant_edge as qe
 
-from search.schema import INDEXED
+from search.schema import GROUP, INDEXED
 from search.store import (
+    NOTHING,
+    Exclude,
     Filters,
     Hit,
     IndexSettings,
     Points,
+    QueryVector,
+    Recommend,
     SearchParams,
     Store,
     StoreError,
@@ -35,9 +39,15 @@ _RESTORE = "rebuild the collection with `ingest run --recreate` or `ingest resto
 log = logging.getLogger(__name__)
 
 
-def edge_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> qe.Filter | None:
+def edge_filter(
+    filters: Filters | None, exclude: Exclude | Collection[str] = ()
+) -> qe.Filter | None:
+    exclude = Exclude.of(exclude)
     if not filters and not exclude:
         return None
+    must_not = [qe.HasIdCondition(set(exclude.ids))] if exclude.ids else []
+    if exclude.items:
+        must_not.append(qe.FieldCondition(GROUP, match=qe.MatchAny(list(exclude.items))))
     return qe.Filter(
         must=[
             qe.FieldCondition(
@@ -46,8 +56,17 @@ def edge_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> qe.Filt
             for k, v in (filters or {}).items()
         ]
         or None,
-        must_not=[qe.HasIdCondition(set(exclude))] if exclude else None,
+        must_not=must_not or None,
     )
+
+
+def edge_query(query: QueryVector) -> qe.Query:
+    if isinstance(query, Recommend):
+        examples = qe.RecommendQuery(
+            positives=query.positive.tolist(), negatives=query.negative.tolist()
+        )
+        return qe.Query.RecommendBestScore(examples)
+    return qe.Query.Nearest(query.tolist())
 
 
 def _vector(record) -> list[float]:
@@ -365,23 +384,23 @@ class EdgeStore(Store):
 
     def _search(
         self,
-        vectors: np.ndarray,
+        queries: list[QueryVector],
         top: int,
         filters: Filters | None,
         params: SearchParams,
-        exclude: Sequence[str] = (),
+        exclude: Exclude = NOTHING,
     ) -> list[list[Hit]]:
         shard = self._open()
         engine_params, where = self.library_params(params, qe), edge_filter(filters, exclude)
         requests = [
             qe.QueryRequest(
                 limit=top,
-                query=qe.Query.Nearest(vec),
+                query=edge_query(query),
                 with_payload=True,
                 filter=where,
                 params=engine_params,
             )
-            for vec in np.asarray(vectors, np.float32).tolist()
+            for query in queries
         ]
         results = self._engine(shard.query_batch, qe.QueryBatchRequest(requests))
         return [[Hit(str(p.id), float(p.score), p.payload or {}) for p in res] for res in results]

@@ -60,7 +60,13 @@ def to_json(answers: list[Answer], group: Grouping = Grouping.none) -> str:
 
 def heading(answer: Answer, filters: dict, group: Grouping) -> str:
     what = "garments" if group is Grouping.item else "results"
-    label = f"like {answer.query}" if answer.exclude else answer.query
+    label = (
+        "like the liked photos, unlike the others"
+        if answer.query == "recommend"
+        else f"like {answer.query}"
+        if answer.exclude
+        else answer.query
+    )
     conditions = f" ({', '.join(f'{k}={v}' for k, v in filters.items())})" if filters else ""
     return f"query {label}: {len(answer.results)} {what}{conditions}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import httpx
 import numpy as np
@@ -14,14 +14,19 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from search.schema import GROUP, INDEXED
 from search.store import (
     APPROXIMATE,
+    NOTHING,
+    Exclude,
     Filters,
     Group,
     Hit,
     IndexSettings,
     Points,
+    QueryVector,
+    Recommend,
     SearchParams,
     Store,
     StoreError,
+    as_queries,
     records_to_points,
 )
 
@@ -30,9 +35,17 @@ BULK_INDEXING_THRESHOLD = 0  # no HNSW while bulk loading; built once in finish(
 INDEXING_THRESHOLD = 10_000  # KB, Qdrant's default
 
 
-def server_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> models.Filter | None:
+def server_filter(
+    filters: Filters | None, exclude: Exclude | Collection[str] = ()
+) -> models.Filter | None:
+    exclude = Exclude.of(exclude)
     if not filters and not exclude:
         return None
+    must_not: list = [models.HasIdCondition(has_id=list(exclude.ids))] if exclude.ids else []
+    if exclude.items:
+        must_not.append(
+            models.FieldCondition(key=GROUP, match=models.MatchAny(any=list(exclude.items)))
+        )
     return models.Filter(
         must=[
             models.FieldCondition(
@@ -44,8 +57,20 @@ def server_filter(filters: Filters | None, exclude: Sequence[str] = ()) -> model
             for k, v in (filters or {}).items()
         ]
         or None,
-        must_not=[models.HasIdCondition(has_id=list(exclude))] if exclude else None,
+        must_not=must_not or None,
     )
+
+
+def server_query(query: QueryVector):
+    if isinstance(query, Recommend):
+        return models.RecommendQuery(
+            recommend=models.RecommendInput(
+                positive=query.positive.tolist(),
+                negative=query.negative.tolist(),
+                strategy=models.RecommendStrategy.BEST_SCORE,
+            )
+        )
+    return query.tolist()
 
 
 def _client(url: str, api_key: str | None) -> QdrantClient:
@@ -223,18 +248,22 @@ class ServerStore(Store):
 
     def _search(
         self,
-        vectors: np.ndarray,
+        queries: list[QueryVector],
         top: int,
         filters: Filters | None,
         params: SearchParams,
-        exclude: Sequence[str] = (),
+        exclude: Exclude = NOTHING,
     ) -> list[list[Hit]]:
         engine_params, where = self._engine_params(params), server_filter(filters, exclude)
         requests = [
             models.QueryRequest(
-                query=vec, limit=top, filter=where, params=engine_params, with_payload=True
+                query=server_query(query),
+                limit=top,
+                filter=where,
+                params=engine_params,
+                with_payload=True,
             )
-            for vec in np.asarray(vectors, np.float32).tolist()
+            for query in queries
         ]
         responses = self._call(
             "search", self.client.query_batch_points, self.collection, requests=requests
@@ -245,23 +274,23 @@ class ServerStore(Store):
 
     def search_groups(
         self,
-        vectors: np.ndarray,
+        queries,
         top: int,
         filters: Filters | None = None,
         params: SearchParams = APPROXIMATE,
-        exclude: Sequence[str] = (),
+        exclude: Exclude | Collection[str] = (),
         group_size: int = 10,
     ) -> list[list[Group]]:
-        """Qdrant's own group query (group_by item_id), one request per query vector."""
+        """Qdrant's own group query (group_by item_id), one request per query."""
         engine_params = self._engine_params(params)
         out = []
-        for vec in np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist():
+        for query in as_queries(queries):
             result = self._call(
                 "search",
                 self.client.query_points_groups,
                 self.collection,
                 group_by=GROUP,
-                query=vec,
+                query=server_query(query),
                 query_filter=server_filter(filters, exclude),
                 search_params=engine_params,
                 limit=top,

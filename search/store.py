@@ -124,9 +124,53 @@ class Group:
         return self.hits[0].score
 
 
-def passes(hit: Hit, filters: Filters | None, exclude: Collection[str] = ()) -> bool:
-    """Whether a hit satisfies the filters and is not one of the excluded point ids."""
-    return hit.id not in exclude and all(
+@dataclass(frozen=True)
+class Exclude:
+    """What a search leaves out: these point ids ("more like this" leaves out the photo itself)
+    and every photo of these garments (the ones a user marked as not it)."""
+
+    ids: tuple[str, ...] = ()
+    items: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, exclude: Exclude | Collection[str]) -> Exclude:
+        """An Exclude, or point ids to leave out as one."""
+        return exclude if isinstance(exclude, Exclude) else cls(ids=tuple(exclude))
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.items)
+
+
+NOTHING = Exclude()
+
+
+@dataclass(frozen=True)
+class Recommend:
+    """A query by examples: like the `positive` vectors, unlike the `negative` ones (Qdrant's
+    best-score strategy: a candidate scores its best similarity to a positive; one closer to a
+    negative than to every positive scores below all the others)."""
+
+    positive: np.ndarray  # (p, dim), p >= 1
+    negative: np.ndarray  # (n, dim), n >= 0
+
+
+QueryVector = np.ndarray | Recommend  # a vector to find the nearest of, or examples
+
+
+def as_queries(queries) -> list[QueryVector]:
+    """Rows of a vector array, one Recommend, or a list of either, as a list of queries."""
+    if isinstance(queries, Recommend):
+        return [queries]
+    if isinstance(queries, np.ndarray):
+        return list(np.asarray(queries, np.float32).reshape(-1, queries.shape[-1]))
+    return [q if isinstance(q, Recommend) else np.asarray(q, np.float32) for q in queries]
+
+
+def passes(hit: Hit, filters: Filters | None, exclude: Exclude = NOTHING) -> bool:
+    """Whether a hit satisfies the filters and is not excluded."""
+    if hit.id in exclude.ids or (exclude.items and hit.payload.get(GROUP) in exclude.items):
+        return False
+    return all(
         hit.payload.get(k) == v if isinstance(v, str) else hit.payload.get(k) in v
         for k, v in (filters or {}).items()
     )
@@ -268,14 +312,14 @@ class Store(ABC):
 
     def search(
         self,
-        vectors: np.ndarray,
+        queries,
         top: int,
         filters: Filters | None = None,
         params: SearchParams = APPROXIMATE,
-        exclude: Sequence[str] = (),
+        exclude: Exclude | Collection[str] = (),
     ) -> list[list[Hit]]:
-        """Nearest neighbours by cosine for each row of `vectors`, best first; `exclude`: point
-        ids never returned (a stored photo's "more like this" leaves out the photo itself).
+        """For each query (a row of a vector array, or a Recommend) the best `top` points by
+        cosine, best first; `exclude`: point ids (or an Exclude) never returned.
 
         A filtered approximate search first takes the `oversample` × `top` unfiltered
         neighbours and keeps those that pass the filter: when at least `top` pass, they are
@@ -284,20 +328,19 @@ class Store(ABC):
         as a filtered search. At 226,980 points this keeps the recall of unfiltered HNSW,
         where Qdrant's filtered traversal needs a four times larger ef for the same recall.
         """
-        vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
-        exclude = tuple(exclude)
+        queries, exclude = as_queries(queries), Exclude.of(exclude)
         if not filters or params.exact or self.oversample <= 1:
-            return self._checked(self._search(vectors, top, filters, params, exclude))
-        candidates = self._search(vectors, top * self.oversample + len(exclude), None, params, ())
+            return self._checked(self._search(queries, top, filters, params, exclude))
+        wide = top * self.oversample + len(exclude.ids)
+        candidates = self._search(queries, wide, None, params, Exclude(items=exclude.items))
         results: list[list[Hit] | None] = []
         for hits in candidates:
             kept = [h for h in hits if passes(h, filters, exclude)]
             results.append(kept[:top] if len(kept) >= top else None)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
-            for i, hits in zip(
-                missing, self._search(vectors[missing], top, filters, params, exclude), strict=True
-            ):
+            rest = self._search([queries[i] for i in missing], top, filters, params, exclude)
+            for i, hits in zip(missing, rest, strict=True):
                 results[i] = hits
         return self._checked(results)
 
@@ -365,11 +408,11 @@ class Store(ABC):
 
     def search_groups(
         self,
-        vectors: np.ndarray,
+        queries,
         top: int,
         filters: Filters | None = None,
         params: SearchParams = APPROXIMATE,
-        exclude: Sequence[str] = (),
+        exclude: Exclude | Collection[str] = (),
         group_size: int = 10,
     ) -> list[list[Group]]:
         """The `top` best garments (grouped by item_id) for each query, each with up to
@@ -381,13 +424,13 @@ class Store(ABC):
         restricted to them. With exact search this is the exact
         grouped answer; the server store uses Qdrant's own group query.
         """
-        vectors = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1])
+        exclude = Exclude.of(exclude)
         total: int | None = None  # counted only when the candidates must widen
         out = []
-        for vec in vectors:
+        for query in as_queries(queries):
             limit = max(top * 4, group_size)
             while True:
-                hits = self.search(vec[None], limit, filters, params, exclude)[0]
+                hits = self.search([query], limit, filters, params, exclude)[0]
                 groups: dict[str, list[Hit]] = {}
                 for hit in hits:
                     groups.setdefault(group_key(hit), []).append(hit)
@@ -401,38 +444,38 @@ class Store(ABC):
                 limit = min(limit * 4, total)
             chosen = list(groups)[:top]
             if not exhausted:  # the chosen garments may have more photos below the candidates
-                groups = self._members(vec, chosen, filters, params, exclude)
+                groups = self._members(query, chosen, filters, params, exclude)
             out.append([Group(key, groups[key][:group_size]) for key in chosen])
             self._checked([g.hits for g in out[-1]])
         return out
 
     def _members(
         self,
-        vec: np.ndarray,
+        query: QueryVector,
         items: list[str],
         filters: Filters | None,
         params: SearchParams,
-        exclude: Sequence[str],
+        exclude: Exclude,
     ) -> dict[str, list[Hit]]:
         """Every passing photo of `items`, best first per item: one search restricted to them
         (a selective filter: Qdrant scores them all from the payload index)."""
         within = {**(filters or {}), GROUP: items}
         limit = min(self.count(within), MAX_MEMBERS)
         members: dict[str, list[Hit]] = {}
-        for hit in self._search(vec[None], max(limit, 1), within, params, exclude)[0]:
+        for hit in self._search([query], max(limit, 1), within, params, exclude)[0]:
             members.setdefault(group_key(hit), []).append(hit)
         return members
 
     @abstractmethod
     def _search(
         self,
-        vectors: np.ndarray,
+        queries: list[QueryVector],
         top: int,
         filters: Filters | None,
         params: SearchParams,
-        exclude: Sequence[str] = (),
+        exclude: Exclude = NOTHING,
     ) -> list[list[Hit]]:
-        """The store's own nearest-neighbour search, in one batch."""
+        """The store's own search (nearest neighbours or recommendations), in one batch."""
 
     @abstractmethod
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:

@@ -160,3 +160,21 @@ def test_cli_errors_are_one_line(bad_inputs, args, message):
     assert result.exit_code == 2, (argv, result.output)
     assert message in result.output and "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_search_like_several_and_unlike_one(ingested, sample_root):
+    db, _ = ingested
+    photos = sorted((sample_root / "img" / "DRESSES").rglob("shop_01.jpg"))[:3]
+    rels = [p.relative_to(sample_root).as_posix() for p in photos]
+    args = ["--like", rels[0], "--like", rels[1], "--unlike", rels[2], "--top", "5"]
+    result = runner.invoke(search_app, [*args, "--json", "--store", str(db)])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)[0]
+    paths = [r["path"] for r in answer["results"]]
+    assert len(paths) == 5 and not set(paths) & set(rels)
+    unliked_item = photos[2].parent.name
+    assert unliked_item not in {r["item_id"] for r in answer["results"]}
+    table = runner.invoke(search_app, [*args, "--store", str(db)])
+    assert table.exit_code == 0 and "like the liked photos" in table.output
+    alone = runner.invoke(search_app, ["--unlike", rels[2], "--store", str(db)])
+    assert alone.exit_code == 2 and "--unlike needs" in alone.output

@@ -214,3 +214,42 @@ def test_grouping_joins_a_garment_in_two_folders_in_both_stores(filled, split_ga
         assert folders == {consumer_folder.parent.name, shop_folder.parent.name}, kind
         answers[kind] = sorted(h.id for h in mine.hits)
     assert answers["embedded"] == answers["server"]
+
+
+def _recommend_slow(contents, positive, negative, exclude):
+    """Qdrant's best-score recommendation, the obvious way: a point scores its best cosine to a
+    positive when that beats its best cosine to a negative, else minus its best negative one."""
+    out = []
+    for pid, (_payload, vec) in contents.items():
+        if pid in exclude:
+            continue
+        best_pos = max(float(vec @ p) for p in positive)
+        best_neg = max((float(vec @ n) for n in negative), default=-np.inf)
+        out.append((best_pos if best_pos > best_neg else -best_neg, pid))
+    return [pid for _, pid in sorted(out, reverse=True)]
+
+
+def test_both_stores_recommend_alike_and_as_the_rule_says(filled, store_contents):
+    from search.store import Exclude, Recommend, SearchParams
+
+    contents = store_contents(filled["embedded"])
+    ids = sorted(contents)
+    positive = np.stack([contents[i][1] for i in ids[:2]])
+    negative = np.stack([contents[ids[2]][1]])
+    query = Recommend(positive, negative)
+    exclude = Exclude(ids=tuple(ids[:3]))
+    expected = _recommend_slow(contents, positive, negative, set(ids[:3]))[:10]
+    answers = {}
+    for kind, store in filled.items():
+        hits = store.search(query, 10, params=SearchParams(exact=True), exclude=exclude)[0]
+        answers[kind] = [h.id for h in hits]
+        assert answers[kind] == expected, kind
+        approximate = store.search(query, 10, exclude=exclude)[0]
+        assert [h.id for h in approximate][:5] == expected[:5], kind
+    disliked = contents[ids[2]][0]["item_id"]
+    for kind, store in filled.items():
+        hits = store.search(query, 20, {"category": "TOPS"}, exclude=Exclude(items=(disliked,)))[0]
+        assert hits and all(h.payload["category"] == "TOPS" for h in hits), kind
+        assert disliked not in {h.payload["item_id"] for h in hits}, kind
+        (groups,) = store.search_groups(query, 5, exclude=Exclude(items=(disliked,)))
+        assert disliked not in {g.id for g in groups}, kind
