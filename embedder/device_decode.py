@@ -29,7 +29,7 @@ from embedder.geometry import (
     resize_shape,
 )
 from embedder.spec import ModelSpec
-from embedder.transforms import eval_transform, load_image
+from embedder.transforms import IMAGE_FORMATS, check_aspect, eval_transform, load_image
 
 
 @dataclass
@@ -62,9 +62,10 @@ class JpegFiles(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:  # header only: no pixels decoded here
+                with Image.open(path, formats=IMAGE_FORMATS) as img:  # header only: no pixels
                     fmt, mode, size = img.format, img.mode, img.size
                     orientation = int(img.getexif().get(0x0112, 1))
+            check_aspect(*size)
             if fmt != "JPEG" or mode not in ("RGB", "L"):
                 pixels = self.transform(load_image(path, box, self.min_side))
                 return Item(i, pixels=pixels, path=path)

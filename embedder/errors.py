@@ -14,3 +14,12 @@ def describe_failure(exc: BaseException) -> str:
     """One short line for a file that failed: the exception's type and first line."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+class BadBox(UserError, ValueError):
+    """A box a user drew or typed that lies outside the photo or is too small to be a garment."""
+
+
+class TooThin(UserError, ValueError):
+    """A photo (or the part of it in its box) far longer than wide: resized for the model it
+    would need unbounded memory (a 40000×1 PNG is a few bytes)."""

@@ -9,35 +9,66 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from embedder.geometry import center_crop, clip_box, crop_with_margin, interpolation, resize_shape
+from embedder.errors import BadBox, TooThin
+from embedder.geometry import (
+    MIN_BOX,
+    center_crop,
+    clip_box,
+    crop_with_margin,
+    interpolation,
+    resize_shape,
+)
 from embedder.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # what ingest, search and the web app read
+MAX_ASPECT = 20  # a photo (or its box) more than this many times longer than wide is refused
+
+
+def check_aspect(width: int, height: int, what: str = "photo") -> None:
+    """Refuse a photo (or crop) so thin that resizing its short side for the model would make
+    it enormous: TooThin."""
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise TooThin(
+            f"The {what} is {width} × {height} pixels: more than {MAX_ASPECT} times longer than "
+            f"wide, which is not a garment photo."
+        )
 
 
 def load_image(
-    path, bbox: tuple[float, float, float, float] | None = None, min_side: int | None = None
+    path,
+    bbox: tuple[float, float, float, float] | None = None,
+    min_side: int | None = None,
+    strict_box: bool = False,
 ) -> Image.Image:
-    """Open an image (a path or a binary file object) as RGB, EXIF orientation applied, cropped
-    to `bbox` (x1, y1, x2, y2 in the pixels of the upright photo, as a viewer shows it).
+    """Open an image (a path or a binary file object; JPEG, PNG, WebP or BMP) as RGB, EXIF
+    orientation applied, cropped to `bbox` (x1, y1, x2, y2 in the pixels of the upright photo,
+    as a viewer shows it).
 
     The box is clipped to the photo; a box that is empty or not finite after clipping is
-    ignored (the whole photo is used) with a warning. With `min_side`, large JPEGs are decoded
-    at a reduced scale (libjpeg DCT scaling) no smaller than needed, which cuts decode time
-    several-fold on big photos.
+    ignored (the whole photo is used) with a warning, or with `strict_box` (a box a user drew)
+    refused as BadBox. A photo far longer than wide is refused (TooThin) before its pixels are
+    decoded. With `min_side`, large JPEGs are decoded at a reduced scale (libjpeg DCT scaling)
+    no smaller than needed, which cuts decode time several-fold on big photos.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a failure
-        return _load(path, bbox, min_side)
+        return _load(path, bbox, min_side, strict_box)
 
 
-def _load(path, bbox, min_side) -> Image.Image:
-    with Image.open(path) as img:
+def _load(path, bbox, min_side, strict_box: bool = False) -> Image.Image:
+    with Image.open(path, formats=IMAGE_FORMATS) as img:
         stored = img.size
+        check_aspect(*stored)
         turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
         full = (stored[1], stored[0]) if turned else stored  # the upright photo's size
         box = clip_box(bbox, *full) if bbox is not None else None
         if bbox is not None and box is None:
+            if strict_box:
+                raise BadBox(
+                    f"The box {_shown(bbox)} lies outside the {full[0]} × {full[1]} photo or is "
+                    f"smaller than {MIN_BOX} × {MIN_BOX} pixels."
+                )
             log.warning("ignoring box %s outside or degenerate for a %dx%d photo", bbox, *full)
         if min_side and img.format == "JPEG":
             side = min_side
@@ -51,6 +82,10 @@ def _load(path, bbox, min_side) -> Image.Image:
         if (crop := crop_with_margin(box, *scale, rgb.width, rgb.height)) is not None:
             rgb = rgb.crop(crop)
     return rgb
+
+
+def _shown(bbox) -> str:
+    return ",".join(f"{float(v):g}" for v in bbox)
 
 
 def _from_16bit(img: Image.Image) -> Image.Image:
@@ -71,6 +106,7 @@ class EvalTransform:
         self.filter = _PIL_FILTERS[interpolation(spec.interpolation)]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        check_aspect(*img.size, "image (or its box)")
         img = img.resize(resize_shape(*img.size, self.size, self.crop_pct), self.filter)
         left, top = center_crop(img.width, img.height, self.size)
         img = img.crop((left, top, left + self.size, top + self.size))

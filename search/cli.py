@@ -62,11 +62,18 @@ def search(
         ),
     ] = Grouping.none,
     like: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             help="More like this stored photo (a point id or a dataset path such as "
             "img/TOPS/Tees/id_00000005/shop_01.jpg) instead of query photos; the photo itself "
-            "is left out.",
+            "is left out. Repeat it to like several (Qdrant's recommendation).",
+            show_default=False,
+        ),
+    ] = None,
+    unlike: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --like: not like this stored photo; its garment is left out. Repeatable.",
             show_default=False,
         ),
     ] = None,
@@ -113,7 +120,9 @@ def search(
     The web app: `search serve --help`; the collection's accuracy: `search evaluate --help`."""
     setup_logging(verbose)
     started = time.perf_counter()
-    queries = queries or []
+    queries, like, unlike = queries or [], like or [], unlike or []
+    if unlike and not like:
+        raise typer.BadParameter("--unlike needs at least one --like")
     if bool(queries) == bool(like):
         raise typer.BadParameter("give query photo(s) or --like POINT, one of the two")
     with clean_errors():
@@ -139,11 +148,19 @@ def search(
                 traced=traced,
             ) as service,
         ):
-            answers = (
-                [service.similar(like, query)]
-                if like
-                else service.search_files(queries, query, [bbox] * len(queries) if bbox else None)
-            )
+            if len(like) == 1 and not unlike:
+                answers = [service.similar(like[0], query)]
+            elif like:
+                answers = [
+                    service.recommend(
+                        [service.resolve(p) for p in like],
+                        [service.resolve(p) for p in unlike],
+                        query,
+                    )
+                ]
+            else:
+                boxes = [bbox] * len(queries) if bbox else None
+                answers = service.search_files(queries, query, boxes)
             elapsed = time.perf_counter() - started
             if as_json:
                 echo(render.to_json(answers, query.group))
@@ -205,6 +222,31 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, help="Largest accepted upload, in MB (larger: HTTP 413).")
     ] = 20.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEARCH_API_KEY",
+            help="Ask every request for this key (Authorization: Bearer KEY, or the page's "
+            "prompt); /healthz stays open. Prefer the SEARCH_API_KEY environment variable: an "
+            "option shows in the process list. Never printed.",
+            show_default=False,
+            show_envvar=True,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name the server answers to besides localhost and --host (repeat it; "
+            "'*' for any). Others get 400: a DNS-rebinding page cannot read the server.",
+            show_default=False,
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds for a request body (a photo) to arrive.")
+    ] = 30.0,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds for a request's headers to arrive.")
+    ] = 10.0,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
     collection: Collection = DEFAULT_COLLECTION,
@@ -231,6 +273,10 @@ def serve(
                 max_upload=int(max_upload_mb * 1_000_000),
                 host=host,
                 port=port,
+                api_key=api_key or None,
+                allowed_hosts=tuple(allowed_host or ()),
+                body_timeout=body_timeout,
+                header_timeout=header_timeout,
             )
         )
 

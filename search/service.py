@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -24,11 +25,24 @@ import numpy as np
 from embedder.errors import UserError
 from embedder.geometry import Box
 from search.schema import FILTERS, GROUP, SHOWN
-from search.store import APPROXIMATE, Filters, Hit, SearchParams, Store, StoreError, point_id
+from search.store import (
+    APPROXIMATE,
+    Exclude,
+    Filters,
+    Hit,
+    Recommend,
+    SearchParams,
+    Store,
+    StoreError,
+    point_id,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_TOP = 1000
+MAX_EXAMPLES = 50  # photos a recommendation may like, and as many it may dislike
+KINDS = "a JPEG, PNG, WebP or BMP photo"
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FACETS_TTL = 30.0  # seconds: counts follow a collection that another process is filling
 
 
@@ -70,10 +84,16 @@ class Query:
     group: Grouping = Grouping.none
     group_size: int = 10  # photos listed per garment in a grouped answer
     params: SearchParams = APPROXIMATE
+    offset: int = 0  # results already shown (garments when grouped): the next page starts here
 
     def __post_init__(self) -> None:
         if not 1 <= self.top <= MAX_TOP:
             raise ValueError(f"--top must be between 1 and {MAX_TOP}, got {self.top}")
+        if not 0 <= self.offset <= MAX_TOP - self.top:
+            raise ValueError(
+                f"offset must be between 0 and {MAX_TOP} - top ({MAX_TOP - self.top}), "
+                f"got {self.offset}"
+            )
         unknown = set(self.filters) - set(FILTERS)
         if unknown:
             raise ValueError(f"unknown filter {sorted(unknown)}; use {', '.join(FILTERS)}")
@@ -84,11 +104,12 @@ class Query:
         top: int = 20,
         group: Grouping | str = Grouping.none,
         params: SearchParams = APPROXIMATE,
+        offset: int = 0,
         **filters: str | Enum | None,
     ) -> Query:
         """A query from optional filter values by field name (empty or None: no filter)."""
         chosen = {k: v.value if isinstance(v, Enum) else v for k, v in filters.items() if v}
-        return cls(top=top, filters=chosen, group=Grouping(group), params=params)
+        return cls(top=top, filters=chosen, group=Grouping(group), params=params, offset=offset)
 
 
 @dataclass(frozen=True)
@@ -121,6 +142,15 @@ class Answer:
     item_id: str | None = None  # the query photo's own garment, when it is a dataset photo
     exclude: str | None = None  # the stored photo a "more like this" left out
     seconds: dict[str, float] = field(default_factory=dict)  # model, store
+    vector: np.ndarray | None = None  # an uploaded photo's query vector
+
+
+def canonical_id(text: str) -> str:
+    """A point id as the collection writes it (lower-case hex with dashes); any other spelling
+    or length is NotFound, without echoing what was sent."""
+    if not isinstance(text, str) or not _CANONICAL.fullmatch(text):
+        raise NotFound("no stored photo with that id (ids look like 1b4e28ba-2fa1-5ad2-...)")
+    return text
 
 
 def check_filters(store: Store, filters: Filters) -> None:
@@ -170,19 +200,23 @@ def check_query_file(path: str | Path) -> Path:
 
 
 def answer_vectors(
-    store: Store, vectors: np.ndarray, query: Query, exclude: Sequence[str] = ()
+    store: Store, queries, query: Query, exclude: Exclude | Sequence[str] = ()
 ) -> list[list[Result]]:
-    """Search (or grouped search) for each vector; the one place results are ranked."""
+    """Search (or grouped search) for each query (vectors or a Recommend); the one place
+    results are ranked. A page after `query.offset` results: the same ranking, cut."""
+    first, wanted = query.offset, query.offset + query.top
     if query.group is Grouping.item:
         grouped = store.search_groups(
-            vectors, query.top, query.filters, query.params, exclude, query.group_size
+            queries, wanted, query.filters, query.params, exclude, query.group_size
         )
         return [
-            [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups, 1)]
+            [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups[first:], first + 1)]
             for groups in grouped
         ]
-    found = store.search(vectors, query.top, query.filters, query.params, exclude)
-    return [[Result(rank, h, [h]) for rank, h in enumerate(hits, 1)] for hits in found]
+    found = store.search(queries, wanted, query.filters, query.params, exclude)
+    return [
+        [Result(rank, h, [h]) for rank, h in enumerate(hits[first:], first + 1)] for hits in found
+    ]
 
 
 @contextlib.contextmanager
@@ -263,19 +297,26 @@ class SearchService:
         """One uploaded photo (bytes) → its vector; BadImage when it is not a usable image."""
         from PIL import Image, UnidentifiedImageError
 
-        from embedder.errors import describe_failure
+        from embedder.errors import BadBox, TooThin, describe_failure
         from embedder.transforms import eval_transform, load_image
 
         spec = self.encoder.spec
         try:
-            img = load_image(io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct))
+            img = load_image(
+                io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct), strict_box=True
+            )
             pixels = eval_transform(spec)(img)
+        except BadBox:
+            raise  # a bad box is the request's fault (422), not the photo's
         except UnidentifiedImageError:
-            raise BadImage("not an image (JPEG, PNG, WebP, BMP or GIF)") from None
+            raise BadImage(f"This file is not an image we can read: send {KINDS}.") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise BadImage("image has too many pixels (a decompression bomb?)") from None
+            raise BadImage("This photo has too many pixels to be read safely.") from None
+        except TooThin as exc:
+            raise BadImage(str(exc)) from None
         except Exception as exc:  # truncated, damaged, unsupported mode
-            raise BadImage(f"cannot decode the image: {describe_failure(exc)}") from None
+            log.info("refused an upload: %s", describe_failure(exc))
+            raise BadImage("We cannot decode this photo: it is damaged or cut off.") from None
         return self._check_vectors(self.encoder(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
@@ -318,7 +359,7 @@ class SearchService:
             vector = self.embed_upload(data, bbox)
         with timed(seconds, "store"):
             results = self._answer(vector, query)[0]
-        return Answer("upload", results, seconds=seconds)
+        return Answer("upload", results, seconds=seconds, vector=vector[0])
 
     def resolve(self, point: str) -> str:
         """A point id, or a dataset path (relative to the dataset or a file under it) → id."""
@@ -355,6 +396,59 @@ class SearchService:
         return Answer(
             stored["id"], results, stored.get(GROUP), exclude=stored["id"], seconds=seconds
         )
+
+    def recommend(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str],
+        query: Query,
+        vectors: Sequence[Sequence[float]] = (),
+    ) -> Answer:
+        """More like these stored photos (and these query vectors, e.g. an uploaded photo's),
+        not like those: Qdrant's recommendation (best score). The photos given are left out,
+        and so is every photo of the garments marked as not it."""
+        if not positive and not len(vectors):
+            raise ValueError("give at least one photo (or photo vector) to look like")
+        if len(positive) + len(vectors) > MAX_EXAMPLES or len(negative) > MAX_EXAMPLES:
+            raise ValueError(f"give at most {MAX_EXAMPLES} photos to look like and unlike")
+        self.check(query)
+        seconds = {"model": 0.0}
+        with timed(seconds, "store"):
+            liked, disliked = self._stored(positive), self._stored(negative)
+            dim = self.metadata["dim"]
+            extra = [self._example(v, dim) for v in vectors]
+            unlike = [v for v, _ in disliked.values()]
+            examples = Recommend(
+                np.stack([v for v, _ in liked.values()] + extra),
+                np.stack(unlike) if unlike else np.zeros((0, dim), np.float32),
+            )
+            exclude = Exclude(
+                ids=tuple(liked) + tuple(disliked),
+                items=tuple({g for _, g in disliked.values() if g}),
+            )
+            results = self._answer(examples, query, exclude)[0]
+        first = next(iter(liked), None)  # the photo a contact sheet shows as the query
+        return Answer("recommend", results, exclude=first, seconds=seconds)
+
+    def _stored(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, str | None]]:
+        """id → (stored vector, garment) for each id; NotFound for one that is not stored."""
+        ids = list(dict.fromkeys(canonical_id(i) for i in ids))
+        with self.lock:
+            vectors = self.store.vectors(ids) if ids else {}
+            garments = self.store.retrieve(ids, [GROUP]) if ids else {}
+        for pid in ids:
+            if pid not in vectors:
+                raise NotFound(f"no stored photo {pid}")
+        return {pid: (vectors[pid], garments.get(pid, {}).get(GROUP)) for pid in ids}
+
+    @staticmethod
+    def _example(vector: Sequence[float], dim: int) -> np.ndarray:
+        """A query vector given by a client: `dim` finite numbers, normalised."""
+        vec = np.asarray(vector, np.float32).reshape(-1)
+        norm = float(np.linalg.norm(vec)) if vec.size == dim else 0.0
+        if vec.size != dim or not np.isfinite(vec).all() or not norm > 0:
+            raise ValueError(f"a photo vector must be {dim} finite numbers, not all zero")
+        return vec / norm
 
     def item(self, item_id: str) -> list[Hit]:
         """Every stored photo of one garment: shop photos first, then consumer, by path."""
@@ -398,28 +492,37 @@ class SearchService:
             }
 
     def image_file(self, point: str) -> Path:
-        """The image file of a stored point, only ever below the dataset root."""
-        try:
-            pid = str(uuid.UUID(point))
-        except ValueError:
-            raise NotFound(f"no image {point!r}: images are addressed by point id") from None
+        """The image file of a stored point, only ever a regular file below the dataset root
+        once every symbolic link is followed. Messages never show the server's paths."""
+        pid = canonical_id(point)
         if self.images is None:
             raise NotFound("the collection records no dataset folder; start with --images DIR")
         with self.lock:
             rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
         if not rel:
             raise NotFound(f"no stored photo {pid}")
-        root = os.path.normpath(self.images.resolve())
-        path = os.path.normpath(os.path.join(root, rel))
         from embedder.catalog import IMAGE_SUFFIXES
 
-        if os.path.commonpath([root, path]) != root or Path(path).suffix.lower() not in (
-            IMAGE_SUFFIXES
+        outside = NotFound(f"photo {pid} is not an image below the dataset folder")
+        missing = NotFound(f"the image file of photo {pid} is missing")
+        try:
+            root = self.images.resolve(strict=True)
+            climbs_out = not (root / rel).resolve().is_relative_to(root)  # "../.." in the path
+        except (OSError, RuntimeError):
+            raise missing from None
+        if climbs_out:
+            raise outside
+        try:
+            path = (root / rel).resolve(strict=True)  # every link followed
+        except (OSError, RuntimeError):  # missing, a loop of links, no permission
+            raise missing from None
+        if (
+            not path.is_relative_to(root)  # a link that leads out of the dataset
+            or path.suffix.lower() not in IMAGE_SUFFIXES
+            or not path.is_file()
         ):
-            raise NotFound(f"photo {pid} is not an image below the dataset folder")
-        if not os.path.isfile(path):
-            raise NotFound(f"the image file of {pid} is missing under {str(self.images)!r}")
-        return Path(path)
+            raise outside
+        return path
 
     def close(self) -> None:
         """Write the traced copy of the model for faster starts, if one was built (after

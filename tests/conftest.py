@@ -231,3 +231,48 @@ def tmpfs():
             subprocess.run(["umount", "-l", str(where)])
 
     return mount
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """A context manager: `search serve ARGS` as its own process on a free port, once /healthz
+    answers; yields (base URL, the process). Stopped (and reaped) on exit."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    @contextlib.contextmanager
+    def serve(*args: str, env: dict | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            [Path(sys.executable).parent / "search", "serve", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"search serve did not start: {proc.stdout.read()}")
+                time.sleep(0.3)
+        try:
+            yield url, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    return serve

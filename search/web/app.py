@@ -10,13 +10,21 @@ from collections.abc import Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from embedder.errors import UserError
 from search.batcher import Batcher
 from search.service import SearchService
-from search.web.deps import ERRORS, Settings, answer_error, too_large
+from search.web.deps import ERRORS, Settings, answer_error
+from search.web.guard import (
+    BodyLimit,
+    KeyRequired,
+    SecurityHeaders,
+    TargetLimit,
+    protocol,
+)
 from search.web.metrics import Metrics
-from search.web.routes import api, images, pages
+from search.web.routes import api, docs, images, pages
 
 __all__ = ["Settings", "create_app", "open_service", "run"]
 log = logging.getLogger(__name__)
@@ -75,13 +83,9 @@ async def lifespan(app: FastAPI):
 
 
 async def measure(request: Request, call_next):
-    """Requests and latency per endpoint; an over-large body is refused before it is read;
-    a bug is logged and answered 500, and the server keeps serving."""
-    settings, metrics = request.app.state.settings, request.app.state.metrics
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload + 65536:
-        metrics.requests.labels("too-large", request.method, "413").inc()
-        return await answer_error(request, too_large(settings.max_upload))
+    """Requests and latency per endpoint; a bug is logged and answered 500, and the server
+    keeps serving."""
+    metrics = request.app.state.metrics
     started = time.perf_counter()
     try:
         response = await call_next(request)
@@ -95,19 +99,32 @@ async def measure(request: Request, call_next):
 
 
 def create_app(settings: Settings = Settings()) -> FastAPI:
-    """The app for `settings`; the collection and model open when it starts (its lifespan)."""
+    """The app for `settings`; the collection and model open when it starts (its lifespan).
+    Outermost first: security headers, the Host check, the body budget, the key."""
     app = FastAPI(
         title="fashion-retrieval",
         summary="Find a garment from a photo: consumer-to-shop search over a Qdrant collection.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by routes.docs from the package: works offline, same origin
+        redoc_url=None,
     )
     app.state.settings, app.state.metrics = settings, Metrics()
-    for router in (pages, api, images):
+    for router in (pages, api, images, docs):
         app.include_router(router)
     for error in ERRORS:
         app.add_exception_handler(error, answer_error)
     app.middleware("http")(measure)
+    if settings.api_key:
+        app.add_middleware(KeyRequired, key=settings.api_key)
+    body_bytes = app.state.metrics.body_bytes.inc
+    app.add_middleware(
+        BodyLimit, cap=settings.max_upload, timeout=settings.body_timeout, counted=body_bytes
+    )
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts())
+    app.add_middleware(TargetLimit)
+    app.add_middleware(SecurityHeaders)
     return app
 
 
@@ -130,7 +147,16 @@ def run(settings: Settings) -> None:
     quiet = _StartupFailure(app)
     logging.getLogger("uvicorn.error").addFilter(quiet)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            http=protocol(settings.header_timeout),
+            h11_max_incomplete_event_size=16_384,  # request line and headers
+            limit_concurrency=256,  # connections and requests at once; more get 503
+            timeout_keep_alive=5,
+        )
     finally:
         logging.getLogger("uvicorn.error").removeFilter(quiet)
     if (error := getattr(app.state, "startup_error", None)) is not None:

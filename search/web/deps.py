@@ -4,10 +4,11 @@ HTTP statuses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embedder.errors import UserError
@@ -36,6 +37,19 @@ class Settings:
     max_upload: int = DEFAULT_MAX_UPLOAD  # bytes
     host: str = "127.0.0.1"
     port: int = 8000
+    api_key: str | None = field(default=None, repr=False)  # never printed or logged
+    allowed_hosts: tuple[str, ...] = ()  # Host headers answered, besides localhost and `host`
+    body_timeout: float = 30.0  # seconds for a whole request body to arrive
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive
+
+    def hosts(self) -> list[str]:
+        """The Host names answered (any other is 400: a DNS-rebinding page cannot read a
+        server that only listens on localhost); "*" answers any."""
+        return sorted({"localhost", "127.0.0.1", "::1", "[::1]", self.host, *self.allowed_hosts})
+
+
+class Unsupported(UserError, ValueError):
+    """A stored file that is not an image the app serves (HTTP 415)."""
 
 
 class TooLarge(UserError, ValueError):
@@ -43,7 +57,7 @@ class TooLarge(UserError, ValueError):
 
 
 def too_large(limit: int) -> TooLarge:
-    return TooLarge(f"the upload is larger than {limit / 1e6:g} MB")
+    return TooLarge(f"The upload is larger than {limit / 1e6:g} MB.")
 
 
 # exception → status; the most specific class listed first wins (see status_of)
@@ -51,7 +65,9 @@ ERRORS: dict[type[Exception], int] = {
     BadImage: 400,
     NotFound: 404,
     TooLarge: 413,
+    Unsupported: 415,
     UnknownValue: 422,
+    RequestValidationError: 422,
     Busy: 503,
     StoreError: 503,
     ValueError: 422,
@@ -62,10 +78,22 @@ def status_of(exc: Exception) -> int:
     return next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
 
 
+def _invalid(exc: RequestValidationError) -> str:
+    """What was wrong with a request's parameters, in one line, without echoing them."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg"))
+    return "; ".join(parts) or "invalid request"
+
+
 async def answer_error(_request: Request, exc: Exception) -> JSONResponse:
-    """One line of detail and the status from ERRORS; never a traceback."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    body = {"detail": text}
+    """One line of detail and the status from ERRORS; never a traceback, never the input."""
+    if isinstance(exc, RequestValidationError):
+        text = _invalid(exc)
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    body = {"detail": text[:500]}
     if isinstance(exc, UnknownValue):
         body["known"] = exc.known
     return JSONResponse(body, status_code=status_of(exc))

@@ -31,6 +31,9 @@ class Metrics:
         self.store = Histogram(
             "search_store_seconds", "Store time per query.", registry=self.registry
         )
+        self.body_bytes = Counter(
+            "http_request_body_bytes", "Request body bytes read.", registry=self.registry
+        )
         self.batch = Histogram(
             "model_batch_images",
             "Images per forward pass.",

@@ -3,6 +3,7 @@ the one payload schema (search.schema)."""
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
 
@@ -35,10 +36,16 @@ class ResultOut(BaseModel):
 
 
 class SearchOut(BaseModel):
-    query: str = Field(description="'upload', or the point id of a 'more like this' search.")
+    query: str = Field(
+        description="'upload', 'recommend', or the point id of a 'more like this' search."
+    )
     query_item: str | None = Field(None, description="The query photo's garment, if stored.")
+    query_vector: list[float] | None = Field(
+        None, description="An uploaded photo's vector: send it to /api/recommend with likes."
+    )
     group: Grouping
     filters: dict[str, str]
+    offset: int = Field(0, description="Results before these (the rank of the first is +1).")
     results: list[ResultOut]
     timings_ms: dict[str, float]
 
@@ -62,8 +69,10 @@ class InfoOut(BaseModel):
     index: dict
     dataset_root: str | None
     max_upload_bytes: int
-    max_top: int = Field(description="The largest `top` a search takes.")
+    max_top: int = Field(description="The largest `top` + `offset` a search takes.")
     thumb_sizes: list[int]
+    formats: list[str] = Field(description="The photo formats a search takes.")
+    access_key: bool = Field(description="Whether the server asks for an access key.")
 
 
 def photo(hit: Hit, score: bool = True) -> dict:
@@ -84,8 +93,10 @@ def answer_out(answer: Answer, query: Query) -> JSONResponse:
         {
             "query": answer.query,
             "query_item": answer.item_id,
+            "query_vector": None if answer.vector is None else np.round(answer.vector, 6).tolist(),
             "group": query.group.value,
             "filters": dict(query.filters),
+            "offset": query.offset,
             "results": [
                 {
                     "rank": r.rank,

@@ -1,4 +1,5 @@
-"""The app's routes, one router each: the page and operations, the JSON API, the photos."""
+"""The app's routes, one router each: the page and operations, the JSON API, the photos, the
+API docs (served from the package: no CDN)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ from functools import lru_cache
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
-from search.service import MAX_TOP, BadImage, Grouping, Source
+from search.service import MAX_EXAMPLES, MAX_TOP, BadImage, Grouping, Source, canonical_id
 from search.service import Query as SearchQuery
 from search.store import Hit
-from search.web.deps import MetricsDep, ServiceDep, SettingsDep, too_large
+from search.web.deps import (
+    MetricsDep,
+    ServiceDep,
+    SettingsDep,
+    Unsupported,
+    too_large,
+)
+from search.web.guard import KEY_COOKIE, key_matches
 from search.web.models import (
     THUMB_SIZES,
     FacetsOut,
@@ -28,21 +37,41 @@ from search.web.models import (
 )
 
 Top = Annotated[int, Query(ge=1, le=MAX_TOP, description="Results (garments or photos).")]
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_TOP, description="Results already shown: the page after them.")
+]
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
+STATIC = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 pages = APIRouter()
 api = APIRouter(prefix="/api")
 images = APIRouter(prefix="/images", tags=["images"])
+docs = APIRouter(include_in_schema=False)
 
 
 # the page, health, metrics ------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _page() -> str:
-    return resources.files("search").joinpath("static/index.html").read_text(encoding="utf-8")
+@lru_cache(maxsize=16)
+def _static(name: str) -> bytes:
+    return resources.files("search").joinpath("static", name).read_bytes()
 
 
 @pages.get("/", response_class=HTMLResponse, include_in_schema=False)
 def index() -> HTMLResponse:
-    return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    """The page's script, style and icon: a fixed set of names, nothing else."""
+    suffix = os.path.splitext(name)[1]
+    if name not in ("app.js", "app.css", "favicon.svg") or suffix not in STATIC:
+        return JSONResponse({"detail": "not found"}, 404)
+    return Response(_static(name), media_type=STATIC[suffix], headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(_static("favicon.svg"), media_type=STATIC[".svg"])
 
 
 @pages.get("/healthz", tags=["operations"])
@@ -57,15 +86,43 @@ def prometheus(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class KeyIn(BaseModel):
+    key: str = Field(max_length=512)
+
+
+@pages.post("/auth", status_code=204, tags=["operations"])
+def auth(body: KeyIn, request: Request, settings: SettingsDep) -> Response:
+    """Check an access key and keep it in a cookie for the page (HttpOnly, same site)."""
+    if not settings.api_key or not key_matches(body.key, settings.api_key):
+        return JSONResponse({"detail": "That key is not right."}, 401)
+    response = Response(status_code=204)
+    response.set_cookie(
+        KEY_COOKIE,
+        body.key,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
 # the API ------------------------------------------------------------------------------------
 @api.get("/info", response_model=InfoOut, tags=["collection"])
 def info(service: ServiceDep, settings: SettingsDep) -> InfoOut:
-    """Collection size, the model that made it, index settings, the request limits."""
+    """Collection size, the model that made it, index settings, the request limits and the
+    photo formats taken. The server's paths only when the server has an access key."""
+    from embedder.transforms import IMAGE_FORMATS
+
+    about = service.info()
+    if not settings.api_key:
+        about = {**about, "store": service.store.kind, "dataset_root": None}
     return InfoOut(
-        **service.info(),
+        **about,
         max_upload_bytes=settings.max_upload,
         max_top=MAX_TOP,
         thumb_sizes=list(THUMB_SIZES),
+        formats=list(IMAGE_FORMATS),
+        access_key=bool(settings.api_key),
     )
 
 
@@ -87,29 +144,41 @@ def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return x1, y1, x2, y2
 
 
-@api.post("/search", response_model=SearchOut, tags=["search"])
+async def one_file(request: Request) -> None:
+    """A search takes exactly one photo: several `file` parts are refused, not guessed at."""
+    form = await request.form()
+    if len(form.getlist("file")) > 1:
+        raise BadImage("Send one photo at a time (the request had several files).")
+
+
+@api.post("/search", response_model=SearchOut, tags=["search"], dependencies=[Depends(one_file)])
 def search(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, ...).")],
+    file: Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or BMP.")],
     top: Annotated[int, Form(ge=1, le=MAX_TOP)] = 20,
-    category: Annotated[str | None, Form()] = None,
-    subcategory: Annotated[str | None, Form()] = None,
+    offset: Annotated[int, Form(ge=0, le=MAX_TOP)] = 0,
+    category: Annotated[str | None, Form(max_length=200)] = None,
+    subcategory: Annotated[str | None, Form(max_length=200)] = None,
     source: Annotated[Source | None, Form()] = None,
     bbox: Annotated[
-        str | None, Form(description="x1,y1,x2,y2: the garment in the photo's pixels.")
+        str | None,
+        Form(max_length=200, description="x1,y1,x2,y2: the garment in the photo's pixels."),
     ] = None,
     group: Annotated[Grouping, Form()] = Grouping.item,
 ) -> JSONResponse:
-    """Find the photos (or garments) most like an uploaded photo."""
-    query = SearchQuery.make(top, group, category=category, subcategory=subcategory, source=source)
+    """Find the photos (or garments) most like an uploaded photo. The answer carries the
+    photo's vector (`query_vector`), to send back with likes to /api/recommend."""
+    query = SearchQuery.make(
+        top, group, offset=offset, category=category, subcategory=subcategory, source=source
+    )
     box = _bbox(bbox)
     data = file.file.read(settings.max_upload + 1)
     if len(data) > settings.max_upload:
         raise too_large(settings.max_upload)
     if not data:
-        raise BadImage("the upload is empty")
+        raise BadImage("The upload is empty: choose a photo.")
     answer = service.search_upload(data, query, box)
     metrics.observe(answer)
     return answer_out(answer, query)
@@ -121,14 +190,55 @@ def similar(
     metrics: MetricsDep,
     point_id: str,
     top: Top = 20,
-    category: str | None = None,
-    subcategory: str | None = None,
+    offset: Offset = 0,
+    category: Annotated[str | None, Query(max_length=200)] = None,
+    subcategory: Annotated[str | None, Query(max_length=200)] = None,
     source: Source | None = None,
     group: Grouping = Grouping.item,
 ) -> JSONResponse:
     """More like this stored photo (itself left out), with the same filters and grouping."""
-    query = SearchQuery.make(top, group, category=category, subcategory=subcategory, source=source)
-    answer = service.similar(point_id, query)
+    query = SearchQuery.make(
+        top, group, offset=offset, category=category, subcategory=subcategory, source=source
+    )
+    answer = service.similar(canonical_id(point_id), query)
+    metrics.observe(answer)
+    return answer_out(answer, query)
+
+
+PointId = Annotated[str, Field(max_length=36)]
+
+
+class RecommendIn(BaseModel):
+    """More like these, not like those."""
+
+    positive: list[PointId] = Field([], max_length=MAX_EXAMPLES, description="Liked photos.")
+    negative: list[PointId] = Field(
+        [], max_length=MAX_EXAMPLES, description="Photos that are not it: their garments go."
+    )
+    vectors: list[list[float]] = Field(
+        [], max_length=4, description="Query vectors to like too: an upload's query_vector."
+    )
+    top: int = Field(20, ge=1, le=MAX_TOP)
+    offset: int = Field(0, ge=0, le=MAX_TOP)
+    category: str | None = Field(None, max_length=200)
+    subcategory: str | None = Field(None, max_length=200)
+    source: Source | None = None
+    group: Grouping = Grouping.item
+
+
+@api.post("/recommend", response_model=SearchOut, tags=["search"])
+def recommend(service: ServiceDep, metrics: MetricsDep, body: RecommendIn) -> JSONResponse:
+    """Qdrant's recommendation (best score) from liked and disliked photos, with the same
+    filters, grouping and paging as a search."""
+    query = SearchQuery.make(
+        body.top,
+        body.group,
+        offset=body.offset,
+        category=body.category,
+        subcategory=body.subcategory,
+        source=body.source,
+    )
+    answer = service.recommend(body.positive, body.negative, query, body.vectors)
     metrics.observe(answer)
     return answer_out(answer, query)
 
@@ -136,12 +246,12 @@ def similar(
 @api.get("/points/{point_id}", response_model=Photo, tags=["collection"])
 def point(service: ServiceDep, point_id: str) -> Photo:
     """One stored photo's payload."""
-    stored = service.point(point_id)
+    stored = service.point(canonical_id(point_id))
     return Photo(**photo(Hit(stored["id"], 1.0, stored), score=False))
 
 
 @api.get("/items/{item_id}", response_model=ItemOut, tags=["collection"])
-def item(service: ServiceDep, item_id: str) -> ItemOut:
+def item(service: ServiceDep, item_id: Annotated[str, Path(max_length=200)]) -> ItemOut:
     """Every stored photo of one garment, shop photos first."""
     return ItemOut(item_id=item_id, photos=[photo(h, score=False) for h in service.item(item_id)])
 
@@ -155,29 +265,67 @@ def image(
         int | None, Query(description=f"Thumbnail: longest side, one of {THUMB_SIZES}.")
     ] = None,
 ) -> Response:
-    """A stored photo, by point id only (never by path), or a JPEG thumbnail of it."""
+    """A stored photo, by point id only (never by path), or a JPEG thumbnail of it. Only a
+    regular file below the dataset folder once links are followed, and only an image."""
     if size is not None and size not in THUMB_SIZES:
         raise ValueError(f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
     path = service.image_file(point_id)
-    headers = {"Cache-Control": "public, max-age=86400"}
-    if size is None:
-        return FileResponse(path, headers=headers)
     stat = os.stat(path)
-    return Response(
-        _thumbnail(str(path), size, stat.st_mtime_ns, stat.st_size),
-        media_type="image/jpeg",
-        headers=headers,
-    )
+    data, kind = _photo(str(path), size, stat.st_mtime_ns, stat.st_size)
+    return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
 
 
 @lru_cache(maxsize=4096)
-def _thumbnail(path: str, size: int, _mtime: int, _bytes: int) -> bytes:
-    from PIL import Image, ImageOps
+def _photo(path: str, size: int | None, _mtime: int, _bytes: int) -> tuple[bytes, str]:
+    """(bytes, media type) of a photo file, or of its JPEG thumbnail; Unsupported when the file
+    is not an image of a served format."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        img.thumbnail((size, size))
-        out = io.BytesIO()
-        img.save(out, "JPEG", quality=85)
-    return out.getvalue()
+    from embedder.transforms import IMAGE_FORMATS
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            kind = MEDIA_TYPES[img.format]
+            if size is None:
+                img.verify()
+                return data, kind
+            img.draft("RGB", (size, size))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.save(out, "JPEG", quality=85)
+            return out.getvalue(), "image/jpeg"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise Unsupported("The stored file of this photo is not an image.") from None
+
+
+# the API docs, from the package -------------------------------------------------------------
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fashion-retrieval API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/start.js"></script></body></html>"""
+START = b'SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});'
+
+
+@docs.get("/docs", response_class=HTMLResponse)
+def api_docs() -> HTMLResponse:
+    """Swagger UI, every file served by this app (works offline; the CSP allows only it)."""
+    return HTMLResponse(DOCS_PAGE)
+
+
+@docs.get("/docs/assets/{name}")
+def docs_asset(name: str) -> Response:
+    if name == "start.js":
+        return Response(START, media_type="text/javascript")
+    if name not in ("swagger-ui.css", "swagger-ui-bundle.js"):
+        return JSONResponse({"detail": "not found"}, 404)
+    data = resources.files("fastapi_offline").joinpath("static", name).read_bytes()
+    return Response(
+        data,
+        media_type=STATIC[os.path.splitext(name)[1]],
+        headers={"Cache-Control": "public, max-age=86400"},
+    )

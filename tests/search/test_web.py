@@ -1,6 +1,7 @@
 """The web API on a real collection (ingested from the sample with the tiny model)."""
 
 import io
+import json
 import threading
 import uuid
 
@@ -16,7 +17,7 @@ from search.web import Settings, create_app
 def served(sample_root, tmp_path_factory, ingest_tiny):
     db = tmp_path_factory.mktemp("web") / "qdrant_data"
     assert ingest_tiny(sample_root, str(db)).exit_code == 0
-    settings = Settings(store=str(db), max_upload=300_000)
+    settings = Settings(store=str(db), max_upload=300_000, allowed_hosts=("testserver",))
     with TestClient(create_app(settings)) as client:
         yield client, client.app.state.service
 
@@ -280,3 +281,81 @@ def test_a_garment_in_two_folders_is_one_garment(client, served, sample_root, sp
     upload = _post(client, (sample_root / consumer).read_bytes(), top=100, group="item").json()
     mine = next(r for r in upload["results"] if r["photo"]["item_id"] == item)
     assert {p["path"] for p in mine["photos"]} == on_disk and mine["matches"] == len(on_disk)
+
+
+def _items(body) -> list[str]:
+    return [r["photo"]["item_id"] for r in body["results"]]
+
+
+def test_likes_and_dislikes_change_the_results_and_drop_the_disliked_garment(client, sample_root):
+    path, _ = _consumer(sample_root)
+    first = _post(client, path.read_bytes(), top=6, source="").json()
+    ids = [r["photo"]["id"] for r in first["results"]]
+    garments = _items(first)
+    body = {
+        "positive": ids[1:3],
+        "negative": [ids[3]],
+        "vectors": [first["query_vector"]],
+        "top": 6,
+    }
+    answer = client.post("/api/recommend", json=body)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["query"] == "recommend" and found["results"]
+    shown = {p["id"] for r in found["results"] for p in r["photos"]}
+    assert not shown & set(ids[1:4])  # the examples themselves are left out
+    assert garments[3] not in _items(found)  # and so is the garment marked as not it
+    assert [r["photo"]["id"] for r in found["results"]] != ids
+    assert len(first["query_vector"]) == client.get("/api/info").json()["model"]["dim"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"positive": []}, 422),
+        ({"positive": [str(uuid.uuid4())]}, 404),
+        ({"positive": ["not-an-id"]}, 404),
+        ({"vectors": [[0.0, 1.0]]}, 422),
+        ('{"vectors": [[' + ", ".join(["NaN"] * 512) + "]]}", 422),
+        ({"positive": [str(uuid.uuid4())] * 60}, 422),
+    ],
+)
+def test_bad_recommendations_get_a_status(client, body, status):
+    if isinstance(body, str):  # JSON that Python's encoder will not write (NaN)
+        response = client.post(
+            "/api/recommend", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        response = client.post("/api/recommend", json=body)
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text and "input" not in response.json()
+
+
+@pytest.mark.parametrize("group", ["item", "none"])
+def test_show_more_continues_the_ranking_without_repeats(client, sample_root, group):
+    data = _consumer(sample_root)[0].read_bytes()
+    whole = _post(client, data, top=12, group=group, source="").json()
+    first = _post(client, data, top=6, group=group, source="").json()
+    more = _post(client, data, top=6, offset=6, group=group, source="").json()
+    key = (lambda r: r["photo"]["item_id"]) if group == "item" else (lambda r: r["photo"]["id"])
+    assert [key(r) for r in first["results"] + more["results"]] == [
+        key(r) for r in whole["results"]
+    ]
+    assert not {key(r) for r in first["results"]} & {key(r) for r in more["results"]}
+    assert [r["rank"] for r in more["results"]] == list(range(7, 7 + len(more["results"])))
+    assert more["offset"] == 6
+    assert _post(client, data, top=600, offset=600).status_code == 422  # past MAX_TOP
+
+
+def test_an_unknown_filter_value_lists_the_known_ones(client, sample_root):
+    data = _consumer(sample_root)[0].read_bytes()
+    body = _post(client, data, category="SHOES").json()
+    assert body["known"] == ["DRESSES", "TOPS", "TROUSERS"]
+
+
+def test_info_names_no_server_paths_without_a_key(client, served):
+    info = client.get("/api/info").json()
+    text = json.dumps(info)
+    assert str(served[1].images) not in text and "qdrant_data" not in text
+    assert info["store"] == "embedded" and info["dataset_root"] is None
+    assert info["formats"] == ["JPEG", "PNG", "WEBP", "BMP"] and info["access_key"] is False
