@@ -36,7 +36,7 @@ def reference(model, files: list[Path]) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for path in files:
-            x = (tf(load_image(path)).unsqueeze(0).float() / 255 - mean) / std
+            x = (torch.from_numpy(tf(load_image(path))).unsqueeze(0).float() / 255 - mean) / std
             model(x)
     return len(files) / (time.perf_counter() - started)
 
@@ -44,7 +44,7 @@ def reference(model, files: list[Path]) -> float:
 def bare(encoder: Encoder, files: list[Path], batch: int) -> float:
     """The model alone on pre-decoded uint8 batches: the ceiling for the pipeline."""
     tf = eval_transform(encoder.spec)
-    pixels = torch.stack([tf(load_image(p)) for p in files])
+    pixels = torch.from_numpy(np.stack([tf(load_image(p)) for p in files]))
     encoder(pixels[:batch])  # warm-up
     started = time.perf_counter()
     for start in range(0, len(pixels), batch):

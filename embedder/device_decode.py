@@ -67,7 +67,7 @@ class JpegFiles(Dataset):
                     orientation = int(img.getexif().get(0x0112, 1))
             check_aspect(*size)
             if fmt != "JPEG" or mode not in ("RGB", "L"):
-                pixels = self.transform(load_image(path, box, self.min_side))
+                pixels = torch.from_numpy(self.transform(load_image(path, box, self.min_side)))
                 return Item(i, pixels=pixels, path=path)
             data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
             return Item(i, data=data, box=box, orientation=orientation, size=size, path=path)
@@ -149,7 +149,7 @@ def decode_batch(items: list[Item], spec: ModelSpec, device: torch.device):
         img = decoded[it.index]
         try:
             if img is None:  # the device decoder refused it: the CPU path decides
-                img = eval_transform(spec)(load_image(it.path, it.box)).to(device)
+                img = torch.from_numpy(eval_transform(spec)(load_image(it.path, it.box))).to(device)
                 pixels.append(img)
             else:
                 pixels.append(prepare(img, it, spec))

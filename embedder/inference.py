@@ -1,4 +1,8 @@
-"""The one batch loop that turns image files into vectors, for ingest, evaluation and search."""
+"""The one batch loop that turns image files into vectors, for ingest, evaluation and search.
+
+The loop and its reader need no torch: with reader processes the reading goes through torch's
+DataLoader, without them it runs in this process, so that an exported model (embedder.runtime)
+answers a query with Pillow, NumPy and its runtime alone."""
 
 from __future__ import annotations
 
@@ -7,28 +11,28 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from embedder.choices import Decode, Precision
-from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.errors import describe_failure
 from embedder.geometry import Box
 from embedder.spec import ModelSpec
-from embedder.transforms import eval_transform, load_image, normalize
+from embedder.transforms import eval_transform, load_image
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
-class ImageFiles(Dataset):
-    """Reader: file i → (i, uint8 tensor, "") or (i, None, reason) when it cannot be decoded."""
+class ImageFiles:
+    """Reader: file i → (i, uint8 CHW array, "") or (i, None, reason) when it cannot be
+    decoded (a map-style dataset for torch's DataLoader, or read in order in-process)."""
 
     def __init__(
         self, paths: Sequence[str | Path], boxes: Sequence[Box | None] | None, spec: ModelSpec
@@ -50,17 +54,22 @@ class ImageFiles(Dataset):
 
 @dataclass
 class Batch:
-    """A decoded batch: positions in the input, uint8 NCHW pixels, and the files that failed."""
+    """A decoded batch: positions in the input, uint8 NCHW pixels (an array, or a tensor for a
+    GPU's pinned copies), and the files that failed."""
 
     index: list[int]
-    pixels: torch.Tensor | None
+    pixels: np.ndarray | torch.Tensor | None
     failed: list[tuple[int, str]] = field(default_factory=list)
 
 
-def collate(samples) -> Batch:
+def collate(samples, as_tensor: bool = False) -> Batch:
     good = [(i, t) for i, t, _ in samples if t is not None]
     failed = [(i, reason) for i, t, reason in samples if t is None]
-    pixels = torch.stack([t for _, t in good]) if good else None
+    pixels = np.stack([t for _, t in good]) if good else None
+    if as_tensor and pixels is not None:
+        import torch
+
+        pixels = torch.from_numpy(pixels)
     return Batch([i for i, _ in good], pixels, failed)
 
 
@@ -93,6 +102,10 @@ class Encoder:
         2 CPU cores, then ~1.3x faster); batches are padded to the first batch's size so that
         a short last batch does not compile again.
         """
+        import torch
+
+        from embedder.device import autocast_dtype, resolve_device
+
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.spec = spec or model.spec
@@ -109,18 +122,25 @@ class Encoder:
         """An encoder is its own recipe (see embedder.recipe): already built."""
         return self
 
-    @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+    def __call__(self, pixels) -> np.ndarray:
+        """uint8 NCHW pixels (an array or a tensor) → L2-normalised float32 vectors."""
+        import torch
+
+        from embedder.device import autocast
+        from embedder.transforms import normalize
+
+        pixels = torch.as_tensor(pixels)
         n = len(pixels)
         if self.compile and self.compiled_batch is None:
             self.compiled_batch = n
         if self.compiled_batch and n < self.compiled_batch:  # pad: no second compilation
             pad = pixels.new_zeros((self.compiled_batch - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
-        x = normalize(pixels, self.spec, self.device)
-        with autocast(self.device, self.dtype):
-            out = self.model(x)
-        return out[:n].float().cpu().numpy()
+        with torch.inference_mode():
+            x = normalize(pixels, self.spec, self.device)
+            with autocast(self.device, self.dtype):
+                out = self.model(x)
+            return out[:n].float().cpu().numpy()
 
 
 def die_with_parent(_worker: int = 0) -> None:
@@ -146,14 +166,22 @@ def loader(
     workers: int,
     pin_memory: bool = False,
     decode: Decode = Decode.cpu,
-) -> DataLoader:
-    """Reader: workers decode to uint8 pixels (cpu), or read JPEG bytes (device decode)."""
+):
+    """Reader: workers decode to uint8 pixels (cpu), or read JPEG bytes (device decode); with
+    no workers and CPU decode, batches read in this process (no torch)."""
     if decode is Decode.device:
         from embedder.device_decode import JpegFiles, collate_items
 
         data, collate_fn = JpegFiles(paths, boxes, spec), collate_items
     else:
-        data, collate_fn = ImageFiles(paths, boxes, spec), collate
+        data, collate_fn = ImageFiles(paths, boxes, spec), partial(collate, as_tensor=pin_memory)
+        if workers == 0:
+            return (
+                collate_fn([data[i] for i in range(start, min(start + batch_size, len(data)))])
+                for start in range(0, len(data), batch_size)
+            )
+    from torch.utils.data import DataLoader
+
     return DataLoader(
         data,
         batch_size=batch_size,
@@ -180,7 +208,7 @@ def embed_batches(
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     decode = Decode(decode)
-    pin = encoder.device.type == "cuda"
+    pin = getattr(encoder.device, "type", encoder.device) == "cuda"
     batches = iter(
         loader(
             paths,

@@ -1,12 +1,13 @@
-"""Image loading and preprocessing: decode, crop to bbox, resize to uint8; normalise on device."""
+"""Image loading and preprocessing: decode, crop to bbox, resize to uint8 CHW arrays (Pillow and
+NumPy only: the query path of an exported model never imports torch); normalise on device."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from embedder.errors import BadBox, TooThin
@@ -19,6 +20,9 @@ from embedder.geometry import (
     resize_shape,
 )
 from embedder.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # what ingest, search and the web app read
@@ -97,20 +101,21 @@ _PIL_FILTERS = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "bilinear": 
 
 
 class EvalTransform:
-    """timm-style eval preprocessing to a uint8 CHW tensor: resize the shorter side to
+    """timm-style eval preprocessing to a uint8 CHW array: resize the shorter side to
     img_size / crop_pct, centre crop img_size. Pure PIL (pixel-identical to torchvision's
-    Resize + CenterCrop + PILToTensor on PIL images) so that search never imports torchvision."""
+    Resize + CenterCrop + PILToTensor on PIL images) so that search never imports torchvision,
+    and with an exported model not torch either."""
 
     def __init__(self, spec: ModelSpec):
         self.size, self.crop_pct = spec.img_size, spec.crop_pct
         self.filter = _PIL_FILTERS[interpolation(spec.interpolation)]
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image) -> np.ndarray:
         check_aspect(*img.size, "image (or its box)")
         img = img.resize(resize_shape(*img.size, self.size, self.crop_pct), self.filter)
         left, top = center_crop(img.width, img.height, self.size)
         img = img.crop((left, top, left + self.size, top + self.size))
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def eval_transform(spec: ModelSpec) -> EvalTransform:
@@ -140,9 +145,11 @@ def train_transform(spec: ModelSpec, strong: bool):
     return v2.Compose([*ops, v2.PILToTensor()])
 
 
-def normalize(batch: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    """uint8 NCHW batch → normalised float32 on `device`, channels_last."""
-    batch = batch.to(device, non_blocking=True).float().div_(255)
+def normalize(batch, spec: ModelSpec, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW batch (tensor or array) → normalised float32 on `device`, channels_last."""
+    import torch
+
+    batch = torch.as_tensor(batch).to(device, non_blocking=True).float().div_(255)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)

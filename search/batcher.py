@@ -71,8 +71,6 @@ class Batcher:
 
     def _lead(self) -> None:
         """Run one batch of the waiting requests (called holding the condition's lock)."""
-        import torch
-
         batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
         self._running += 1
         self._cond.release()
@@ -80,7 +78,7 @@ class Batcher:
             sizes = [len(r.pixels) for r in batch]
             t0 = time.perf_counter()
             try:
-                out = self.forward(torch.cat([r.pixels for r in batch]))
+                out = self.forward(np.concatenate([r.pixels for r in batch]))
             except BaseException as exc:  # every request of the batch gets the error
                 for r in batch:
                     r.error = exc

@@ -277,10 +277,8 @@ class SearchService:
 
     def warm(self) -> None:
         """Run the model once, so the first real query is not the slow one."""
-        import torch
-
         size = self.encoder.spec.img_size
-        self.encoder(torch.zeros((1, 3, size, size), dtype=torch.uint8))
+        self.encoder(np.zeros((1, 3, size, size), np.uint8))
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         if not np.isfinite(vectors).all():

@@ -97,6 +97,6 @@ def test_eval_transform_matches_torchvision(sample_root, name):
     )
     for path in sorted(sample_root.rglob("*.jpg"))[:4]:
         img = load_image(path)
-        ours = eval_transform(spec)(img)
-        assert ours.dtype == torch.uint8 and ours.shape == (3, spec.img_size, spec.img_size)
-        assert torch.equal(ours, reference(img))
+        ours = eval_transform(spec)(img)  # a NumPy array: no torch on the query path
+        assert ours.dtype == np.uint8 and ours.shape == (3, spec.img_size, spec.img_size)
+        assert torch.equal(torch.from_numpy(ours), reference(img))
