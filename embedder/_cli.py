@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from embedder.choices import Precision as PrecisionChoice
+from embedder.choices import Runtime as RuntimeChoice
 from embedder.errors import UserError
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
@@ -35,7 +36,22 @@ Ks = Annotated[TopKs, typer.Option("--k", parser=parse_ks, metavar="K,K,...", he
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")]
 Precision = Annotated[
     PrecisionChoice,
-    typer.Option(help="auto: bf16 autocast where the CPU/GPU has native bf16, else fp32."),
+    typer.Option(help="auto: bf16 where the CPU/GPU has native bf16, else fp32."),
+]
+Runtime = Annotated[
+    RuntimeChoice,
+    typer.Option(
+        help="What runs the model: torch, or the exported model on OpenVINO (no torch once it is "
+        "cached); auto: OpenVINO on a CPU, torch on a GPU."
+    ),
+]
+Int8 = Annotated[
+    bool,
+    typer.Option(
+        "--int8",
+        help="OpenVINO's int8 model: quantised once on your photos, kept only if it finds what "
+        "fp32 finds (see `embedder export --int8`).",
+    ),
 ]
 
 

@@ -40,3 +40,12 @@ class Decode(Choice):
 class MapMethod(Choice):
     pca = "pca"
     tsne = "tsne"
+
+
+class Runtime(Choice):
+    """What runs the model: torch, or the exported model on OpenVINO (CPU); auto: OpenVINO on
+    a CPU, torch on a GPU."""
+
+    auto = "auto"
+    torch = "torch"
+    openvino = "openvino"

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Device, Ks, Precision, Verbose, clean_errors, echo, setup_logging
+from embedder._cli import (
+    Device,
+    Int8,
+    Ks,
+    Precision,
+    Runtime,
+    Verbose,
+    clean_errors,
+    echo,
+    setup_logging,
+)
 from embedder.choices import MapMethod, Mode
 
 app = typer.Typer(
@@ -152,6 +162,8 @@ def evaluate(
     workers: Annotated[int, typer.Option(min=0)] = 1,
     device: Device = "auto",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
+    int8: Int8 = False,
     verbose: Verbose = False,
 ) -> None:
     """Consumer-to-shop retrieval: queries are the split's consumer photos, the gallery its shop
@@ -161,33 +173,24 @@ def evaluate(
     ks = tuple(k)
     with clean_errors():
         from embedder.evaluate import evaluate_models
-        from embedder.model import build_model
         from embedder.plots import embedding_map as draw_map
         from embedder.plots import topk_curve
+        from embedder.recipe import EncoderRecipe
 
         backbones = [n for names in backbone or [] for n in names.split(",") if n]
         if (weights is None) == (not backbones):
             raise ValueError("give either --weights or --backbone")
+        how = dict(device=device, precision=precision, runtime=runtime, int8=int8, calibration=root)
         if weights:
-            models = [(str(weights), lambda: build_model(weights=str(weights)))]
+            models = [(str(weights), EncoderRecipe(weights=str(weights), **how))]
         else:
             models = [
-                (
-                    name,
-                    lambda name=name: build_model(name, img_size=img_size, pretrained=pretrained),
-                )
+                (name, EncoderRecipe(name, img_size=img_size, pretrained=pretrained, **how))
                 for name in backbones
             ]
         reports, evaluated = {}, []
         for ev in evaluate_models(
-            models,
-            root,
-            split=split,
-            ks=ks,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            precision=precision,
+            models, root, split=split, ks=ks, batch_size=batch_size, workers=workers
         ):
             reports[ev.name] = ev.report
             evaluated.append(ev)
@@ -237,21 +240,59 @@ def project(
         projected = with_projection(model, mean, matrix, whiten)
         spec = save_checkpoint(projected, out, projection_of=str(weights))
         before_after = [
-            (f"{model.spec.out_dim}-d", lambda: model),
-            (f"{dim}-d {'whitened' if whiten else 'PCA'}", lambda: projected),
+            (f"{model.spec.out_dim}-d", encoder),
+            (f"{dim}-d {'whitened' if whiten else 'PCA'}", Encoder(projected, device, precision)),
         ]
-        for ev in evaluate_models(
-            before_after,
-            root,
-            split=split,
-            ks=ks,
-            workers=workers,
-            device=device,
-            precision=precision,
-        ):
+        for ev in evaluate_models(before_after, root, split=split, ks=ks, workers=workers):
             overall = ev.report.overall.items()
             echo(f"{ev.name}: " + ", ".join(f"top-{k} {v:.3f}" for k, v in overall))
         echo(f"wrote {out} ({spec.backbone}, {dim}-d, weights {spec.weights})")
+
+
+@app.command()
+def export(
+    weights: Annotated[Path, typer.Option(help="The checkpoint to export.")],
+    int8: Int8 = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --int8: a folder of your own photos (a few hundred are read); a dataset "
+            "folder with Eval/ also checks top-1 and top-20 accuracy against fp32."
+        ),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Export a checkpoint's model to OpenVINO for plain CPUs (normalisation built in, uint8
+    pixels in), once, into the model cache where `search`, `search serve`, `ingest run` and
+    `embedder evaluate` find it (FASHION_RETRIEVAL_CACHE moves it, e.g. into a Docker image).
+    With --int8, also the int8 model, kept only if it finds what fp32 finds."""
+    setup_logging(verbose)
+    with clean_errors():
+        import json
+        import time
+
+        from embedder.recipe import EncoderRecipe
+
+        if int8 and calibration is None:
+            raise ValueError("--int8 needs --calibration DIR: photos of your own data")
+        started = time.perf_counter()
+        recipe = EncoderRecipe(
+            weights=str(weights),
+            runtime="openvino",
+            int8=int8,
+            calibration=str(calibration) if calibration else None,
+        )
+        encoder = recipe.build()
+        spec = encoder.spec
+        echo(
+            f"{spec.backbone} (weights {spec.weights}) for OpenVINO, "
+            f"{'int8' if int8 else 'fp32'}: {encoder.path} "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
+        info_file = encoder.path.with_suffix(".json")
+        if int8 and info_file.is_file():
+            figures = {k: v for k, v in json.loads(info_file.read_text()).items() if k != "spec"}
+            echo("int8 check: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 @app.command()

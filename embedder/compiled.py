@@ -16,17 +16,11 @@ from pathlib import Path
 import torch
 
 from embedder.device import autocast
+from embedder.runtime import cache_dir
 from embedder.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 TOLERANCE = 2e-2  # bf16 traces differ from eager by rounding only
-
-
-def cache_dir() -> Path:
-    if env := os.environ.get("FASHION_RETRIEVAL_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fashion-retrieval" / "traced"
 
 
 def cache_path(spec: ModelSpec, dtype: torch.dtype | None) -> Path:

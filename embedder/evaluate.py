@@ -183,23 +183,20 @@ class Evaluation:
 
 
 def evaluate_models(
-    models: Sequence[tuple[str, Callable]],
+    models: Sequence[tuple[str, object]],
     root: str | Path,
     *,
     split: str = "test",
     ks: Sequence[int] = DEFAULT_KS,
     batch_size: int = 64,
     workers: int = 1,
-    device: str = "auto",
-    precision: str = "auto",
 ) -> Iterator[Evaluation]:
-    """`embedder evaluate`'s service: each (name, model builder) evaluated on the same split,
-    one at a time (one model in memory), yielded as it finishes."""
-    from embedder.inference import Encoder
-
+    """`embedder evaluate`'s service: each (name, encoder recipe) evaluated on the same split,
+    one at a time (one model in memory), yielded as it finishes. A recipe is anything whose
+    build() gives an encoder: an EncoderRecipe (torch or OpenVINO) or an Encoder itself."""
     sets = split_sets(root, split)
-    for name, build in models:
-        encoder = Encoder(build(), device, precision)
+    for name, recipe in models:
+        encoder = recipe.build()
         report, vectors = evaluate(
             encoder, root, split=split, ks=ks, batch_size=batch_size, workers=workers, sets=sets
         )

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Device, Precision, Verbose, clean_errors, echo, setup_logging
+from embedder._cli import (
+    Device,
+    Int8,
+    Precision,
+    Runtime,
+    Verbose,
+    clean_errors,
+    echo,
+    setup_logging,
+)
 from embedder.choices import Decode
 from search.options import Collection, QdrantUrl, StoreDir, open_from
 from search.schema import DEFAULT_COLLECTION
@@ -145,6 +154,12 @@ def run(
     collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
+    int8: Int8 = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="With --int8: photos to calibrate on [default: a sample of ROOT]."),
+    ] = None,
     decode: Annotated[
         Decode,
         typer.Option(
@@ -192,6 +207,9 @@ def run(
             device=device,
             precision=precision,
             compile=compile,
+            runtime=runtime,
+            int8=int8,
+            calibration=str(calibration or work.base),
         )
         spec = recipe.spec
         index = Index(
@@ -210,6 +228,7 @@ def run(
                 recreate=recreate,
                 settings=index,
                 root=str(work.base),
+                encoded_by=recipe.describe(),
             )
             echo(
                 f"ingest {work.base} → {db.describe()} collection {collection!r} "

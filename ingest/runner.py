@@ -110,8 +110,10 @@ def ensure_collection(
     recreate: bool = False,
     settings: IndexSettings = IndexSettings(),
     root: str | None = None,
+    encoded_by: dict | None = None,
 ) -> None:
-    """Create the collection for `spec`, or check that an existing one was made by this model."""
+    """Create the collection for `spec`, or check that an existing one was made by this model.
+    `encoded_by`: what ran the model (runtime, precision), recorded for information."""
     if recreate and store.exists():
         log.warning("dropping collection %r (--recreate)", store.collection)
         store.drop()
@@ -123,6 +125,7 @@ def ensure_collection(
                 "model_spec": spec.to_json(),
                 "weights_file": str(Path(weights_file).resolve()) if weights_file else None,
                 "dataset_root": root,
+                **({"encoded_by": encoded_by} if encoded_by else {}),
             },
             settings,
         )
@@ -224,9 +227,14 @@ def _embed(
     from embedder.inference import embed_batches
 
     settings = settings.for_device(encoder.device)
+    runs = (
+        f"OpenVINO {encoder.precision}"
+        if getattr(encoder, "runtime", None) == "openvino"
+        else f"torch {'bf16' if encoder.dtype else 'fp32'}"
+    )
     summary.runtime = (
-        f"{encoder.device} ({'bf16' if encoder.dtype else 'fp32'}), batch "
-        f"{settings.batch_size}, {settings.workers} reader process(es)"
+        f"{encoder.device} ({runs}), batch {settings.batch_size}, "
+        f"{settings.workers} reader process(es)"
     )
     todo = plan.todo
     writer = Writer(store)

@@ -9,8 +9,19 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import Device, Ks, Precision, Verbose, clean_errors, echo, setup_logging
+from embedder._cli import (
+    Device,
+    Int8,
+    Ks,
+    Precision,
+    Runtime,
+    Verbose,
+    clean_errors,
+    echo,
+    setup_logging,
+)
 from search.options import Collection, QdrantUrl, StoreDir, open_from
+from search.query import ModelOptions
 from search.schema import DEFAULT_COLLECTION
 from search.service import MAX_TOP, Grouping, Source
 
@@ -112,6 +123,8 @@ def search(
     collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
+    int8: Int8 = False,
     verbose: Verbose = False,
 ) -> None:
     """Embed QUERY photo(s) with the model that built the collection and print the nearest
@@ -142,10 +155,9 @@ def search(
             open_from(store, qdrant_url, collection, read_only=True) as db,
             SearchService(
                 db,
-                weights=str(weights) if weights else None,
-                device=device,
-                precision=precision,
-                traced=traced,
+                model=ModelOptions(
+                    str(weights) if weights else None, device, precision, traced, runtime, int8
+                ),
             ) as service,
         ):
             if len(like) == 1 and not unlike:
@@ -252,6 +264,8 @@ def serve(
     collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
+    int8: Int8 = False,
     verbose: Verbose = False,
 ) -> None:
     """Serve the search page at / and its JSON API at /api (OpenAPI docs at /docs, Prometheus
@@ -266,9 +280,9 @@ def serve(
                 url=qdrant_url,
                 collection=collection,
                 images=str(images) if images else None,
-                weights=str(weights) if weights else None,
-                device=device,
-                precision=precision,
+                model=ModelOptions(
+                    str(weights) if weights else None, device, precision, runtime=runtime, int8=int8
+                ),
                 workers=workers,
                 max_upload=int(max_upload_mb * 1_000_000),
                 host=host,
@@ -305,6 +319,8 @@ def evaluate(
     collection: Collection = DEFAULT_COLLECTION,
     device: Device = "auto",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
+    int8: Int8 = False,
     verbose: Verbose = False,
 ) -> None:
     """`embedder evaluate`'s report for a collection: the split's consumer photos, embedded with
@@ -323,7 +339,14 @@ def evaluate(
         with (
             open_from(store, qdrant_url, collection, read_only=True) as db,
             SearchService(
-                db, weights=str(weights) if weights else None, device=device, precision=precision
+                db,
+                model=ModelOptions(
+                    str(weights) if weights else None,
+                    device,
+                    precision,
+                    runtime=runtime,
+                    int8=int8,
+                ),
             ) as service,
         ):
             found = evaluate_collection(

@@ -24,6 +24,7 @@ import numpy as np
 
 from embedder.errors import UserError
 from embedder.geometry import Box
+from search.query import ModelOptions
 from search.schema import FILTERS, GROUP, SHOWN
 from search.store import (
     APPROXIMATE,
@@ -243,17 +244,15 @@ class SearchService:
         store: Store,
         *,
         encoder=None,
-        weights: str | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        traced: bool = True,
+        model: ModelOptions | None = None,
         images: str | Path | None = None,
     ):
+        """`model`: how to run the collection's model when no `encoder` is given."""
         self.store = store
         self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
-        self.weights, self.device, self.precision, self.traced = weights, device, precision, traced
+        self.model_options = model or ModelOptions()
         root = images or self.metadata.get("dataset_root")
         self.images = Path(root).expanduser() if root else None
         self.lock = threading.RLock()
@@ -270,9 +269,7 @@ class SearchService:
             if self._encoder is None:
                 from search.query import query_encoder
 
-                self._encoder, self._cache_model = query_encoder(
-                    self.metadata, self.weights, self.device, self.precision, traced=self.traced
-                )
+                self._encoder, self._cache_model = query_encoder(self.metadata, self.model_options)
             return self._encoder
 
     def warm(self) -> None:

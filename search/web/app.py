@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService]:
-    """The collection, and its model (checked, traced on CPU) behind a batching pool."""
+    """The collection, and its model (checked; on a CPU OpenVINO's, or torch's traced copy)
+    behind a batching pool."""
     from search.query import serving_encoder
     from search.schema import DEFAULT_COLLECTION
     from search.stores import open_store
@@ -43,13 +44,7 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
         collection=settings.collection or DEFAULT_COLLECTION,
         read_only=True,
     ) as store:
-        model = serving_encoder(
-            store.require_metadata(),
-            settings.weights,
-            settings.device,
-            settings.precision,
-            settings.traced,
-        )
+        model = serving_encoder(store.require_metadata(), settings.model)
         pool = Batcher(
             model,
             workers=settings.workers,

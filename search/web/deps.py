@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from embedder.errors import UserError
 from search.batcher import Busy
+from search.query import ModelOptions
 from search.service import BadImage, NotFound, SearchService, UnknownValue
 from search.store import StoreError
 from search.web.metrics import Metrics
@@ -28,10 +29,7 @@ class Settings:
     url: str | None = None
     collection: str | None = None  # None: search.schema.DEFAULT_COLLECTION
     images: str | None = None
-    weights: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    traced: bool = True
+    model: ModelOptions = ModelOptions()  # weights, device, precision, runtime, int8
     workers: int = 1  # model worker threads
     max_batch: int = 16
     max_upload: int = DEFAULT_MAX_UPLOAD  # bytes

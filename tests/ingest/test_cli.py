@@ -1,5 +1,6 @@
 """`ingest` through its commands: output, exit codes, one-line errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.cli import app as ingest_app
+from search.cli import app as search_app
 from search.schema import DEFAULT_COLLECTION
 from search.stores import open_store
 
@@ -117,3 +119,34 @@ def test_cli_errors_are_one_line(bad_inputs, tiny_args, args, message):
     assert result.exit_code == 2, (argv, result.output)
     assert message in result.output and "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_both_runtimes_make_the_same_collection(sample_root, tmp_path, ingest_tiny, store_contents):
+    """`--runtime torch` still works everywhere, and gives OpenVINO's vectors (fp32)."""
+    stores = {}
+    for runtime in ("torch", "openvino"):
+        db = tmp_path / runtime
+        ran = ingest_tiny(sample_root, str(db), "--runtime", runtime, "--precision", "fp32")
+        assert ran.exit_code == 0, ran.output
+        assert ("OpenVINO fp32" if runtime == "openvino" else "torch fp32") in ran.output
+        with open_store(store_dir=str(db)) as store:
+            assert store.metadata()["encoded_by"] == {"runtime": runtime, "precision": "fp32"}
+            stores[runtime] = store_contents(store)
+    assert stores["torch"].keys() == stores["openvino"].keys()
+    for pid, (payload, vector) in stores["torch"].items():
+        assert stores["openvino"][pid][0] == payload
+        assert float(vector @ stores["openvino"][pid][1]) >= 0.9999
+    query = str(next(sample_root.rglob("comsumer_01.jpg")))
+    answers = [
+        runner.invoke(
+            search_app,
+            [query, "--json", "--store", str(tmp_path / "torch"), "--runtime", runtime]
+            + ["--precision", "fp32"],
+        )
+        for runtime in ("torch", "openvino")
+    ]
+    assert all(a.exit_code == 0 for a in answers), [a.output for a in answers]
+    ids = [[r["id"] for r in json.loads(a.stdout)[0]["results"]][:5] for a in answers]
+    assert ids[0] == ids[1]
+    refused = ingest_tiny(sample_root, str(tmp_path / "x"), "--runtime", "torch", "--int8")
+    assert refused.exit_code == 2 and "--int8 runs on OpenVINO" in refused.output

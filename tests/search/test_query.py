@@ -1,4 +1,5 @@
-"""Query-side model: the traced fast-start copy answers like the eager model, without timm."""
+"""Query-side model: the traced fast-start copy (torch on a CPU) answers like the eager model,
+without timm; the exported model (OpenVINO, a CPU's default) like torch, without torch."""
 
 import json
 import os
@@ -21,7 +22,7 @@ def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, ingest_
     runner = CliRunner()
     assert ingest_tiny(sample_root, db).exit_code == 0
     query = str(next(sample_root.rglob("comsumer_01.jpg")))
-    args = [query, "--top", "5", "--json", "--store", db]
+    args = [query, "--top", "5", "--json", "--store", db, "--runtime", "torch"]
     eager = runner.invoke(search_app, args)  # builds the model with timm, then caches a trace
     assert eager.exit_code == 0, eager.output
     assert len(list(env_cache.glob("test_resnet-*.pt"))) == 1
@@ -60,11 +61,11 @@ def test_a_broken_traced_model_is_rebuilt(
     db, sample_root, tmp_path, monkeypatch, search_cli, query_photo
 ):
     monkeypatch.setenv("FASHION_RETRIEVAL_CACHE", str(tmp_path / "cache"))
-    first = search_cli(db, query_photo, "--json")
+    first = search_cli(db, query_photo, "--json", "--runtime", "torch")
     assert first.exit_code == 0, first.output
     (cached,) = (tmp_path / "cache").glob("*.pt")
     torch.jit.save(torch.jit.trace(_Broken(), torch.zeros(1, 3, 64, 64)), str(cached))
-    again = search_cli(db, query_photo, "--json")
+    again = search_cli(db, query_photo, "--json", "--runtime", "torch")
     assert again.exit_code == 0, again.output
     assert [r["id"] for r in json.loads(again.stdout)[0]["results"]] == [
         r["id"] for r in json.loads(first.stdout)[0]["results"]

@@ -66,6 +66,7 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     from PIL import Image
 
     from embedder import Encoder, save_checkpoint
+    from search.query import ModelOptions
     from search.web import Settings, create_app
 
     weights = tmp_path / "w.safetensors"
@@ -81,7 +82,7 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
         writer, encoder, read_work(sample_root, limit=8), IngestSettings(workers=0, progress=False)
     )
     thread, done, errors = _ingest_in_background(writer, encoder, sample_root)
-    settings = Settings(url=URL, collection=name, weights=str(weights))
+    settings = Settings(url=URL, collection=name, model=ModelOptions(weights=str(weights)))
     photo = io.BytesIO()
     Image.new("RGB", (80, 80), "blue").save(photo, "JPEG")
     try:

@@ -1,0 +1,436 @@
+"""The model on a plain CPU: exported once to OpenVINO (the normalisation built in: uint8 NCHW
+pixels in, L2-normalised vectors out), cached beside the traced copies, and run without torch.
+int8 by NNCF's post-training quantisation, kept only when it finds what fp32 finds.
+
+OpenVINO runs a request on all cores (LATENCY: one query) or splits a batch over one stream per
+core with asynchronous requests (THROUGHPUT: ingest, the web app's batches)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embedder.choices import Precision, Runtime
+from embedder.errors import UserError
+from embedder.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+INT8_OVERLAP = 0.9  # mean top-20 overlap with fp32 an int8 model must reach on held-out photos
+INT8_ACCURACY = 0.01  # and at most this loss of top-1 and top-20 accuracy, where there is a split
+UNIT = 1e-2  # a usable model's vectors are unit length within this
+
+
+class ExportError(UserError, RuntimeError):
+    """An exported or int8 model that cannot be used (refused with the figures)."""
+
+
+def cache_dir() -> Path:
+    """Where models are kept for fast starts: traced copies and exported models
+    (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced)."""
+    if env := os.environ.get("FASHION_RETRIEVAL_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fashion-retrieval" / "traced"
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU's driver is loaded (known without importing torch)."""
+    return Path("/proc/driver/nvidia/version").exists() and os.environ.get(
+        "CUDA_VISIBLE_DEVICES", "0"
+    ) not in ("", "-1")
+
+
+def resolve(runtime: Runtime | str, device: str = "auto") -> Runtime:
+    """auto: OpenVINO on a CPU, torch on a GPU."""
+    runtime = Runtime(runtime)
+    if runtime is not Runtime.auto:
+        if runtime is Runtime.openvino and str(device).startswith("cuda"):
+            raise ValueError("--runtime openvino runs on the CPU: drop --device cuda")
+        return runtime
+    on_gpu = str(device).startswith("cuda") or (device == "auto" and gpu_present())
+    return Runtime.torch if on_gpu else Runtime.openvino
+
+
+_scratch: Path | None = None
+
+
+def writable_dir() -> Path:
+    """The cache when it can be written, else (once warned) a folder of this process's own:
+    an unwritable cache or HOME costs a re-export at the next start, never the answer."""
+    global _scratch
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        probe = cache_dir() / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        return cache_dir()
+    except OSError as exc:
+        if _scratch is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            _scratch = Path(tempfile.mkdtemp(prefix="fashion-retrieval-models-"))
+            atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+            log.warning("cannot write the model cache (%s); exporting for this run only", exc)
+        return _scratch
+
+
+def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Path:
+    import openvino
+
+    key = f"{spec.to_json()}|openvino {openvino.__version__}|{'int8' if int8 else 'fp32'}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    name = f"{spec.backbone}-{digest}-{'int8' if int8 else 'fp32'}.xml"
+    if folder is None:  # the cache, or this process's own folder when that holds it
+        found = cache_dir() / name
+        folder = cache_dir() if found.is_file() or _scratch is None else _scratch
+    return folder / name
+
+
+def export(model, path: Path) -> Path:
+    """Write `model` (an EmbeddingNet) as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW
+    pixels of any batch size: the same normalisation as embedder.transforms.normalize."""
+    import openvino as ov
+    import torch
+
+    spec: ModelSpec = model.spec
+
+    class Normalized(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner.eval()
+            self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255)
+
+        def forward(self, x):
+            return self.inner((x.float() - self.mean) / self.std)
+
+    size = spec.img_size
+    example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's deprecation notices
+        converted = ov.convert_model(
+            Normalized(model).eval(), example_input=example, input=[(-1, 3, size, size)]
+        )
+    return _save(converted, path, {"spec": spec.to_json(), "int8": False})
+
+
+def _save(model, path: Path, info: dict) -> Path:
+    """Save an OpenVINO model atomically (the .xml last: its presence means complete)."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}-{path.name}")
+    ov.save_model(model, tmp, compress_to_fp16=False)
+    info = {**info, "sha256": {s: _digest(tmp.with_suffix(s)) for s in (".xml", ".bin")}}
+    tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _intact(path: Path) -> None:
+    """The files are the ones saved (a damaged one can hide behind OpenVINO's compiled-blob
+    cache until that goes): ValueError otherwise."""
+    recorded = json.loads(path.with_suffix(".json").read_text()).get("sha256", {})
+    for suffix in (".xml", ".bin"):
+        if recorded.get(suffix) != _digest(path.with_suffix(suffix)):
+            raise ValueError(f"its {suffix} file is not the one that was saved")
+
+
+def discard(path: Path) -> None:
+    for suffix in (".xml", ".bin", ".json"):
+        path.with_suffix(suffix).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Keep the calling thread's alternate signal stack: OpenVINO's CPU plugin installs one of
+    about 20 kB on the thread that compiles a model, too small for a signal frame once torch
+    has used AMX on that thread (the process then died of SIGSEGV at its next SIGCHLD)."""
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        before = Stack()
+        kept = libc.sigaltstack(None, ctypes.byref(before)) == 0
+    except (OSError, AttributeError):  # not Linux
+        kept = False
+    try:
+        yield
+    finally:
+        if kept:
+            libc.sigaltstack(ctypes.byref(before), None)
+
+
+class ExportedEncoder:
+    """An exported model behind the Encoder's interface: uint8 NCHW pixels (array or tensor)
+    → float32 vectors; `spec`, `device` ("cpu"), `build()`. Thread-safe."""
+
+    runtime = Runtime.openvino
+
+    def __init__(
+        self,
+        path: Path,
+        spec: ModelSpec,
+        *,
+        precision: Precision | str = Precision.auto,
+        throughput: bool = False,
+        int8: bool = False,
+    ):
+        import openvino as ov
+
+        with signal_stack_kept():
+            self._compile(ov, path, precision, throughput)
+        self.spec, self.device, self.dtype, self.int8 = spec, "cpu", None, int8
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = "int8" if int8 else {"f32": "fp32"}.get(hint, hint)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _compile(self, ov, path: Path, precision, throughput: bool) -> None:
+        core = ov.Core()
+        blobs = cache_dir() / "openvino-blobs"  # compiled models: a second start compiles in ms
+        try:
+            blobs.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(blobs)})
+        except OSError:
+            pass
+        config = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
+        precision = Precision(precision)
+        if precision is not Precision.auto:  # auto: OpenVINO's own (bf16 where the CPU has it)
+            config["INFERENCE_PRECISION_HINT"] = "f32" if precision is Precision.fp32 else "bf16"
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        # one request per stream, started together and waited for in turn (no Python callbacks)
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+
+    def __call__(self, pixels) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+        parts = min(len(x), self.streams)
+        with self._lock, signal_stack_kept():
+            if parts <= 1:
+                return np.array(self.requests[0].infer({0: x})[0], np.float32)
+            chunks = np.array_split(x, parts)
+            running = self.requests[:parts]
+            for request, chunk in zip(running, chunks, strict=True):
+                request.start_async({0: chunk})
+            out = []
+            for request in running:
+                request.wait()
+                out.append(np.array(request.get_output_tensor(0).data, np.float32))
+        return np.concatenate(out)
+
+    def build(self) -> ExportedEncoder:
+        return self
+
+    def check(self) -> None:
+        """A usable model gives finite, unit-length vectors of the spec's size."""
+        size = self.spec.img_size
+        probe = np.linspace(0, 255, 2 * 3 * size * size).astype(np.uint8).reshape(2, 3, size, size)
+        out = self(probe)
+        norms = np.linalg.norm(out, axis=1) if out.ndim == 2 else np.array([0.0])
+        if out.shape != (2, self.spec.out_dim) or not np.isfinite(out).all():
+            raise ValueError(f"it gives output of shape {out.shape} or non-finite values")
+        if not np.allclose(norms, 1.0, atol=UNIT):
+            raise ValueError("its vectors are not unit length")
+
+
+def load(
+    spec: ModelSpec, *, int8: bool = False, precision=Precision.auto, throughput: bool = False
+) -> ExportedEncoder | None:
+    """The cached exported model, or None when there is none or it is unusable (removed, to be
+    rebuilt). Needs neither torch nor timm."""
+    path = exported_path(spec, int8)
+    if not path.is_file():
+        return None
+    try:
+        _intact(path)
+        encoder = ExportedEncoder(path, spec, precision=precision, throughput=throughput, int8=int8)
+        encoder.check()
+        return encoder
+    except Exception as exc:  # a damaged cache entry is rebuilt, not fatal
+        log.warning("rebuilding the exported model %s: %s", path, str(exc).splitlines()[0][:200])
+        discard(path)
+        return None
+
+
+def exported_encoder(
+    spec: ModelSpec,
+    make_model: Callable[[], object],
+    *,
+    int8: bool = False,
+    calibration: Callable[[], Sequence[np.ndarray]] | None = None,
+    dataset: str | None = None,
+    precision=Precision.auto,
+    throughput: bool = False,
+) -> ExportedEncoder:
+    """The exported model of `spec`: from the cache, else exported from `make_model()` (and,
+    for int8, quantised with `calibration()`'s photos, checked, and on `dataset`'s split
+    evaluated against fp32) and cached."""
+    if (ready := load(spec, int8=int8, precision=precision, throughput=throughput)) is not None:
+        return ready
+    if load(spec) is None:
+        fp32 = exported_path(spec, int8=False, folder=writable_dir())
+        log.info("exporting %s to OpenVINO (once; cached in %s)", spec.backbone, fp32.parent)
+        export(make_model(), fp32)
+    if int8:
+        if calibration is None:
+            raise ValueError("an int8 model needs calibration photos (--calibration DIR)")
+        quantize(spec, calibration(), dataset=dataset)
+    encoder = load(spec, int8=int8, precision=precision, throughput=throughput)
+    if encoder is None:
+        raise ExportError(f"the exported {spec.backbone} model could not be loaded")
+    return encoder
+
+
+def quantize(
+    spec: ModelSpec,
+    photos: Sequence[np.ndarray],
+    held_out: float = 0.4,
+    dataset: str | None = None,
+) -> dict:
+    """int8 by NNCF's post-training quantisation, calibrated on `photos` (uint8 CHW arrays of
+    the user's own data); kept only when, on the held-out share of them, its top-20 neighbours
+    overlap fp32's by INT8_OVERLAP or more and, where `dataset` has a test (or val) split, its
+    top-1 and top-20 accuracy stay within INT8_ACCURACY of fp32's. Returns the figures;
+    ExportError, with them, when refused."""
+    photos = list(photos)
+    if len(photos) < 20:
+        raise ValueError(f"int8 calibration needs at least 20 photos, got {len(photos)}")
+    split = int(len(photos) * (1 - held_out))
+    calibrate, test = photos[:split], np.stack(photos[split:])
+    fp32 = exported_path(spec, int8=False)
+    int8_path = exported_path(spec, int8=True, folder=writable_dir())
+    staging = int8_path.with_name("candidate-" + int8_path.name)
+    try:
+        _in_child(_nncf_quantize, str(fp32), np.stack(calibrate), str(staging), spec.to_json())
+        a = ExportedEncoder(fp32, spec, precision=Precision.fp32, throughput=True)(test)
+        b = ExportedEncoder(staging, spec, precision=Precision.fp32, int8=True, throughput=True)(
+            test
+        )
+        figures = {"overlap@20": overlap(a, b, 20), "photos": len(photos), "held_out": len(test)}
+        if figures["overlap@20"] < INT8_OVERLAP:
+            raise ExportError(
+                f"the int8 model was refused: its top-20 neighbours overlap fp32's by "
+                f"{figures['overlap@20']:.3f} on {len(test)} held-out photos (needs "
+                f"{INT8_OVERLAP}); calibrate with more photos of your own data (--calibration)"
+            )
+        if dataset is not None:
+            figures.update(_accuracy_check(spec, fp32, staging, dataset))
+        for suffix in (".bin", ".json", ".xml"):  # the .xml last: complete
+            staging.with_suffix(suffix).replace(int8_path.with_suffix(suffix))
+        info = json.loads(int8_path.with_suffix(".json").read_text())
+        int8_path.with_suffix(".json").write_text(json.dumps({**info, **figures}, indent=1))
+        return figures
+    finally:
+        discard(staging)
+
+
+def _in_child(function, *args):
+    """Run `function(*args)` in a fresh process: NNCF imports and patches parts of torch when it
+    finds it loaded (a later training step in this process then crashed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _nncf_quantize(fp32: str, calibrate: np.ndarray, out: str, spec_json: str) -> None:
+    """NNCF's post-training quantisation of the fp32 model (in a child process)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(fp32)
+    data = nncf.Dataset(list(calibrate), lambda photo: photo[None])
+    quantized = nncf.quantize(
+        model, data, subset_size=len(calibrate), preset=nncf.QuantizationPreset.PERFORMANCE
+    )
+    _save(quantized, Path(out), {"spec": spec_json, "int8": True})
+
+
+def _accuracy_check(spec: ModelSpec, fp32: Path, int8: Path, dataset: str) -> dict:
+    """top-1 and top-20 of fp32 and int8 on `dataset`'s test (else val) split (at most 500
+    queries); ExportError when int8 loses more than INT8_ACCURACY. {} without a split."""
+    from embedder.evaluate import evaluate, split_sets
+
+    for split in ("test", "val"):
+        try:
+            queries, gallery = split_sets(dataset, split)
+            break
+        except ValueError:
+            continue
+    else:
+        log.info("no test or val split in %s: int8 checked by neighbour overlap only", dataset)
+        return {}
+    queries = queries.head(500)
+    gallery = gallery[gallery["item_id"].isin(set(queries["item_id"]))].head(2000)
+    found = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        encoder = ExportedEncoder(
+            path, spec, precision=Precision.fp32, int8=name == "int8", throughput=True
+        )
+        report, _ = evaluate(
+            encoder, dataset, split=split, ks=(1, 20), workers=0, sets=(queries, gallery)
+        )
+        found[name] = report.overall
+    figures = {
+        f"{name} top-{k}": round(v, 4) for name, acc in found.items() for k, v in acc.items()
+    }
+    worst = max(found["fp32"][k] - found["int8"][k] for k in (1, 20))
+    if worst > INT8_ACCURACY:
+        raise ExportError(
+            "the int8 model was refused: on the " + split + " split it loses "
+            f"{worst:.3f} of top-k accuracy ("
+            + ", ".join(f"{k} {v}" for k, v in figures.items())
+            + f"; at most {INT8_ACCURACY} allowed)"
+        )
+    return figures
+
+
+def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean overlap of each row's top-k neighbours (itself excluded) under two embeddings."""
+    k = min(k, len(a) - 1)
+    if k < 1:
+        return 1.0
+
+    def top(v):
+        scores = v @ v.T
+        np.fill_diagonal(scores, -np.inf)
+        return np.argsort(-scores, axis=1)[:, :k]
+
+    ta, tb = top(a), top(b)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb, strict=True)]))
+
+
+def calibration_photos(
+    paths: Sequence[str], boxes: Sequence | None, spec: ModelSpec, count: int = 300
+) -> list[np.ndarray]:
+    """Up to `count` photos (seeded sample) decoded as the model sees them; unreadable skipped."""
+    from embedder.inference import ImageFiles
+
+    rng = np.random.default_rng(0)
+    chosen = rng.permutation(len(paths))[:count] if len(paths) > count else range(len(paths))
+    files = ImageFiles(
+        [paths[i] for i in chosen], [boxes[i] for i in chosen] if boxes else None, spec
+    )
+    return [pixels for _, pixels, _ in (files[i] for i in range(len(files))) if pixels is not None]

@@ -1,0 +1,104 @@
+"""The exported model (OpenVINO) answers as torch does, loads without torch, is rebuilt when
+damaged, and its int8 model is refused when it does not find what fp32 finds."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedder import Encoder, embed_files, read_catalog
+from embedder.runtime import ExportError, exported_encoder, exported_path, load, quantize
+from search.cli import app as search_app
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASHION_RETRIEVAL_CACHE", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def _photos(sample_root, n=12):
+    table = read_catalog(sample_root).head(n)
+    paths = [str(sample_root / p) for p in table["path"]]
+    boxes = [(int(r.x1), int(r.y1), int(r.x2), int(r.y2)) for r in table.itertuples()]
+    return paths, boxes
+
+
+def test_the_exported_model_gives_torchs_vectors(tiny_model, sample_root, cache):
+    exported = exported_encoder(tiny_model.spec, lambda: tiny_model, precision="fp32")
+    paths, boxes = _photos(sample_root)
+    ours = embed_files(exported, paths, boxes)
+    theirs = embed_files(Encoder(tiny_model, "cpu", "fp32"), paths, boxes)
+    assert (np.sum(ours * theirs, axis=1) >= 0.9999).all()  # cosine, photos with their boxes
+    batch = np.stack([np.zeros((3, 64, 64), np.uint8)] * 5)  # a batch over several requests
+    np.testing.assert_allclose(exported(batch), exported(batch[:1]).repeat(5, 0), atol=1e-5)
+    assert exported.path.parent == cache
+
+
+def test_a_damaged_exported_model_is_rebuilt(tiny_model, cache):
+    first = exported_encoder(tiny_model.spec, lambda: tiny_model, precision="fp32")
+    probe = np.full((1, 3, 64, 64), 90, np.uint8)
+    expected = first(probe)
+    path = exported_path(tiny_model.spec, int8=False)
+    path.with_suffix(".bin").write_bytes(b"\x00" * 64)  # truncated weights
+    assert load(tiny_model.spec) is None and not path.exists()  # discarded
+    again = exported_encoder(tiny_model.spec, lambda: tiny_model, precision="fp32")
+    np.testing.assert_allclose(again(probe), expected, atol=1e-6)
+    path.write_text("<not a model")
+    assert load(tiny_model.spec) is None
+
+
+def _refused_overlap(spec, photos) -> float:
+    """The overlap figure of an int8 model that is refused (it must be, here)."""
+    import re
+
+    with pytest.raises(ExportError, match=r"refused: its top-20 neighbours overlap fp32's") as e:
+        quantize(spec, photos, held_out=0.4)
+    return float(re.search(r"by ([\d.]+)", str(e.value)).group(1))
+
+
+def test_int8_is_refused_when_it_does_not_find_what_fp32_finds(tiny_model, sample_root, cache):
+    """An untrained tiny model's vectors are too alike for int8 (its neighbours are near ties),
+    and a calibration set that is no photo at all makes it worse still."""
+    from embedder.runtime import calibration_photos
+
+    exported_encoder(tiny_model.spec, lambda: tiny_model)
+    paths, boxes = _photos(sample_root, 80)
+    photos = calibration_photos(paths, boxes, tiny_model.spec)
+    held = photos[-32:]
+    grey = [np.full((3, 64, 64), 128, np.uint8)] * (len(photos) - 32)
+    good = _refused_overlap(tiny_model.spec, photos)
+    bad = _refused_overlap(tiny_model.spec, grey + held)
+    assert bad < good < 0.9
+    assert not exported_path(tiny_model.spec, int8=True).exists()  # nothing kept
+
+
+def test_a_search_never_imports_torch_once_the_model_is_exported(
+    sample_root, tmp_path, ingest_tiny, cache
+):
+    db = str(tmp_path / "db")
+    assert ingest_tiny(sample_root, db).exit_code == 0  # OpenVINO by default on a CPU
+    query = str(next(sample_root.rglob("comsumer_01.jpg")))
+    args = [query, "--top", "5", "--json", "--store", db, "--category", "TOPS"]
+    script = (
+        "import sys; from search.cli import app\n"
+        "try:\n"
+        f"    app({args!r}, standalone_mode=False)\n"
+        "finally:\n"
+        "    print('TORCH', 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    env = {**os.environ, "FASHION_RETRIEVAL_CACHE": str(cache)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    body, marker = run.stdout.rsplit("TORCH", 1)
+    assert marker.split() == ["False", "False"]  # neither torch nor timm in the process
+    found = json.loads(body)[0]["results"]
+    torch_run = CliRunner().invoke(search_app, [*args, "--runtime", "torch", "--precision", "fp32"])
+    assert torch_run.exit_code == 0, torch_run.output
+    assert [r["id"] for r in found][:3] == [
+        r["id"] for r in json.loads(torch_run.stdout)[0]["results"]
+    ][:3]
