@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=48, help="distinct query photos")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--items", type=int, default=80, help="garments in the collection")
+    parser.add_argument("--runtime", default="auto", help="auto, torch or openvino")
+    parser.add_argument("--int8", action="store_true", help="OpenVINO's int8 model")
     parser.add_argument(
         "serve_args", nargs="*", help="extra `search serve` options, after --, e.g. -- --workers 2"
     )
@@ -131,7 +133,7 @@ def main() -> None:
     import torch
     from _collection import make_collection
 
-    from search.query import serving_encoder
+    from search.query import ModelOptions, serving_encoder
     from search.service import Query, SearchService
     from search.stores import open_store
 
@@ -143,14 +145,17 @@ def main() -> None:
         query = Query.make(20, "item")
         os.environ["FASHION_RETRIEVAL_CACHE"] = f"{tmp}/traced"  # a fresh cache, as a new server
         print(
-            f"{args.backbone} {args.img_size}px, {len(photos)} consumer photos as queries, "
+            f"{args.backbone} {args.img_size}px ({args.runtime}{', int8' if args.int8 else ''}), "
+            f"{len(photos)} consumer photos as queries, "
             f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
         )
 
         # 1. the floor: the service in this process, no HTTP, no batching
         with open_store(store_dir=db) as store:
             # the model as the server runs it (traced on CPU)
-            service = SearchService(store, encoder=serving_encoder(store.require_metadata()))
+            options = ModelOptions(runtime=args.runtime, int8=args.int8)
+            encoder = serving_encoder(store.require_metadata(), options)
+            service = SearchService(store, encoder=encoder)
             service.search_upload(photos[0], query)  # warm
             bare = []
             started = time.perf_counter()
@@ -164,7 +169,9 @@ def main() -> None:
         # 2. and 3. the server as its own process
         port = _free_port()
         server = subprocess.Popen(
-            [BIN / "search", "serve", "--store", db, "--port", str(port), *args.serve_args],
+            [BIN / "search", "serve", "--store", db, "--port", str(port), "--runtime", args.runtime]
+            + (["--int8"] if args.int8 else [])
+            + args.serve_args,
             env={**os.environ},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

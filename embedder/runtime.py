@@ -224,6 +224,12 @@ class ExportedEncoder:
         self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
 
     def __call__(self, pixels) -> np.ndarray:
+        """uint8 NCHW pixels → unit vectors (normalised again here: int8 arithmetic leaves the
+        graph's own normalisation a few per cent off)."""
+        out = self._infer(pixels)
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+
+    def _infer(self, pixels) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
         parts = min(len(x), self.streams)
         with self._lock, signal_stack_kept():
@@ -243,14 +249,15 @@ class ExportedEncoder:
         return self
 
     def check(self) -> None:
-        """A usable model gives finite, unit-length vectors of the spec's size."""
+        """A usable model gives finite vectors of the spec's size, about unit length (exactly
+        for fp32; int8 arithmetic is a few per cent off, and __call__ normalises again)."""
         size = self.spec.img_size
         probe = np.linspace(0, 255, 2 * 3 * size * size).astype(np.uint8).reshape(2, 3, size, size)
-        out = self(probe)
+        out = self._infer(probe)
         norms = np.linalg.norm(out, axis=1) if out.ndim == 2 else np.array([0.0])
         if out.shape != (2, self.spec.out_dim) or not np.isfinite(out).all():
             raise ValueError(f"it gives output of shape {out.shape} or non-finite values")
-        if not np.allclose(norms, 1.0, atol=UNIT):
+        if not np.allclose(norms, 1.0, atol=0.2 if self.int8 else UNIT):
             raise ValueError("its vectors are not unit length")
 
 
@@ -307,12 +314,14 @@ def quantize(
     photos: Sequence[np.ndarray],
     held_out: float = 0.4,
     dataset: str | None = None,
+    check: bool = True,
 ) -> dict:
     """int8 by NNCF's post-training quantisation, calibrated on `photos` (uint8 CHW arrays of
     the user's own data); kept only when, on the held-out share of them, its top-20 neighbours
     overlap fp32's by INT8_OVERLAP or more and, where `dataset` has a test (or val) split, its
     top-1 and top-20 accuracy stay within INT8_ACCURACY of fp32's. Returns the figures;
-    ExportError, with them, when refused."""
+    ExportError, with them, when refused. `check=False` keeps it whatever the figures (for
+    timing an untrained model, whose near-identical vectors no int8 model keeps in order)."""
     photos = list(photos)
     if len(photos) < 20:
         raise ValueError(f"int8 calibration needs at least 20 photos, got {len(photos)}")
@@ -328,13 +337,13 @@ def quantize(
             test
         )
         figures = {"overlap@20": overlap(a, b, 20), "photos": len(photos), "held_out": len(test)}
-        if figures["overlap@20"] < INT8_OVERLAP:
+        if check and figures["overlap@20"] < INT8_OVERLAP:
             raise ExportError(
                 f"the int8 model was refused: its top-20 neighbours overlap fp32's by "
                 f"{figures['overlap@20']:.3f} on {len(test)} held-out photos (needs "
                 f"{INT8_OVERLAP}); calibrate with more photos of your own data (--calibration)"
             )
-        if dataset is not None:
+        if dataset is not None and check:
             figures.update(_accuracy_check(spec, fp32, staging, dataset))
         for suffix in (".bin", ".json", ".xml"):  # the .xml last: complete
             staging.with_suffix(suffix).replace(int8_path.with_suffix(suffix))
