@@ -62,8 +62,9 @@ def _refused_overlap(spec, photos) -> float:
 
 
 def test_int8_is_refused_when_it_does_not_find_what_fp32_finds(tiny_model, sample_root, cache):
-    """An untrained tiny model's vectors are too alike for int8 (its neighbours are near ties),
-    and a calibration set that is no photo at all makes it worse still."""
+    """A calibration set that is no photo at all gives an int8 model whose neighbours are not
+    fp32's: refused with its figure, nothing kept. The sample's own photos give one that is
+    kept, with its figures recorded."""
     from embedder.runtime import calibration_photos
 
     exported_encoder(tiny_model.spec, lambda: tiny_model)
@@ -71,10 +72,14 @@ def test_int8_is_refused_when_it_does_not_find_what_fp32_finds(tiny_model, sampl
     photos = calibration_photos(paths, boxes, tiny_model.spec)
     held = photos[-32:]
     grey = [np.full((3, 64, 64), 128, np.uint8)] * (len(photos) - 32)
-    good = _refused_overlap(tiny_model.spec, photos)
     bad = _refused_overlap(tiny_model.spec, grey + held)
-    assert bad < good < 0.9
+    assert bad < 0.9
     assert not exported_path(tiny_model.spec, int8=True).exists()  # nothing kept
+    good = quantize(tiny_model.spec, photos, held_out=0.4)
+    assert good["overlap@20"] >= 0.9 > bad and good["held_out"] == len(held)
+    kept = exported_path(tiny_model.spec, int8=True)
+    assert json.loads(kept.with_suffix(".json").read_text())["overlap@20"] == good["overlap@20"]
+    assert load(tiny_model.spec, int8=True) is not None
 
 
 def test_a_search_never_imports_torch_once_the_model_is_exported(
