@@ -74,21 +74,17 @@ class OnnxEncoder:
         import onnxruntime as ort
         import torch
 
+        from embedder.runtime import with_normalisation
+
         spec = model.spec
-
-        class Normalized(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = model.eval()
-                self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255)
-                self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255)
-
-            def forward(self, x):
-                return self.inner((x.float() - self.mean) / self.std)
-
         x = torch.zeros((1, 3, spec.img_size, spec.img_size), dtype=torch.uint8)
         torch.onnx.export(
-            Normalized(), x, path, input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False
+            with_normalisation(model),
+            x,
+            path,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+            dynamo=False,
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -98,15 +98,14 @@ def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Pa
     return folder / name
 
 
-def export(model, path: Path) -> Path:
-    """Write `model` (an EmbeddingNet) as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW
-    pixels of any batch size: the same normalisation as embedder.transforms.normalize."""
-    import openvino as ov
+def with_normalisation(model):
+    """`model` (an EmbeddingNet) taking uint8 NCHW pixels: the same normalisation as
+    embedder.transforms.normalize, inside the graph that is exported."""
     import torch
 
     spec: ModelSpec = model.spec
 
-    class Normalized(torch.nn.Module):
+    class Normalised(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner.eval()
@@ -116,12 +115,22 @@ def export(model, path: Path) -> Path:
         def forward(self, x):
             return self.inner((x.float() - self.mean) / self.std)
 
+    return Normalised(model).eval()
+
+
+def export(model, path: Path) -> Path:
+    """Write `model` (an EmbeddingNet) as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW
+    pixels of any batch size."""
+    import openvino as ov
+    import torch
+
+    spec: ModelSpec = model.spec
     size = spec.img_size
     example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's deprecation notices
         converted = ov.convert_model(
-            Normalized(model).eval(), example_input=example, input=[(-1, 3, size, size)]
+            with_normalisation(model), example_input=example, input=[(-1, 3, size, size)]
         )
     return _save(converted, path, {"spec": spec.to_json(), "int8": False})
 
