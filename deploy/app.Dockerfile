@@ -6,7 +6,11 @@
 #   docker compose -f deploy/app.yaml up -d --build
 # or by hand:
 #   docker build -f deploy/app.Dockerfile --build-context weights=$WEIGHTS \
-#       --build-arg WEIGHTS_FILE=best.safetensors --build-arg INT8=1 -t fashion-retrieval-app .
+#       --build-context calibration=$PHOTOS --build-arg WEIGHTS_FILE=best.safetensors \
+#       --build-arg INT8=1 -t fashion-retrieval-app .
+# no photos unless the build is given the context "calibration" (which replaces this stage)
+FROM scratch AS calibration
+
 FROM python:3.12.8-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
@@ -20,8 +24,9 @@ COPY embedder ./embedder
 COPY ingest ./ingest
 COPY search ./search
 RUN pip install '.[int8]' && useradd --create-home --uid 10001 app
-# the model, exported once for OpenVINO (fp32, and int8 calibrated on the dataset sample given
-# as the build context "calibration" when INT8=1); kept where the read-only app finds it
+# the model, exported once for OpenVINO (fp32; with INT8=1 also int8, calibrated on the photos
+# of the build context "calibration" and kept only if it passes its recall check); kept where
+# the read-only app finds it
 ARG WEIGHTS_FILE=best.safetensors
 ARG INT8=""
 RUN --mount=type=bind,from=weights,target=/weights \
