@@ -49,8 +49,8 @@ Int8 = Annotated[
     bool,
     typer.Option(
         "--int8",
-        help="OpenVINO's int8 model: quantised once on your photos, kept only if it finds what "
-        "fp32 finds (see `embedder export --int8`).",
+        help="OpenVINO's int8 model: quantised once on your photos (by `embedder export --int8` "
+        "or on first use), kept only if it finds what fp32 finds.",
     ),
 ]
 
