@@ -43,14 +43,18 @@ def make_collection(
     return root, db
 
 
-def timed_ingest(encoder, root, tmp: str, **settings) -> tuple[float, object]:
-    """Ingest `root` into a new embedded collection under `tmp` with `encoder`; returns (wall
-    seconds of run_ingest, its Summary). `settings`: IngestSettings fields."""
+def timed_ingest(
+    encoder, root, tmp: str, limit: int | None = None, **settings
+) -> tuple[float, object]:
+    """Ingest `root` (its first `limit` images) into a new embedded collection under `tmp` with
+    `encoder`; returns (wall seconds of run_ingest, its Summary). `settings`: IngestSettings
+    fields."""
+    from ingest.control import IngestSettings
     from ingest.plan import read_work
-    from ingest.runner import IngestSettings, ensure_collection, run_ingest
+    from ingest.runner import ensure_collection, run_ingest
     from search.stores import open_store
 
-    work = read_work(root)
+    work = read_work(root, limit=limit)
     options = IngestSettings(progress=False, report=f"{tmp}/failures.csv", **settings)
     with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
         ensure_collection(store, encoder.spec)

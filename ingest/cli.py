@@ -18,7 +18,7 @@ from embedder._cli import (
     echo,
     setup_logging,
 )
-from embedder.choices import Decode
+from embedder.choices import Decode, Engine
 from search.options import Collection, QdrantUrl, StoreDir, open_from
 from search.schema import DEFAULT_COLLECTION
 
@@ -149,6 +149,39 @@ def run(
     replication_factor: Annotated[
         int | None, typer.Option(min=1, help="Server: copies of each shard (cluster).")
     ] = None,
+    write_consistency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Server: copies that must acknowledge a write before it counts (at most "
+            "--replication-factor).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: this process and its readers; ray: Ray Data across the cluster at "
+            "--ray-address (decode tasks, one embedder actor per GPU, parallel writes to a "
+            "server). Needs the ray extra."
+        ),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAY_ADDRESS",
+            help="With --engine ray: the cluster (ray://HOST:10001 or HOST:6379) [default: a "
+            "Ray started for the run with this machine's cores and GPUs].",
+            show_default=False,
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --engine ray: embedder actors [default: one per GPU; without GPUs one "
+            "per node].",
+        ),
+    ] = None,
     store: StoreDir = None,
     qdrant_url: QdrantUrl = None,
     collection: Collection = DEFAULT_COLLECTION,
@@ -182,8 +215,9 @@ def run(
     setup_logging(verbose)
     with clean_errors():
         from embedder.recipe import EncoderRecipe
+        from ingest.control import IngestSettings
         from ingest.plan import check_image_url, read_work
-        from ingest.runner import IngestSettings, ensure_collection, run_ingest
+        from ingest.runner import ensure_collection, run_ingest
         from search.store import IndexSettings as Index
 
         _check_writable(report, "the failure report (--report)")
@@ -195,6 +229,9 @@ def run(
             progress=progress,
             prune=prune,
             image_base=check_image_url(image_url),
+            engine=engine,
+            ray_address=ray_address,
+            actors=actors,
         )
         # the catalog first: a bad root fails before a model is built or a collection made
         work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
@@ -219,6 +256,7 @@ def run(
             quantization=quantize,
             shard_number=shard_number,
             replication_factor=replication_factor,
+            write_consistency=write_consistency,
         )
         with open_from(store, qdrant_url, collection) as db:
             ensure_collection(

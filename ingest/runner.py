@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import signal
-import threading
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from embedder.choices import Decode
+from embedder.choices import Decode, Engine
 from embedder.spec import ModelSpec, model_difference
+from ingest.control import IngestSettings, StopOnInterrupt, Summary
 from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload
 from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
@@ -25,81 +22,6 @@ if TYPE_CHECKING:
     from embedder.recipe import EncoderRecipe
 
 log = logging.getLogger(__name__)
-
-
-class StopOnInterrupt:
-    """The first Ctrl-C or SIGTERM (docker stop, Kubernetes, systemd) asks the run to stop
-    after the batch in hand (everything embedded is stored, then KeyboardInterrupt); a second
-    one interrupts at once. A no-op off the main thread, where Python delivers no signals."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def _handler(self, signum, frame):
-        if os.getpid() != self._pid:
-            return  # a forked decode worker: the main process decides
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this batch (signal again to stop at once)")
-
-    def __enter__(self) -> StopOnInterrupt:
-        self._pid = os.getpid()
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-
-@dataclass
-class Summary:
-    """What a run did. `seconds` maps stage → wall seconds (plan, read, model, write, index)."""
-
-    seen: int = 0
-    embedded: int = 0
-    present: int = 0
-    changed: int = 0
-    pruned: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    total_seconds: float = 0.0
-    report: Path | None = None
-    collection_points: int = 0
-    runtime: str = ""  # where the model ran: device, precision, batch, readers
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    @property
-    def images_per_second(self) -> float:
-        busy = sum(self.seconds.get(k, 0) for k in ("read", "decode", "model"))
-        return self.embedded / busy if busy else 0.0
-
-    def lines(self) -> list[str]:
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
-        out = [
-            f"seen {self.seen}, embedded {self.embedded} ({self.changed} changed), "
-            f"already present {self.present}, failed {self.failed}"
-            + (f", pruned {self.pruned}" if self.pruned else ""),
-            f"{self.images_per_second:.1f} img/s embedding; stages: {stages}; "
-            f"total {self.total_seconds:.1f}s; collection now holds {self.collection_points}",
-        ]
-        if self.runtime:
-            out.append(f"model on {self.runtime}")
-        if self.report:
-            out.append(f"failed files and reasons: {self.report}")
-        return out
 
 
 def ensure_collection(
@@ -138,39 +60,6 @@ def ensure_collection(
         )
 
 
-@dataclass(frozen=True)
-class IngestSettings:
-    """How to run an ingest; batch size and readers left None take the model's device's
-    defaults (for_device, applied once the model is built)."""
-
-    batch_size: int | None = None  # images per forward pass [32 on CPU, 256 on CUDA]
-    workers: int | None = None  # reader processes [1 on CPU, up to 8 on CUDA]
-    decode: Decode = Decode.cpu  # cpu: workers decode; device: JPEGs decode on the GPU
-    report: str | Path = "ingest-failures.csv"  # failed files and reasons
-    progress: bool = True
-    prune: bool = False  # delete points (of this share) whose files are gone
-    image_base: str | None = None  # image_url = BASE<point id>.jpg in every payload
-
-    def __post_init__(self) -> None:
-        if (self.batch_size is not None and self.batch_size < 1) or (
-            self.workers is not None and self.workers < 0
-        ):
-            raise ValueError("the batch size must be positive and the readers at least 0")
-        object.__setattr__(self, "decode", Decode(self.decode))
-
-    def for_device(self, device) -> IngestSettings:
-        """These settings with `device`'s defaults where they were left None (the one place
-        of device defaults): batch 32 on CPU, 256 on CUDA; 1 reader on CPU, up to 8 on CUDA."""
-        on_gpu = getattr(device, "type", device) == "cuda"
-        return replace(
-            self,
-            batch_size=self.batch_size or (256 if on_gpu else 32),
-            workers=self.workers
-            if self.workers is not None
-            else (max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1),
-        )
-
-
 def run_ingest(
     store: Store,
     encoder: Encoder | EncoderRecipe,
@@ -181,10 +70,14 @@ def run_ingest(
     upsert it into `store`.
 
     `encoder`: an Encoder, or a recipe that builds one (embedder.recipe): only a run that has
-    something to embed builds the model (and imports torch). Point ids are uuid5(path), so a
-    rerun (after a crash, Ctrl-C or new files) continues where the last one stopped; the
-    collection must already exist (see ensure_collection). Stored points that lack the
-    image_url of `settings.image_base` get it without re-embedding.
+    something to embed builds the model (and imports torch). `settings.engine` says what runs
+    the embedding: this process, or Ray Data (each actor builds its encoder from the recipe);
+    everything else (the plan, pruning, the index, the report) is the same for both.
+
+    Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues
+    where the last one stopped; the collection must already exist (see ensure_collection).
+    Stored points that lack the image_url of `settings.image_base` get it without
+    re-embedding.
     """
     if settings.prune and work.limit is not None:
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
@@ -200,7 +93,11 @@ def run_ingest(
     summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
     store.check_space(len(plan.todo))
     summary.seconds["plan"] = time.perf_counter() - started
-    if len(plan.todo):
+    if len(plan.todo) and settings.engine is Engine.ray:
+        from ingest.ray_engine import embed_on_ray
+
+        embed_on_ray(store, encoder, plan, settings, summary)
+    elif len(plan.todo):
         _embed(store, encoder.build(), plan, settings, summary)
     if summary.embedded or summary.pruned or not store.index_complete():
         t0 = time.perf_counter()  # also finishes an index build that a crash interrupted

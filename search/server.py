@@ -26,6 +26,7 @@ from search.store import (
     SearchParams,
     Store,
     StoreError,
+    StoreUnavailable,
     as_queries,
     records_to_points,
 )
@@ -94,6 +95,12 @@ class ServerStore(Store):
         self.collection = collection
         self.client = _client(url, api_key)
         self.local = url == ":memory:" or url.startswith("file:")
+        self._api_key = api_key
+
+    def opened_elsewhere(self) -> dict | None:
+        if self.local:  # in-process (:memory:) or locked to one process (file:)
+            return None
+        return {"url": self.url, "api_key": self._api_key, "collection": self.collection}
 
     def describe(self) -> str:
         return f"Qdrant at {self.url}"
@@ -110,13 +117,16 @@ class ServerStore(Store):
                     f"{self.describe()} refused the API key while trying to {what} "
                     f"(set QDRANT_API_KEY)"
                 ) from None
-            raise StoreError(
+            busy = exc.status_code == 429 or exc.status_code >= 500
+            raise (StoreUnavailable if busy else StoreError)(
                 f"{self.describe()} answered HTTP {exc.status_code} to {what}: "
                 f"{(exc.reason_phrase or '')[:200]}"
             ) from None
         except (httpx.TransportError, ResponseHandlingException, ConnectionError) as exc:
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StoreError(f"cannot reach {self.describe()} to {what}: {text[:200]}") from None
+            raise StoreUnavailable(
+                f"cannot reach {self.describe()} to {what}: {text[:200]}"
+            ) from None
 
     def exists(self) -> bool:
         return self._call("check the collection", self.client.collection_exists, self.collection)
@@ -144,6 +154,7 @@ class ServerStore(Store):
             quantization_config=quant,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
+            write_consistency_factor=settings.write_consistency,
             metadata=(meta := {**metadata, "dim": dim, "distance": "cosine", "index": index}),
         )
         self._metadata = meta

@@ -33,6 +33,11 @@ class StoreError(UserError, RuntimeError):
     """A store problem a user can act on: missing collection, unreachable server, lock, mismatch."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer in time, could not be reached, or was busy (HTTP 429 or 5xx):
+    the same call may succeed if tried again."""
+
+
 def mount_of(path: str | Path) -> str:
     """The mount point holding `path` (or the nearest folder above it that exists)."""
     path = Path(path).expanduser().absolute()
@@ -206,6 +211,14 @@ class IndexSettings:
     quantization: bool = False  # int8 scalar quantization with rescoring
     shard_number: int | None = None  # server only
     replication_factor: int | None = None  # server only
+    write_consistency: int | None = None  # server only: replicas that acknowledge a write
+
+    def __post_init__(self) -> None:
+        if self.write_consistency and self.write_consistency > (self.replication_factor or 1):
+            raise ValueError(
+                f"--write-consistency {self.write_consistency} is more than the "
+                f"{self.replication_factor or 1} copies of --replication-factor"
+            )
 
     def recorded(self) -> dict:
         """What a collection's metadata records as its "index" (both stores alike)."""
@@ -363,6 +376,12 @@ class Store(ABC):
     def check_space(self, points: int) -> None:
         """Before writing `points` new points: StoreError when the disk cannot hold them."""
         return None  # a server manages (and reports) its own disk
+
+    def opened_elsewhere(self) -> dict | None:
+        """open_store's keywords for opening this collection in other processes that write
+        into it at the same time (a Ray cluster's writer tasks); None where this process is
+        the only writer (the embedded store, qdrant-client's local mode)."""
+        return None
 
     def sidecar(self, name: str) -> Path | None:
         """A file kept beside the collection that is valid only as long as nothing is written

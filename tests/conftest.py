@@ -111,8 +111,9 @@ def store_contents():
 def ingest_into():
     """A function: ingest a dataset root into an open store with an encoder, the library way
     (read_work → run_ingest); keyword arguments: limit, shard, and IngestSettings fields."""
+    from ingest.control import IngestSettings
     from ingest.plan import read_work
-    from ingest.runner import IngestSettings, run_ingest
+    from ingest.runner import run_ingest
 
     def run(store, encoder, root, *, limit=None, shard=None, **settings):
         work = read_work(root, limit=limit, shard=shard)

@@ -105,6 +105,11 @@ ONE_LINE_ERRORS = [
     ),
     ("run --root {root} --store {db} --weights {tmp}/none.safetensors", "not found"),
     ("info --store {db} --collection missing", "does not exist"),
+    (
+        "run --root {root} --qdrant-url :memory: --write-consistency 2 TINY",
+        "--write-consistency 2 is more than the 1 copies of --replication-factor",
+    ),
+    ("run --root {root} --store {db} --engine ray --decode device TINY", "Ray decodes on CPUs"),
 ]
 
 

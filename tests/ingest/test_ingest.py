@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from embedder import Encoder, build_model, embed_files, read_catalog
+from ingest.control import IngestSettings
 from ingest.plan import read_work
-from ingest.runner import IngestSettings, ensure_collection, run_ingest
+from ingest.runner import ensure_collection, run_ingest
 from search.query import model_for
 from search.store import StoreError
 from search.stores import open_store

@@ -49,3 +49,45 @@ def test_an_unreachable_server_never_echoes_the_key():
     out = subprocess.run([BIN / "ingest", "info"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "cannot reach Qdrant at https://127.0.0.1:9" in out.stderr
     assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_the_cluster_options_reach_the_server():
+    """What `ingest run --shard-number 3 --replication-factor 2 --write-consistency 2` asks a
+    server for (qdrant-client's local mode has no cluster and ignores them): the request the
+    client sends, recorded by a server that answers as Qdrant does."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from search.store import IndexSettings
+    from search.stores import open_store
+
+    asked = []
+
+    class Record(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            asked.append(
+                (self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            )
+            done = True if self.path.count("/") == 2 else {"operation_id": 0, "status": "completed"}
+            body = json.dumps({"result": done, "status": "ok", "time": 0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = open_store(url=f"http://127.0.0.1:{server.server_port}", collection="c")
+        cluster = IndexSettings(shard_number=3, replication_factor=2, write_consistency=2)
+        store.create(8, {"model": {}}, cluster)
+    finally:
+        server.shutdown()
+    path, created = asked[0]
+    assert path == "/collections/c"
+    assert (created["shard_number"], created["replication_factor"]) == (3, 2)
+    assert created["write_consistency_factor"] == 2

@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
+from ingest.control import IngestSettings
 from ingest.plan import read_work
-from ingest.runner import IngestSettings, ensure_collection, run_ingest
+from ingest.runner import ensure_collection, run_ingest
 from search.stores import open_store
 
 URL = os.environ.get("QDRANT_TEST_URL")
