@@ -81,6 +81,15 @@ def train(
     device: Device = "auto",
     precision: Precision = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train in N processes on this machine (one per GPU; on CPU, gloo) by starting "
+            "torchrun; --batch-size stays the global batch. Several machines: run `torchrun "
+            "... -m embedder train` with torchrun's own flags.",
+        ),
+    ] = 1,
     verbose: Verbose = False,
 ) -> None:
     """Train with triplet loss; each epoch writes a checkpoint, validation top-k, metrics.csv
@@ -88,17 +97,20 @@ def train(
     (validation top-20) is OUT/best.safetensors, the file to pass to `ingest run --weights`."""
     setup_logging(verbose)
     with clean_errors():
+        from embedder.distributed import launch, main_process, under_torchrun
         from embedder.train import TrainConfig, fit
 
+        launching = nproc_per_node > 1 and not under_torchrun()
         if train_stages is None:  # frozen random layers would never learn anything
             random_init = pretrained == "none" and weights is None
             train_stages = "all" if random_init else "layer4"
-            typer.echo(
-                f"training stages: {train_stages} ("
-                + ("random weights: every stage learns" if random_init else "the reference recipe")
-                + "; --train-stages to choose)",
-                err=True,
-            )
+            if main_process() and not launching:
+                why = (
+                    "random weights: every stage learns" if random_init else "the reference recipe"
+                )
+                typer.echo(
+                    f"training stages: {train_stages} ({why}; --train-stages to choose)", err=True
+                )
         cfg = TrainConfig(
             root=str(root),
             out=str(out),
@@ -121,7 +133,12 @@ def train(
             ks=tuple(k),
             resume=resume,
         )
+        if launching:  # settings that cannot work fail here once, not in every process
+            cfg.check(nproc_per_node)
+            raise typer.Exit(launch(nproc_per_node, "nproc-per-node"))
         history = fit(cfg, progress=progress)
+        if not main_process():  # rank 0 reports
+            return
         for row in history.rows:
             echo("  ".join(f"{key} {value}" for key, value in row.items()))
         echo(

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_metric_learning import losses, miners, samplers
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from embedder.catalog import bbox_of, locate, read_catalog, read_pairs
 from embedder.checkpoint import save_checkpoint
 from embedder.choices import Mode, Precision
 from embedder.device import autocast, autocast_dtype, resolve_device
+from embedder.distributed import Ranks, barrier, gather, start, stop, wrap
 from embedder.evaluate import DEFAULT_KS, evaluate, split_sets
 from embedder.inference import Encoder
 from embedder.model import EmbeddingNet, build_model, load_checkpoint
@@ -56,14 +57,19 @@ class TrainConfig:
     select_k: int = 20  # best checkpoint by validation top-k
     resume: bool = False  # continue the run in `out` after its last finished epoch
 
-    def check(self) -> None:
+    def check(self, processes: int = 1) -> None:
+        """Settings that cannot work fail here, before any training; `processes`: how many
+        share each (global) batch under torchrun."""
         self.mode, self.precision = Mode(self.mode), Precision(self.precision)
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.margin < 0:
             raise ValueError("epochs ≥ 1, batch size ≥ 2, lr > 0 and margin ≥ 0 are required")
-        if self.mode is not Mode.reference and self.batch_size % self.per_item:
+        share = self.per_item * processes if self.mode is not Mode.reference else processes
+        if self.batch_size % share:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a multiple of "
-                f"--per-item {self.per_item} for online mining"
+                + (f"--per-item {self.per_item} × " if self.mode is not Mode.reference else "")
+                + f"{processes} process(es)"
+                + (" for online mining" if self.mode is not Mode.reference else "")
             )
 
 
@@ -191,18 +197,25 @@ def _train_pairs(root, catalog: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
-class FreshPerEpoch(Sampler):
-    """A new sampler for every pass: MPerClassSampler shuffles its own label list in place,
-    which would carry one epoch's draws into the next (and break resuming)."""
+class RankShare(Sampler):
+    """This process's share of each global batch of `batch` indices drawn anew by `make()`
+    for every pass (MPerClassSampler shuffles its own label list in place, which would carry
+    one epoch's draws into the next and break resuming): the batches the processes gather
+    are the ones a single process would see."""
 
-    def __init__(self, make):
-        self.make, self.length = make, len(make())
+    def __init__(self, make, batch: int, ranks: Ranks):
+        self.make, self.batch, self.ranks = make, batch, ranks
+        self.length = len(make())
 
     def __iter__(self):
-        return iter(self.make())
+        order = list(self.make())
+        part = self.batch // self.ranks.world
+        for first in range(0, len(order) - self.batch + 1, self.batch):
+            mine = first + self.ranks.rank * part
+            yield from order[mine : mine + part]
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.batch * (self.batch // self.ranks.world)
 
 
 @dataclass
@@ -213,53 +226,63 @@ class EpochLoader:
     loader: DataLoader
     per_step: int  # images per training example: 3 (triplets) or 1 (mined batches)
     data: Dataset
-    generator: torch.Generator | None = None
     seed: int = 0
 
     def start(self, epoch: int) -> DataLoader:
-        _seed_all(self.seed * 1000 + epoch)  # data order and dropout
-        if self.generator is not None:
-            self.generator.manual_seed(self.seed * 1000 + epoch)
+        _seed_all(self.seed * 1000 + epoch)  # draws, augmentation and dropout
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)  # the order: (seed, epoch), every process
         if hasattr(self.data, "epoch"):
             self.data.epoch = epoch  # the reference triplets' negatives
         return self.loader
 
 
 def build_loader(
-    cfg: TrainConfig, root, catalog: pd.DataFrame, pairs: pd.DataFrame | None, spec
+    cfg: TrainConfig,
+    root,
+    catalog: pd.DataFrame,
+    pairs: pd.DataFrame | None,
+    spec,
+    ranks: Ranks = Ranks(),
 ) -> EpochLoader:
-    """Reference triplets (shuffled) or item-balanced batches for online mining."""
+    """Reference triplets (shuffled) or item-balanced batches for online mining; each process
+    loads its share (cfg.batch_size / processes) of every global batch."""
+    part = cfg.batch_size // ranks.world
     if cfg.mode is Mode.reference:
         data = TripletSet(root, pairs, catalog, spec, cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        order = DistributedSampler(
+            data, num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=cfg.seed,
+            drop_last=ranks.distributed,
+        )  # fmt: skip
         loader = DataLoader(
             data,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=gen,
+            batch_size=part,
+            sampler=order,
             num_workers=cfg.workers,
             drop_last=len(data) > cfg.batch_size,
             pin_memory=torch.cuda.is_available(),
         )
-        return EpochLoader(loader, 3, data, gen, cfg.seed)
+        return EpochLoader(loader, 3, data, cfg.seed)
     train = catalog[catalog["split"] == "train"]
     if train.empty:
         raise ValueError("no train images: training needs Eval/list_eval_partition.txt")
     data = ItemImages(root, train, spec)
-    sampler = FreshPerEpoch(
+    sampler = RankShare(
         lambda: samplers.MPerClassSampler(
             data.labels, m=cfg.per_item, batch_size=cfg.batch_size, length_before_new_iter=len(data)
-        )
+        ),
+        cfg.batch_size,
+        ranks,
     )
     loader = DataLoader(
         data,
-        batch_size=cfg.batch_size,
+        batch_size=part,
         sampler=sampler,
         num_workers=cfg.workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
     )
-    return EpochLoader(loader, 1, data, None, cfg.seed)
+    return EpochLoader(loader, 1, data, cfg.seed)
 
 
 def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
@@ -290,17 +313,27 @@ def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
 
 def fit(cfg: TrainConfig, progress: bool = True) -> History:
     """Train for cfg.epochs, writing per-epoch checkpoints, metrics.csv and metrics.png:
-    set up once, then per epoch train_one_epoch → validate → save_epoch."""
-    cfg.check()
+    set up once, then per epoch train_one_epoch → validate → save_epoch. Under torchrun each
+    process trains on its share of every batch (embedder.distributed); rank 0 alone validates
+    and writes."""
+    ranks, device = start(resolve_device(cfg.device))
+    try:
+        cfg.check(ranks.world)
+        return _fit(cfg, ranks, device, progress and ranks.main)
+    finally:
+        stop(ranks)
+
+
+def _fit(cfg: TrainConfig, ranks: Ranks, device: torch.device, progress: bool) -> History:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     dtype = autocast_dtype(device, cfg.precision)
-    model, done, history = _model(cfg, out)
-    model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(freeze(model, cfg.train_stages), lr=cfg.lr)
+    net, done, history = _model(cfg, out)
+    net.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(freeze(net, cfg.train_stages), lr=cfg.lr)
     if done and (out / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device))
+    model = wrap(net, ranks, device)
     loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
     miner = {
         Mode.batch_hard: miners.BatchHardMiner(),
@@ -309,8 +342,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
     }[cfg.mode]
     catalog = read_catalog(cfg.root)  # read once: every epoch draws from the same tables
     pairs = _train_pairs(cfg.root, catalog) if cfg.mode is Mode.reference else None
-    batches = build_loader(cfg, cfg.root, catalog, pairs, model.spec)
-    val_sets = _val_sets(cfg.root)
+    batches = build_loader(cfg, cfg.root, catalog, pairs, net.spec, ranks)
+    val_sets = _val_sets(cfg.root) if ranks.main else None
     for epoch in range(done + 1, cfg.epochs + 1):
         row = {"epoch": epoch}
         row.update(
@@ -324,17 +357,43 @@ def fit(cfg: TrainConfig, progress: bool = True) -> History:
                 dtype,
                 per_step=batches.per_step,
                 desc=f"epoch {epoch}/{cfg.epochs}" if progress else None,
+                ranks=ranks,
             )
         )
-        row.update(validate(model, cfg, device, val_sets))
-        history.rows.append(row)
-        save_epoch(model, optimizer, cfg, out, epoch, row, history)
-        log.info("epoch %d: %s", epoch, row)
+        if ranks.main:
+            row.update(validate(net, cfg, device, val_sets))
+            history.rows.append(row)
+            save_epoch(net, optimizer, cfg, out, epoch, row, history)
+            log.info("epoch %d: %s", epoch, row)
+        barrier(ranks)  # the others wait for rank 0's validation and files
     return history
 
 
+def train_step(model, x, labels, tuples, loss_fn, miner, optimizer, device, dtype, ranks) -> float:
+    """One optimiser step on this process's part of a batch: `x` uint8 images, `labels`,
+    and for fixed triplets the (anchor, positive, negative) positions in `x`. Under torchrun
+    the embeddings (and labels) of every process are gathered first, so that the loss and the
+    miner see the global batch, and DDP's averaged gradient is one process's."""
+    net = getattr(model, "module", model)
+    with autocast(device, dtype):
+        emb = model(normalize(x, net.spec, device))
+    emb = gather(emb.float(), ranks)  # process r's images at r·len(x) …
+    if ranks.distributed and tuples is None:
+        labels = gather(labels, ranks)
+    elif ranks.distributed:
+        labels = torch.arange(len(emb), device=device)
+        tuples = tuple(torch.cat([t + r * len(x) for r in range(ranks.world)]) for t in tuples)
+    if miner is not None:  # pytorch-metric-learning's miners run without gradients
+        tuples = miner(emb, labels)
+    loss = loss_fn(emb, labels, tuples)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_one_epoch(
-    model: EmbeddingNet,
+    model,
     loader: DataLoader,
     loss_fn,
     miner,
@@ -344,10 +403,12 @@ def train_one_epoch(
     *,
     per_step: int,
     desc: str | None = None,
+    ranks: Ranks = Ranks(),
 ) -> dict:
     """One pass over `loader`: triplets (3 images an example, fixed tuples) or mined batches.
-    Returns the mean loss and the throughput."""
-    train_mode(model)
+    Returns the mean loss and the throughput (all processes together)."""
+    model.train()
+    train_mode(getattr(model, "module", model))
     total, steps, images, started = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=desc is None, leave=False)
     for batch in bar:
@@ -357,17 +418,9 @@ def train_one_epoch(
             idx = torch.arange(n, device=device)
             tuples, labels = (idx, idx + n, idx + 2 * n), torch.arange(3 * n, device=device)
         else:
-            x, labels = batch[0], batch[1].to(device)
-            tuples = None
-        with autocast(device, dtype):
-            emb = model(normalize(x, model.spec, device))
-        if miner is not None:  # pytorch-metric-learning's miners run without gradients
-            tuples = miner(emb.float(), labels)
-        loss = loss_fn(emb.float(), labels, tuples)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, steps, images = total + loss.item(), steps + 1, images + len(x)
+            x, labels, tuples = batch[0], batch[1].to(device), None
+        loss = train_step(model, x, labels, tuples, loss_fn, miner, optimizer, device, dtype, ranks)
+        total, steps, images = total + loss, steps + 1, images + len(x) * ranks.world
         bar.set_postfix(loss=f"{total / steps:.4f}")
     seconds = time.perf_counter() - started
     return {
