@@ -1,5 +1,5 @@
-"""What every engine of an ingest run shares: its settings, the summary it reports, and
-stopping cleanly on Ctrl-C or SIGTERM."""
+"""What every engine of an ingest run shares: its settings, the summary it reports, stopping
+cleanly on Ctrl-C or SIGTERM, and the writer loop's frame."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tqdm import tqdm
+
 from embedder.choices import Decode, Engine
+from ingest.writer import Writer
+from search.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +140,23 @@ class IngestSettings:
             if self.workers is not None
             else (max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu else 1),
         )
+
+
+@contextmanager
+def writing(
+    store: Store, summary: Summary, total: int, progress: bool, desc: str = "ingest"
+) -> Iterator[tuple[Writer, tqdm, StopOnInterrupt]]:
+    """One writer thread into `store`, a progress bar and the signal handling, for a loop that
+    hands the writer its embedded batches and calls `stop.check()` after each. However the
+    loop ends (done, Ctrl-C, an error) what was handed to the writer is stored and flushed,
+    and `summary.embedded` counts it."""
+    writer = Writer(store)
+    bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, smoothing=0.05)
+    with StopOnInterrupt() as stop:
+        try:
+            yield writer, bar, stop
+        finally:
+            bar.close()
+            writer.close()  # on Ctrl-C too: what was embedded is stored
+            store.flush()
+            summary.embedded = writer.stored

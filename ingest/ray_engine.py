@@ -28,13 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from embedder.catalog import BOX
 from embedder.errors import UserError
-from ingest.control import IngestSettings, StopOnInterrupt, Summary
+from ingest.control import IngestSettings, StopOnInterrupt, Summary, writing
 from ingest.plan import Plan, payload
-from ingest.writer import Writer
 from search.store import Points, Store, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -297,26 +295,18 @@ def _cpus(ray) -> int:
 
 def _write_in_driver(embedded, store: Store, settings, total: int, summary: Summary) -> None:
     """The local engine's writer, fed by the driver: the only writer of an embedded store."""
-    writer = Writer(store)
-    bar = tqdm(total=total, unit="img", desc="ingest (ray)", disable=not settings.progress)
     decode = model = 0.0
-    with StopOnInterrupt() as stop:
-        try:
-            for part in embedded.iter_batches(
-                batch_size=settings.batch_size, batch_format="numpy", prefetch_batches=2
-            ):
-                points, failed = to_points(part)
-                writer(points)
-                summary.failures += failed
-                decode += float(part["decode_s"].sum())
-                model += float(part["model_s"].sum())
-                bar.update(len(part["id"]))
-                stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-        finally:
-            bar.close()
-            writer.close()  # on Ctrl-C too: what was embedded is stored
-            store.flush()
-            summary.embedded = writer.stored
+    with writing(store, summary, total, settings.progress, "ingest (ray)") as (writer, bar, stop):
+        for part in embedded.iter_batches(
+            batch_size=settings.batch_size, batch_format="numpy", prefetch_batches=2
+        ):
+            points, failed = to_points(part)
+            writer(points)
+            summary.failures += failed
+            decode += float(part["decode_s"].sum())
+            model += float(part["model_s"].sum())
+            bar.update(len(part["id"]))
+            stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
     summary.seconds.update(decode=decode, model=model, write=writer.seconds)
 
 

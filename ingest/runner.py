@@ -8,13 +8,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from embedder.choices import Decode, Engine
 from embedder.spec import ModelSpec, model_difference
-from ingest.control import IngestSettings, StopOnInterrupt, Summary
+from ingest.control import IngestSettings, Summary, writing
 from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload
-from ingest.writer import Writer
 from search.store import IndexSettings, Points, Store, StoreError
 
 if TYPE_CHECKING:
@@ -134,41 +131,29 @@ def _embed(
         f"{settings.workers} reader process(es)"
     )
     todo = plan.todo
-    writer = Writer(store)
-    bar = tqdm(
-        total=len(todo), unit="img", desc="ingest", disable=not settings.progress, smoothing=0.05
-    )
     read = model = decode = 0.0
-    with StopOnInterrupt() as stop:
-        try:
-            for part in embed_batches(
-                encoder,
-                plan.files(),
-                plan.boxes(),
-                batch_size=settings.batch_size,
-                workers=settings.workers,
-                decode=settings.decode,
-            ):
-                rows = todo.iloc[part.index]
-                writer(
-                    Points(
-                        rows["id"].tolist(),
-                        part.vectors,
-                        [payload(r, settings.image_base) for r in rows.itertuples(index=False)],
-                    )
+    with writing(store, summary, len(todo), settings.progress) as (writer, bar, stop):
+        for part in embed_batches(
+            encoder,
+            plan.files(),
+            plan.boxes(),
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            decode=settings.decode,
+        ):
+            rows = todo.iloc[part.index]
+            writer(
+                Points(
+                    rows["id"].tolist(),
+                    part.vectors,
+                    [payload(r, settings.image_base) for r in rows.itertuples(index=False)],
                 )
-                summary.failures += [
-                    (str(todo["path"].iat[i]), reason) for i, reason in part.failed
-                ]
-                read, model = read + part.seconds_wait, model + part.seconds_model
-                decode += part.seconds_decode
-                bar.update(len(part.index) + len(part.failed))
-                stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-        finally:
-            bar.close()
-            writer.close()  # on Ctrl-C too: what was embedded is stored
-            store.flush()
-            summary.embedded = writer.stored
+            )
+            summary.failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
+            read, model = read + part.seconds_wait, model + part.seconds_model
+            decode += part.seconds_decode
+            bar.update(len(part.index) + len(part.failed))
+            stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
     summary.seconds.update(read=read, model=model, write=writer.seconds)
     if settings.decode is Decode.device:
         summary.seconds["decode"] = decode
