@@ -1,10 +1,12 @@
 """`ingest run --engine ray`: the same collection as the local engine, resumable, bad files
-reported, a killed worker survived, writes into a server retried, no Ray process left behind.
-Ray runs locally here (2 CPUs, started once for this module); a cluster cannot be."""
+reported, a killed worker survived, a killed driver resumed from, writes into a server retried,
+no Ray process left behind. Ray runs locally here (2 CPUs, started once for this module); a
+cluster cannot be."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -162,6 +164,43 @@ def test_the_command_starts_ray_and_leaves_no_process(sample_root, tmp_path, tin
     while (left := _ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left]
+
+
+def test_a_rerun_after_the_driver_is_killed_embeds_only_what_is_missing(sample_root, tmp_path):
+    """`kill -9` of the command mid-run: Ray's processes go with it, and the next run embeds
+    exactly the photos the first did not store."""
+    before = _ray_processes()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    args = [BIN / "ingest", "run", "--root", str(sample_root), "--store", str(tmp_path / "db"),
+            "--engine", "ray", "--backbone", "resnet18", "--img-size", "128",
+            "--pretrained", "none", "--batch-size", "2", "--runtime", "torch", "--precision",
+            "fp32"]  # fmt: skip
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    seen, done = b"", None
+    try:
+        while chunk := first.stderr.read1(4096):  # the progress bar: kill it part-way
+            seen += chunk
+            done = re.findall(rb"ingest \(ray\):\s+(\d+)%", seen)
+            if done and 5 <= int(done[-1]) <= 80:
+                break
+    finally:
+        first.kill()
+        first.wait()
+    assert done and 5 <= int(done[-1]) <= 80, seen.decode(errors="replace")[-2000:]
+    deadline = time.monotonic() + 90
+    while (left := _ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left]
+
+    again = subprocess.run(
+        [*args, "--no-progress"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    total = len(read_work(sample_root).catalog)
+    counts = r"seen (\d+), embedded (\d+) .*already present (\d+), failed 0"
+    seen_n, embedded, present = map(int, re.search(counts, again.stdout).groups())
+    assert seen_n == total and 0 < present < total and embedded == total - present
+    assert f"collection now holds {total}" in again.stdout
 
 
 def test_without_ray_installed_the_engine_names_the_extra(
