@@ -359,3 +359,23 @@ def test_info_names_no_server_paths_without_a_key(client, served):
     assert str(served[1].images) not in text and "qdrant_data" not in text
     assert info["store"] == "embedded" and info["dataset_root"] is None
     assert info["formats"] == ["JPEG", "PNG", "WEBP", "BMP"] and info["access_key"] is False
+
+
+def test_a_bug_is_answered_500_logged_counted_and_the_server_keeps_serving(client, caplog):
+    from search.web.deps import get_service
+
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("a bug")
+
+    client.app.dependency_overrides[get_service] = Broken
+    try:
+        response = client.get("/api/facets")
+    finally:
+        client.app.dependency_overrides.clear()
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error (logged)"}
+    assert "a bug" in caplog.text and "a bug" not in response.text
+    assert client.get("/api/facets").status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'http_requests_total{endpoint="/api/facets",method="GET",status="500"} 1.0' in metrics
