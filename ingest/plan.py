@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedder.catalog import BOX, bbox_of, locate, read_catalog
+from embedder.catalog import BOX, TEXT, bbox_of, locate, read_catalog
 from search.schema import CHANGE, LABELS
 from search.store import Store, point_ids
 
@@ -176,7 +176,7 @@ def read_work(
     started = time.perf_counter()
     where = locate(root)
     catalog = read_catalog(where)
-    catalog["id"] = pd.array(point_ids(catalog["path"].tolist()), dtype="string")
+    catalog["id"] = pd.array(point_ids(catalog["path"].tolist()), dtype=TEXT)
     if shard is not None:
         catalog = catalog[shard_mask(catalog["id"], shard)].reset_index(drop=True)
     if limit is not None:

@@ -156,7 +156,7 @@ def slow_catalog(root) -> pd.DataFrame:
     for col in ("x1", "y1", "x2", "y2"):
         table[col] = table[col].astype("Int64")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):
-        table[col] = table[col].astype("string")
+        table[col] = table[col].astype(c.TEXT)
     return table
 
 
