@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_name
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
@@ -190,14 +190,6 @@ def _int8(spec, photos, weights, quantize) -> str:
         quantize(spec, photos, check=False)  # kept anyway, for the timings below
         why = "an untrained model" if not weights else "this model"
         return f"refused for {why}: {str(exc).split('refused: ')[1].split(';')[0]}"
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    name = re.search(r"model name\s*:\s*(.+)", info).group(1)
-    flags = set(re.search(r"flags\s*:\s*(.+)", info).group(1).split())
-    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, flags {' '.join(has)}"
 
 
 def main() -> None:

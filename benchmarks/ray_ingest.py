@@ -15,18 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 from _collection import timed_ingest
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from _machine import cpu_name
 
 
 def main() -> None:
@@ -53,7 +46,7 @@ def main() -> None:
     )
     recipe.build()  # the exported model cached before either engine is timed
     print(
-        f"{cpu_name()}, {os.cpu_count()} cores; {args.backbone} {args.img_size}px, "
+        f"{cpu_name()}; {args.backbone} {args.img_size}px, "
         f"runtime {args.runtime}, batch {args.batch_size}"
     )
 
