@@ -235,7 +235,7 @@ def _datasink_class():
 def _pool(ray, recipe: EncoderRecipe, actors: int | None) -> tuple[int, dict, str]:
     """How many embedder actors and what each reserves: one per GPU (num_gpus=1) when the
     cluster has GPUs and the recipe may use them; else CPU actors, one per node."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = _resource(ray, "GPU")
     if gpus and not str(recipe.device).startswith("cpu"):
         return actors or gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -275,7 +275,7 @@ def embed_on_ray(
             **reserve,
         )
         summary.runtime = (
-            f"Ray ({_cpus(ray)} CPUs, {int(ray.cluster_resources().get('GPU', 0))} GPUs): "
+            f"Ray ({_resource(ray, 'CPU')} CPUs, {_resource(ray, 'GPU')} GPUs): "
             f"{actors} embedder actor(s) on {device}, batch {batch}"
         )
         t0 = time.perf_counter()
@@ -289,8 +289,9 @@ def embed_on_ray(
         summary.embedding_seconds = time.perf_counter() - t0
 
 
-def _cpus(ray) -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
+def _resource(ray, name: str) -> int:
+    """How many of a resource ("CPU", "GPU") the Ray cluster has."""
+    return int(ray.cluster_resources().get(name, 0))
 
 
 def _write_in_driver(embedded, store: Store, settings, total: int, summary: Summary) -> None:
