@@ -52,7 +52,7 @@ def timed_ingest(
     from ingest.control import IngestSettings
     from ingest.plan import read_work
     from ingest.runner import ensure_collection, run_ingest
-    from search.stores import open_store
+    from search.store import open_store
 
     work = read_work(root, limit=limit)
     options = IngestSettings(progress=False, report=f"{tmp}/failures.csv", **settings)

@@ -135,7 +135,7 @@ def main() -> None:
 
     from search.query import ModelOptions, serving_encoder
     from search.service import Query, SearchService
-    from search.stores import open_store
+    from search.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
         root, db = make_collection(

@@ -20,8 +20,15 @@ import time
 
 import numpy as np
 
-from search.store import APPROXIMATE, IndexSettings, Points, SearchParams, point_id
-from search.stores import open_store
+from search.store import (
+    APPROXIMATE,
+    IndexSettings,
+    Points,
+    SearchParams,
+    open_store,
+    point_id,
+    search,
+)
 
 CATEGORIES = {"TOPS": 0.45, "DRESSES": 0.35, "TROUSERS": 0.20}
 
@@ -81,12 +88,12 @@ def fill(store, vectors, payloads, ids, batch=2048) -> float:
     return time.perf_counter() - started
 
 
-def latency(store, queries, k, truth, position, filters=None, params=APPROXIMATE):
+def latency(store, queries, k, truth, position, filters=None, params=APPROXIMATE, oversample=4):
     """p50/p95 ms of single-query searches and mean recall@k against `truth`."""
     walls, recall = [], []
     for q, expected in zip(queries, truth, strict=True):
         t0 = time.perf_counter()
-        hits = store.search(q[None], k, filters, params)[0]
+        hits = search(store, q[None], k, filters, params, oversample=oversample)[0]
         walls.append((time.perf_counter() - t0) * 1000)
         recall.append(len({position[h.id] for h in hits} & expected) / k)
     return np.percentile(walls, 50), np.percentile(walls, 95), float(np.mean(recall))
@@ -146,10 +153,8 @@ def main() -> None:
         for ef in [int(v) for v in args.efs.split(",")]:
             params = SearchParams(hnsw_ef=ef)
             p50, p95, rec = latency(store, queries, k, truth, position, params=params)
-            store.oversample = 4
-            f50, f95, frec = latency(store, top_queries, k, truth_tops, position, tops, params)
-            store.oversample = 1
-            r50, _, rrec = latency(store, top_queries, k, truth_tops, position, tops, params)
+            f50, f95, frec = latency(store, top_queries, k, truth_tops, position, tops, params, 4)
+            r50, _, rrec = latency(store, top_queries, k, truth_tops, position, tops, params, 1)
             print(
                 f"  hnsw_ef {ef:4d}: top-20 p50 {p50:5.2f} ms p95 {p95:5.2f} ms recall {rec:.3f}"
                 f" ({numpy_ms / p50:.0f}x numpy) | TOPS-filtered p50 {f50:5.2f} ms p95 "

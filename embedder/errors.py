@@ -10,6 +10,12 @@ class WeightsError(UserError, RuntimeError):
     """Weights cannot be loaded (missing file, corrupt file, no network for a pretrained tag)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's message as one line: its first line, or its type's name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def describe_failure(exc: BaseException) -> str:
     """One short line for a file that failed: the exception's type and first line."""
     text = str(exc).splitlines()[0] if str(exc) else ""

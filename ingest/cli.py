@@ -20,7 +20,7 @@ from embedder._cli import (
 )
 from embedder.choices import Decode, Engine
 from search.options import Collection, QdrantUrl, StoreDir, open_from
-from search.schema import DEFAULT_COLLECTION
+from search.store.schema import DEFAULT_COLLECTION
 
 app = typer.Typer(
     add_completion=False,
@@ -308,7 +308,7 @@ def publish(
 
         from ingest.plan import check_image_url
         from ingest.transfer import copy_collection
-        from search.stores import open_store
+        from search.store import open_store
 
         image_base = check_image_url(image_url)
         with (
@@ -400,7 +400,9 @@ def info(
         if not db.index_complete():
             echo("index: build not recorded as complete; rerun `ingest run` to finish it")
         if check:
-            checked = db.verify()
+            from ingest.transfer import verify
+
+            checked = verify(db)
             index = "complete" if checked["index_complete"] else "NOT complete"
             echo(
                 f"check: ok, {checked['points']} points read, vectors finite and unit length, "

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from embedder.catalog import BOX, TEXT, bbox_of, locate, read_catalog
-from search.schema import CHANGE, LABELS
 from search.store import Store, point_ids
+from search.store.schema import CHANGE, LABELS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Plan:
 
 
 def payload(row, image_base: str | None = None) -> dict:
-    """The payload stored with a point (search.schema): the catalog's labels as strings, the
+    """The payload stored with a point (search.store.schema): the catalog's labels as strings, the
     change fields, the box; with `image_base`, an image_url that Qdrant's dashboard shows."""
     out = {name: str(getattr(row, name)) for name in LABELS}
     if image_base:

@@ -211,7 +211,7 @@ def _datasink_class():
             self.written, self.seconds, self.failures = 0, 0.0, []
 
         def write(self, blocks, ctx) -> dict:
-            from search.stores import open_store
+            from search.store import open_store
 
             written, seconds, failures = 0, 0.0, []
             with open_store(**self.opened) as store:

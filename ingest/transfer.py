@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ingest.plan import image_url
-from search.store import IndexSettings, Points, Store, StoreError, require_free_space
+from search.store import IndexSettings, Points, Store, StoreError
+from search.store.disk import require_free_space
 
 FORMAT = "fashion-retrieval-snapshot/2"  # /2: a sha256 per part in the header
 READABLE = ("fashion-retrieval-snapshot/1", FORMAT)
@@ -218,3 +219,30 @@ def restore_snapshot(
         if restored != header["count"]:
             raise _bad(path, f"{restored} of {header['count']} points could be restored")
     return restored
+
+
+def verify(store: Store) -> dict:
+    """Read every point: vectors finite and unit length, payloads with a path, the count
+    right; returns what was checked, raises StoreError naming the first problem."""
+    meta, seen = store.require_metadata(), 0
+    for points in store.scroll(1024, vectors=True):
+        vectors = np.asarray(points.vectors, np.float64)
+        if vectors.shape[1] != meta["dim"]:
+            raise StoreError(f"vectors of size {vectors.shape[1]}, expected {meta['dim']}")
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+        if bad.any():
+            pid = points.ids[int(np.argmax(bad))]
+            raise StoreError(
+                f"point {pid} of collection {store.collection!r} has a damaged vector "
+                f"({int(bad.sum())} in this batch); rebuild it with `ingest run --recreate` "
+                f"or `ingest restore --recreate`"
+            )
+        missing = [i for i, p in zip(points.ids, points.payloads, strict=True) if "path" not in p]
+        if missing:
+            raise StoreError(f"point {missing[0]} has no path in its payload")
+        seen += len(points)
+    counted = store.count()
+    if counted != seen:
+        raise StoreError(f"the collection counts {counted} points but {seen} could be read")
+    return {"points": seen, "index_complete": store.index_complete()}

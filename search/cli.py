@@ -22,8 +22,8 @@ from embedder._cli import (
 )
 from search.options import Collection, QdrantUrl, StoreDir, open_from
 from search.query import ModelOptions
-from search.schema import DEFAULT_COLLECTION
 from search.service import MAX_TOP, Grouping, Source
+from search.store.schema import DEFAULT_COLLECTION
 
 app = typer.Typer(
     add_completion=False,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.evaluate import Knn, Report, accuracy, agreement, embed_table, exact_knn, split_sets
-from search.store import APPROXIMATE, SearchParams, Store, StoreError, point_id
+from search.store import APPROXIMATE, SearchParams, Store, StoreError, point_id, search
 
 CHUNK = 1024  # ids per store call
 
@@ -26,8 +26,8 @@ def store_knn(
     def knn(queries: np.ndarray, k: int) -> np.ndarray:
         out = np.full((len(queries), k), -1, np.int64)
         for start in range(0, len(queries), 256):
-            results = store.search(
-                queries[start : start + 256], k, {"split": split, "source": "shop"}, params
+            results = search(
+                store, queries[start : start + 256], k, {"split": split, "source": "shop"}, params
             )
             for row, hits in enumerate(results, start):
                 for col, hit in enumerate(hits):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from search.schema import DEFAULT_COLLECTION
+from search.store.schema import DEFAULT_COLLECTION
 
 StoreDir = Annotated[
     Path | None,
@@ -41,7 +41,7 @@ Collection = Annotated[
 
 def open_from(store: Path | None, url: str | None, collection: str, read_only: bool = False):
     """The store the options name; `read_only` for commands that only read it."""
-    from search.stores import open_store
+    from search.store import open_store
 
     return open_store(
         store_dir=str(store) if store else None,

@@ -25,7 +25,6 @@ import numpy as np
 from embedder.errors import UserError
 from embedder.geometry import Box
 from search.query import ModelOptions
-from search.schema import FILTERS, GROUP, SHOWN
 from search.store import (
     APPROXIMATE,
     Exclude,
@@ -36,7 +35,10 @@ from search.store import (
     Store,
     StoreError,
     point_id,
+    search,
+    search_groups,
 )
+from search.store.schema import FILTERS, GROUP, SHOWN
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +209,15 @@ def answer_vectors(
     results are ranked. A page after `query.offset` results: the same ranking, cut."""
     first, wanted = query.offset, query.offset + query.top
     if query.group is Grouping.item:
-        grouped = store.search_groups(
+        grouped = search_groups(
+            store,
             queries, wanted, query.filters, query.params, exclude, query.group_size
         )
         return [
             [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups[first:], first + 1)]
             for groups in grouped
         ]
-    found = store.search(queries, wanted, query.filters, query.params, exclude)
+    found = search(store, queries, wanted, query.filters, query.params, exclude)
     return [
         [Result(rank, h, [h]) for rank, h in enumerate(hits[first:], first + 1)] for hits in found
     ]

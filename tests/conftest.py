@@ -169,7 +169,7 @@ def bad_inputs(sample_root, tmp_path_factory, ingest_tiny) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def store_count():
     """A function: the number of points in an embedded store folder's collection."""
-    from search.stores import open_store
+    from search.store import open_store
 
     def count(db, **kw) -> int:
         with open_store(store_dir=str(db), **kw) as store:

@@ -35,8 +35,8 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
     """The collection, and its model (checked; on a CPU OpenVINO's, or torch's traced copy)
     behind a batching pool."""
     from search.query import serving_encoder
-    from search.schema import DEFAULT_COLLECTION
-    from search.stores import open_store
+    from search.store import open_store
+    from search.store.schema import DEFAULT_COLLECTION
 
     with open_store(
         store_dir=settings.store,

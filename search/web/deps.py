@@ -27,7 +27,7 @@ class Settings:
 
     store: str | None = None
     url: str | None = None
-    collection: str | None = None  # None: search.schema.DEFAULT_COLLECTION
+    collection: str | None = None  # None: search.store.schema.DEFAULT_COLLECTION
     images: str | None = None
     model: ModelOptions = ModelOptions()  # weights, device, precision, runtime, int8
     workers: int = 1  # model worker threads

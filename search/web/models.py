@@ -1,5 +1,5 @@
 """The API's response models (the OpenAPI page at /docs shows them); a photo's fields come from
-the one payload schema (search.schema)."""
+the one payload schema (search.store.schema)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
 from pydantic_core import to_json
 
-from search.schema import BY_NAME, SHOWN
 from search.service import Answer, Grouping, Query
 from search.store import Hit
+from search.store.schema import BY_NAME, SHOWN
 
 THUMB_SIZES = (128, 256, 512)
 

@@ -164,7 +164,7 @@ def test_projection_is_built_into_the_checkpoint(
     with pytest.raises(ValueError, match="projection size"):
         fit_projection(data, 1000)
     from ingest.runner import ensure_collection
-    from search.stores import open_store
+    from search.store import open_store
 
     with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
         encoder = Encoder(loaded, "cpu", "fp32")

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 from embedder import read_catalog
 from ingest.runner import ensure_collection
 from search.cli import app as search_app
-from search.store import point_id
-from search.stores import open_store
+from search.store import open_store, point_id
 
 
 def _png_with_size(width: int, height: int) -> bytes:

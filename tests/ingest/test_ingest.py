@@ -6,8 +6,7 @@ from ingest.control import IngestSettings
 from ingest.plan import read_work
 from ingest.runner import ensure_collection, run_ingest
 from search.query import model_for
-from search.store import StoreError
-from search.stores import open_store
+from search.store import StoreError, open_store
 
 
 @pytest.fixture()

@@ -11,8 +11,7 @@ from PIL import Image
 
 from ingest.plan import make_plan, read_work, shard_mask
 from ingest.runner import ensure_collection
-from search.store import POINT_NAMESPACE, point_id, point_ids
-from search.stores import open_store
+from search.store import POINT_NAMESPACE, open_store, point_id, point_ids
 
 ODD_PATHS = ["img/a b/ç été/id_1/shop_01.jpg", "x\ny.JPG", "", "img/" + "z" * 300, "日本/写真.png"]
 

@@ -25,8 +25,7 @@ from ingest.control import Summary
 from ingest.plan import read_work
 from ingest.ray_engine import to_points, upsert_retrying
 from ingest.runner import ensure_collection
-from search.store import Points, StoreError
-from search.stores import open_store
+from search.store import Points, StoreError, open_store
 
 BIN = Path(sys.executable).parent
 FP32 = {"runtime": "torch", "precision": "fp32"}  # the engines compared on the same arithmetic

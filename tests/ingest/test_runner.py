@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 from embedder import read_catalog
 from ingest.cli import app as ingest_app
 from ingest.runner import ensure_collection
-from search.schema import DEFAULT_COLLECTION
-from search.store import point_id
-from search.stores import open_store
+from search.store import open_store, point_id
+from search.store.schema import DEFAULT_COLLECTION
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from ingest.cli import app as ingest_app
 from ingest.runner import ensure_collection
-from search.schema import DEFAULT_COLLECTION
-from search.stores import open_store
+from search.store import open_store, search
+from search.store.schema import DEFAULT_COLLECTION
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -26,7 +26,7 @@ def test_publish_copies_to_a_server_collection(ingested, tmp_path):
     target = f"file:{tmp_path / 'server'}"
     result = runner.invoke(ingest_app, ["publish", "--to", target, "--store", str(db)])
     assert result.exit_code == 0, result.output
-    from search.stores import open_store
+    from search.store import open_store
 
     with (
         open_store(store_dir=str(db), collection=DEFAULT_COLLECTION) as a,
@@ -34,7 +34,7 @@ def test_publish_copies_to_a_server_collection(ingested, tmp_path):
     ):
         assert a.count() == b.count() > 0 and a.metadata() == b.metadata()
         query = next(a.scroll(1)).vectors
-        assert [h.id for h in a.search(query, 5)[0]] == [h.id for h in b.search(query, 5)[0]]
+        assert [h.id for h in search(a, query, 5)[0]] == [h.id for h in search(b, query, 5)[0]]
 
 
 def _snapshot(db, tmp_path) -> Path:
@@ -112,7 +112,7 @@ def test_a_good_restore_replaces_the_collection_and_leaves_no_staging(
 
 
 def test_a_failed_snapshot_leaves_no_partial_file(db, tmp_path, monkeypatch, one_line_error):
-    from search.edge import EdgeStore
+    from search.store.edge import EdgeStore
 
     def broken(*_a, **_k):
         raise OSError(28, "No space left on device")

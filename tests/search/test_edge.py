@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.cli import app as ingest_app
-from search.schema import DEFAULT_COLLECTION
-from search.stores import open_store
+from search.store import open_store
+from search.store.schema import DEFAULT_COLLECTION
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ingest.cli import app as ingest_app
 from search.cli import app as search_app
-from search.stores import open_store
+from search.store import open_store
 
 
 def test_traced_copy_answers_like_the_eager_model(sample_root, tmp_path, ingest_tiny, monkeypatch):

@@ -1,11 +1,11 @@
 """The one payload schema: the collection's indexes, ingest's payloads, the service's filters and
-the web API's photo fields all come from search.schema."""
+the web API's photo fields all come from search.store.schema."""
 
 import pytest
 
-from search.schema import CHANGE, FIELDS, FILTERS, INDEXED, LABELS, SHOWN
 from search.service import Query
-from search.stores import open_store
+from search.store import open_store
+from search.store.schema import CHANGE, FIELDS, FILTERS, INDEXED, LABELS, SHOWN
 
 
 def test_the_schema_names_each_field_once():

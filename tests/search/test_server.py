@@ -67,8 +67,7 @@ def test_the_cluster_options_reach_the_server():
     """What `ingest run --shard-number 3 --replication-factor 2 --write-consistency 2` asks a
     server for (qdrant-client's local mode has no cluster and ignores them): the request the
     client sends, recorded by a server that answers as Qdrant does."""
-    from search.store import IndexSettings
-    from search.stores import open_store
+    from search.store import IndexSettings, open_store
 
     asked = []
 

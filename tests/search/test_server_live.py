@@ -12,7 +12,7 @@ import pytest
 from ingest.control import IngestSettings
 from ingest.plan import read_work
 from ingest.runner import ensure_collection, run_ingest
-from search.stores import open_store
+from search.store import open_store, search
 
 URL = os.environ.get("QDRANT_TEST_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="needs a Qdrant server: set QDRANT_TEST_URL")
@@ -49,7 +49,7 @@ def test_search_works_while_an_ingest_writes(sample_root, encoder):
             points = next(reader.scroll(1), None)
             if points is not None:
                 query = points.vectors
-                answers.append(len(reader.search(query, 5)[0]))
+                answers.append(len(search(reader, query, 5)[0]))
         thread.join()
         assert not errors and answers and all(n >= 1 for n in answers)
         assert reader.count() == len(list(sample_root.rglob("*.jpg")))

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from embedder import read_catalog
 from ingest.cli import app as ingest_app
 from ingest.runner import ensure_collection
-from search.store import SearchParams, StoreError
-from search.stores import open_store
+from search.store import SearchParams, StoreError, open_store, search, search_groups
 
 
 def _stores(tmp_path):
@@ -53,7 +52,7 @@ def test_both_stores_answer_like_exact_search(filled, encoder, store_contents):
     scores = queries @ matrix.T
     best = -np.sort(-scores, axis=1)[:, :5]
     for store in filled.values():
-        for row, hits in enumerate(store.search(queries, 5)):
+        for row, hits in enumerate(search(store, queries, 5)):
             # the same neighbours as brute force (ids may swap only within float ties)
             exact = [scores[row, ids.index(h.id)] for h in hits]
             np.testing.assert_allclose(exact, best[row], atol=1e-5, err_msg=store.kind)
@@ -63,10 +62,10 @@ def test_both_stores_answer_like_exact_search(filled, encoder, store_contents):
 def test_category_filter_returns_only_that_category(filled):
     query = next(filled["embedded"].scroll(1)).vectors
     for store in filled.values():
-        hits = store.search(query, 50, {"category": "TOPS"})[0]
+        hits = search(store, query, 50, {"category": "TOPS"})[0]
         assert hits and {h.payload["category"] for h in hits} == {"TOPS"}
         assert len(hits) == store.count({"category": "TOPS"})
-        both = store.search(query, 50, {"category": "TOPS", "source": "shop"})[0]
+        both = search(store, query, 50, {"category": "TOPS", "source": "shop"})[0]
         assert both and all(h.payload["source"] == "shop" for h in both)
 
 
@@ -110,7 +109,7 @@ def test_both_stores_group_by_garment_like_a_slow_loop(filled, filters, store_co
     queries = np.stack([everything[i][1] for i in ids[:4]])
     exclude = [ids[0]]
     for store in filled.values():
-        answers = store.search_groups(queries, 5, filters, exclude=exclude, group_size=3)
+        answers = search_groups(store, queries, 5, filters, exclude=exclude, group_size=3)
         for row, groups in enumerate(answers):
             expected = _brute_groups(everything, queries[row], 5, 3, filters, exclude)
             assert [g.id for g in groups] == [item for item, _ in expected], store.kind
@@ -129,9 +128,9 @@ def test_both_stores_leave_out_excluded_points_and_read_vectors(filled, store_co
     for store in filled.values():
         vec = store.vectors([first])[first]
         np.testing.assert_allclose(vec, everything[first][1], atol=1e-6)
-        hits = store.search(vec[None], 5, exclude=[first])[0]
+        hits = search(store, vec[None], 5, exclude=[first])[0]
         assert len(hits) == 5 and first not in {h.id for h in hits}
-        filtered = store.search(vec[None], 5, {"category": "TOPS"}, exclude=[first])[0]
+        filtered = search(store, vec[None], 5, {"category": "TOPS"}, exclude=[first])[0]
         assert first not in {h.id for h in filtered}
 
 
@@ -150,7 +149,7 @@ def test_grouped_search_widens_until_every_garment_is_seen(filled, store_content
     query = next(iter(everything.values()))[1][None]
     items = {payload["item_id"] for payload, _ in everything.values()}
     for store in filled.values():
-        (groups,) = store.search_groups(query, 100, group_size=20)
+        (groups,) = search_groups(store, query, 100, group_size=20)
         expected = _brute_groups(everything, query[0], 100, 20)
         assert len(groups) == len(items) == len(expected), store.kind
         assert [g.id for g in groups] == [item for item, _ in expected]
@@ -175,8 +174,8 @@ def test_grouped_search_widens_its_candidates_for_garments_with_many_photos(tmp_
             store.create(16, {}, IndexSettings())
             store.upsert(Points(ids, vectors, payloads))
             everything = {i: (p, v) for i, p, v in zip(ids, payloads, vectors, strict=True)}
-            (groups,) = store.search_groups(
-                query[None], 3, params=SearchParams(exact=True), group_size=10
+            (groups,) = search_groups(
+                store, query[None], 3, params=SearchParams(exact=True), group_size=10
             )
             expected = _brute_groups(everything, query, 3, 10)
             assert [g.id for g in groups] == [item for item, _ in expected], store.kind
@@ -207,7 +206,7 @@ def test_grouping_joins_a_garment_in_two_folders_in_both_stores(filled, split_ga
     answers = {}
     for kind, store in filled.items():
         vec = next(store.scroll(1024, filters={"item_id": item})).vectors[:1]
-        (groups,) = store.search_groups(vec, 100, group_size=10)
+        (groups,) = search_groups(store, vec, 100, group_size=10)
         assert len({g.id for g in groups}) == len(groups), kind
         mine = next(g for g in groups if g.id == item)
         folders = {h.payload["subcategory"] for h in mine.hits}
@@ -241,15 +240,15 @@ def test_both_stores_recommend_alike_and_as_the_rule_says(filled, store_contents
     expected = _recommend_slow(contents, positive, negative, set(ids[:3]))[:10]
     answers = {}
     for kind, store in filled.items():
-        hits = store.search(query, 10, params=SearchParams(exact=True), exclude=exclude)[0]
+        hits = search(store, query, 10, params=SearchParams(exact=True), exclude=exclude)[0]
         answers[kind] = [h.id for h in hits]
         assert answers[kind] == expected, kind
-        approximate = store.search(query, 10, exclude=exclude)[0]
+        approximate = search(store, query, 10, exclude=exclude)[0]
         assert [h.id for h in approximate][:5] == expected[:5], kind
     disliked = contents[ids[2]][0]["item_id"]
     for kind, store in filled.items():
-        hits = store.search(query, 20, {"category": "TOPS"}, exclude=Exclude(items=(disliked,)))[0]
+        hits = search(store, query, 20, {"category": "TOPS"}, exclude=Exclude(items=(disliked,)))[0]
         assert hits and all(h.payload["category"] == "TOPS" for h in hits), kind
         assert disliked not in {h.payload["item_id"] for h in hits}, kind
-        (groups,) = store.search_groups(query, 5, exclude=Exclude(items=(disliked,)))
+        (groups,) = search_groups(store, query, 5, exclude=Exclude(items=(disliked,)))
         assert disliked not in {g.id for g in groups}, kind

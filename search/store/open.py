@@ -1,13 +1,32 @@
-"""Opening a store: the embedded or the server implementation, chosen once from the options.
+"""Opening a store: each backend registered once, chosen once from the options.
 
-Above the interface (search.store) and both implementations (search.edge, search.server)."""
+Above the interface (search.store.base) and every backend. A new backend is one module and
+one entry in BACKENDS."""
 
 from __future__ import annotations
 
 import os
 
-from search.schema import DEFAULT_COLLECTION
-from search.store import DEFAULT_STORE_DIR, Store
+from search.store.base import Store
+from search.store.schema import DEFAULT_COLLECTION
+
+DEFAULT_STORE_DIR = "./qdrant_data"
+
+
+def _embedded(where: str, collection: str, api_key: str | None, read_only: bool) -> Store:
+    from search.store.edge import EdgeStore  # a folder: qdrant-edge in this process
+
+    return EdgeStore(where, collection=collection, read_only=read_only)
+
+
+def _server(where: str, collection: str, api_key: str | None, read_only: bool) -> Store:
+    from search.store.server import ServerStore  # a URL: a Qdrant server (or local mode)
+
+    return ServerStore(where, api_key=api_key, collection=collection)
+
+
+# each backend, by what open_store is given: a folder or a URL (imported only when chosen)
+BACKENDS = {"embedded": _embedded, "server": _server}
 
 
 def open_store(
@@ -36,11 +55,6 @@ def open_store(
     if not collection or "/" in collection or collection.startswith("."):
         raise ValueError(f"invalid collection name {collection!r}")
     if url:
-        from search.server import ServerStore
-
-        return ServerStore(
-            url, api_key=api_key or os.environ.get("QDRANT_API_KEY"), collection=collection
-        )
-    from search.edge import EdgeStore
-
-    return EdgeStore(store_dir or DEFAULT_STORE_DIR, collection=collection, read_only=read_only)
+        key = api_key or os.environ.get("QDRANT_API_KEY")
+        return BACKENDS["server"](url, collection, key, read_only)
+    return BACKENDS["embedded"](store_dir or DEFAULT_STORE_DIR, collection, None, read_only)

@@ -10,69 +10,34 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import qdrant_edge as qe
 
-from search.schema import GROUP, INDEXED
-from search.store import (
-    NOTHING,
-    Exclude,
+from embedder.errors import first_line
+from search.store.base import (
     Filters,
     Hit,
     IndexSettings,
     Points,
     QueryVector,
-    Recommend,
-    SearchParams,
     Store,
     StoreError,
+    Tuning,
+    Where,
+    hit_of,
     records_to_points,
-    require_free_space,
 )
+from search.store.disk import require_free_space
+from search.store.schema import INDEXED
+from search.store.to_edge import edge_filter, edge_params, edge_points, edge_query, edge_vector
 
 METADATA_FILE = "collection.json"
 _RESTORE = "rebuild the collection with `ingest run --recreate` or `ingest restore --recreate`"
 log = logging.getLogger(__name__)
-
-
-def edge_filter(
-    filters: Filters | None, exclude: Exclude | Collection[str] = ()
-) -> qe.Filter | None:
-    exclude = Exclude.of(exclude)
-    if not filters and not exclude:
-        return None
-    must_not = [qe.HasIdCondition(set(exclude.ids))] if exclude.ids else []
-    if exclude.items:
-        must_not.append(qe.FieldCondition(GROUP, match=qe.MatchAny(list(exclude.items))))
-    return qe.Filter(
-        must=[
-            qe.FieldCondition(
-                k, match=qe.MatchValue(v) if isinstance(v, str) else qe.MatchAny(list(v))
-            )
-            for k, v in (filters or {}).items()
-        ]
-        or None,
-        must_not=must_not or None,
-    )
-
-
-def edge_query(query: QueryVector) -> qe.Query:
-    if isinstance(query, Recommend):
-        examples = qe.RecommendQuery(
-            positives=query.positive.tolist(), negatives=query.negative.tolist()
-        )
-        return qe.Query.RecommendBestScore(examples)
-    return qe.Query.Nearest(query.tolist())
-
-
-def _vector(record) -> list[float]:
-    vec = record.vector
-    return vec[""] if isinstance(vec, dict) else vec
-
 
 SHARD_BYTES = 200_000_000  # a new shard's memory-mapped files (WAL, storages), mostly sparse
 POINT_BYTES = 2048  # per point besides its vector: payload, indexes, WAL
@@ -123,24 +88,14 @@ class EdgeStore(Store):
         self._shard: qe.EdgeShard | None = None
         self._lock = None
         self._copy: str | None = None  # a temporary copy of a read-only shard
-        self._indexed: bool | None = None
 
-    def _damaged(self, exc: BaseException) -> StoreError:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    def _failure(self, what: str, exc: Exception) -> StoreError:
+        """Anything the engine raises means a damaged or unreadable shard."""
         return StoreError(
             f"{self.describe()} collection {self.collection!r} in {str(self.folder)!r} is "
-            f"damaged or unreadable ({text[:160]}); rebuild it with `ingest run --recreate` or "
-            f"`ingest restore --recreate --from SNAPSHOT`"
+            f"damaged or unreadable (to {what}: {first_line(exc)[:160]}); rebuild it with "
+            f"`ingest run --recreate` or `ingest restore --recreate --from SNAPSHOT`"
         )
-
-    def _engine(self, what, *args):
-        """Run a shard call; anything the engine raises is a damaged-store StoreError."""
-        try:
-            return what(*args)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._damaged(exc) from None
 
     def describe(self) -> str:
         return f"embedded store {str(self.root)!r}"
@@ -194,10 +149,7 @@ class EdgeStore(Store):
                 self._copy = tempfile.mkdtemp(prefix="fashion-retrieval-ro-")
                 _sparse_copy(Path(shard), Path(self._copy) / "shard")
                 shard = str(Path(self._copy) / "shard")
-            try:
-                self._shard = qe.EdgeShard.load(shard)
-            except Exception as exc:
-                raise self._damaged(exc) from None
+            self._shard = self._call("load the shard", qe.EdgeShard.load, shard)
         return self._shard
 
     def exists(self) -> bool:
@@ -275,7 +227,7 @@ class EdgeStore(Store):
             if (other.folder / name).exists():
                 (other.folder / name).rename(self.folder / name)
         shutil.rmtree(old, ignore_errors=True)
-        self._metadata, self._indexed = None, None
+        self._metadata = None
 
     def _discard(self) -> None:
         """Delete this (staging) collection and its folder."""
@@ -306,20 +258,18 @@ class EdgeStore(Store):
     def _writing(self) -> None:
         """Before a write: the index is no longer complete until the next finish(), and what
         was derived from the points is stale."""
-        if self._indexed is not False:
-            (self.folder / INDEX_MARKER).unlink(missing_ok=True)
+        (self.folder / INDEX_MARKER).unlink(missing_ok=True)
+        if (self.folder / SIDECARS).exists():
             shutil.rmtree(self.folder / SIDECARS, ignore_errors=True)
-            self._indexed = False
 
     def sidecar(self, name: str) -> Path:
         return self.folder / SIDECARS / name
 
     def finish(self) -> None:
         shard = self._open()
-        self._engine(shard.optimize)
-        self._engine(shard.flush)
+        self._call("build the index", shard.optimize)
+        self._call("flush", shard.flush)
         (self.folder / INDEX_MARKER).write_text("hnsw built\n")
-        self._indexed = True
 
     def flush(self) -> None:
         if self._shard is not None:
@@ -329,11 +279,11 @@ class EdgeStore(Store):
         if self._shard is not None:
             shard, self._shard = self._shard, None
             try:
-                if self._indexed is not None:  # this process wrote: make it durable
+                if not self.read_only:  # what this process wrote is made durable
                     shard.flush()
                 shard.close()
             except Exception as exc:  # e.g. a full disk: what was acknowledged is in the WAL
-                log.warning("closing %s: %s", self.describe(), str(exc).splitlines()[0][:200])
+                log.warning("closing %s: %s", self.describe(), first_line(exc)[:200])
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -343,104 +293,70 @@ class EdgeStore(Store):
 
     # data ------------------------------------------------------------------------------------
     def count(self, filters: Filters | None = None) -> int:
-        return self._engine(
-            self._open().count, qe.CountRequest(exact=True, filter=edge_filter(filters))
-        )
+        request = qe.CountRequest(exact=True, filter=edge_filter(Where.of(filters)))
+        return self._call("count points", self._open().count, request)
 
     def indexes(self) -> list[str]:
-        return sorted(self._engine(self._open().info).payload_schema)
+        return sorted(self._call("read the collection", self._open().info).payload_schema)
 
-    def retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
-        shard, out = self._open(), {}
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            for rec in self._engine(
-                lambda c=chunk: shard.retrieve(c, with_payload=fields or False, with_vector=False)
-            ):
-                out[str(rec.id)] = rec.payload or {}
-        return out
+    def _retrieve(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+        payload = fields or False
+        records = self._call("read points", self._open().retrieve, ids, payload, False)
+        return {str(rec.id): rec.payload or {} for rec in records}
 
     def upsert(self, points: Points) -> None:
-        if not len(points):
-            return
-        vectors = np.asarray(points.vectors, np.float32)
-        batch = [  # row by row: half the time of one big tolist() (measured, 227k × 512)
-            qe.Point(pid, vec.tolist(), payload)
-            for pid, vec, payload in zip(points.ids, vectors, points.payloads, strict=True)
-        ]
-        self._writing()
-        self._engine(self._open().update, qe.UpdateOperation.upsert_points(batch))
+        if len(points):
+            batch = edge_points(points)
+            self._writing()
+            self._call("write points", self._open().update, qe.UpdateOperation.upsert_points(batch))
 
     def set_payloads(self, updates) -> None:
         shard = self._open()
         self._writing()
         for pid, fields in updates.items():
-            self._engine(shard.update, qe.UpdateOperation.set_payload([pid], fields))
+            self._call(
+                "write payloads", shard.update, qe.UpdateOperation.set_payload([pid], fields)
+            )
 
     def delete(self, ids: list[str]) -> None:
         if ids:
             self._writing()
-            self._engine(self._open().update, qe.UpdateOperation.delete_points(list(ids)))
+            operation = qe.UpdateOperation.delete_points(list(ids))
+            self._call("delete points", self._open().update, operation)
 
-    def _search(
-        self,
-        queries: list[QueryVector],
-        top: int,
-        filters: Filters | None,
-        params: SearchParams,
-        exclude: Exclude = NOTHING,
+    def query(
+        self, queries: list[QueryVector], top: int, where: Where | None, tuning: Tuning | None
     ) -> list[list[Hit]]:
-        shard = self._open()
-        engine_params, where = self.library_params(params, qe), edge_filter(filters, exclude)
+        params, condition = edge_params(tuning), edge_filter(where)
         requests = [
             qe.QueryRequest(
-                limit=top,
-                query=edge_query(query),
-                with_payload=True,
-                filter=where,
-                params=engine_params,
+                limit=top, query=edge_query(q), with_payload=True, filter=condition, params=params
             )
-            for query in queries
+            for q in queries
         ]
-        results = self._engine(shard.query_batch, qe.QueryBatchRequest(requests))
-        return [[Hit(str(p.id), float(p.score), p.payload or {}) for p in res] for res in results]
+        results = self._call("search", self._open().query_batch, qe.QueryBatchRequest(requests))
+        return [[hit_of(p) for p in result] for result in results]
 
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
-        shard = self._open()
-        records = self._engine(
-            lambda: shard.retrieve(list(ids), with_payload=False, with_vector=True)
+        records = self._call(
+            "read vectors", self._open().retrieve, list(ids), with_payload=False, with_vector=True
         )
-        return {str(r.id): np.asarray(_vector(r), np.float32) for r in records}
+        return {str(r.id): np.asarray(edge_vector(r), np.float32) for r in records}
 
-    def scroll(
-        self,
-        batch: int = 256,
-        vectors: bool = True,
-        filters: Filters | None = None,
-        exclude: Sequence[str] = (),
-        fields: Sequence[str] | None = None,
-    ) -> Iterator[Points]:
-        shard, offset = self._open(), None
+    def _page(self, offset, limit, where, vectors, fields) -> tuple[Points, object]:
         payload = True if fields is None else list(fields)
-        while True:
-            records, offset = self._engine(
-                shard.scroll,
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=batch,
-                    filter=edge_filter(filters, exclude),
-                    with_payload=payload,
-                    with_vector=vectors,
-                ),
-            )
-            if records:
-                yield records_to_points(records, vectors, _vector)
-            if offset is None:
-                return
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=edge_filter(where),
+            with_payload=payload,
+            with_vector=vectors,
+        )
+        records, offset = self._call("read points", self._open().scroll, request)
+        return records_to_points(records, vectors, edge_vector), offset
 
     def facet(self, key: str, limit: int = 1000, filters: Filters | None = None) -> dict[str, int]:
-        response = self._engine(
-            self._open().facet,
-            qe.FacetRequest(key=key, limit=limit, exact=True, filter=edge_filter(filters)),
-        )
+        condition = edge_filter(Where.of(filters))
+        request = qe.FacetRequest(key=key, limit=limit, exact=True, filter=condition)
+        response = self._call("read payload values", self._open().facet, request)
         return {str(h.value): int(h.count) for h in response.hits}
