@@ -49,6 +49,7 @@ def timed_ingest(
     """Ingest `root` (its first `limit` images) into a new embedded collection under `tmp` with
     `encoder`; returns (wall seconds of run_ingest, its Summary). `settings`: IngestSettings
     fields."""
+    from embedder.recipe import Built
     from ingest.control import IngestSettings
     from ingest.plan import read_work
     from ingest.runner import ensure_collection, run_ingest
@@ -59,7 +60,7 @@ def timed_ingest(
     with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
         ensure_collection(store, encoder.spec)
         started = time.perf_counter()
-        summary = run_ingest(store, encoder, work, options)
+        summary = run_ingest(store, Built(encoder), work, options)
         return time.perf_counter() - started, summary
 
 

@@ -132,8 +132,8 @@ def main() -> None:
 
     import torch
     from _collection import make_collection
-
     from search.query import ModelOptions, serving_encoder
+
     from search.service import Query, SearchService
     from search.store import open_store
 

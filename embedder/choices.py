@@ -37,14 +37,6 @@ class Decode(Choice):
     device = "device"  # readers read bytes; JPEGs decode on the model's device (nvjpeg)
 
 
-class Engine(Choice):
-    """What runs an ingest: this process (its reader processes and model), or Ray Data across a
-    cluster's CPUs and GPUs."""
-
-    local = "local"
-    ray = "ray"
-
-
 class MapMethod(Choice):
     pca = "pca"
     tsne = "tsne"

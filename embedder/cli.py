@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import (
+from embedder.choices import MapMethod, Mode
+from embedder.commands import (
     Device,
     Int8,
     Ks,
@@ -19,7 +20,6 @@ from embedder._cli import (
     echo,
     setup_logging,
 )
-from embedder.choices import MapMethod, Mode
 
 app = typer.Typer(
     add_completion=False,

@@ -193,7 +193,7 @@ def evaluate_models(
 ) -> Iterator[Evaluation]:
     """`embedder evaluate`'s service: each (name, encoder recipe) evaluated on the same split,
     one at a time (one model in memory), yielded as it finishes. A recipe is anything whose
-    build() gives an encoder: an EncoderRecipe (torch or OpenVINO) or an Encoder itself."""
+    build() gives an encoder: a ModelRecipe (torch or OpenVINO), or Built(an encoder)."""
     sets = split_sets(root, split)
     for name, recipe in models:
         encoder = recipe.build()

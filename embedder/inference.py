@@ -118,9 +118,9 @@ class Encoder:
         if compile:
             self.model = torch.compile(self.model)
 
-    def build(self) -> Encoder:
-        """An encoder is its own recipe (see embedder.recipe): already built."""
-        return self
+    def describe(self) -> str:
+        """Where and how the model runs, for reports: "cpu (torch bf16)"."""
+        return f"{self.device} (torch {'bf16' if self.dtype else 'fp32'})"
 
     def __call__(self, pixels) -> np.ndarray:
         """uint8 NCHW pixels (an array or a tensor) → L2-normalised float32 vectors."""

@@ -1,19 +1,39 @@
-"""How to make an encoder, cheap to hold and to pickle: the model (a checkpoint file or a timm
-backbone), what runs it (torch, or the exported model on OpenVINO) and how. The spec of a
-checkpoint's model is known without torch, so a command can plan (and find nothing to embed)
-before paying for torch and the model; a process pool or a Ray actor builds its own encoder
-from the same recipe."""
+"""The one model recipe: how every command makes its encoder.
+
+A recipe names a model (a checkpoint file, a timm backbone, or the model a collection records)
+and how to run it (torch, or the exported model on OpenVINO; device, precision, int8). It
+resolves the runtime once, checks identity against a collection's record, and builds the
+encoder: exported (and quantised) or traced once and cached where it is built. The spec of a
+checkpoint's or a collection's model is known without torch, so a command can plan (and find
+nothing to embed) before paying for torch and the model. It is cheap to hold and to pickle: a
+process pool or a Ray actor builds its own encoder from the same recipe."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from embedder.choices import Precision, Runtime
-from embedder.spec import DEFAULT_BACKBONE, ModelSpec
+from embedder.errors import WeightsError
+from embedder.spec import DEFAULT_BACKBONE, ModelSpec, model_difference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a command runs its model, whichever model it is (the options every command shares)."""
+
+    device: str = "auto"
+    precision: Precision | str = Precision.auto
+    runtime: Runtime | str = Runtime.auto  # auto: OpenVINO on a CPU, torch on a GPU
+    int8: bool = False  # OpenVINO's int8 model (quantised once on the user's photos)
+    traced: bool = False  # torch on a CPU: a cached traced copy for fast starts
 
 
 @dataclass
-class EncoderRecipe:
+class ModelRecipe:
     backbone: str = DEFAULT_BACKBONE
     img_size: int | None = None
     pretrained: str = "default"
@@ -24,12 +44,49 @@ class EncoderRecipe:
     runtime: Runtime | str = Runtime.auto  # auto: OpenVINO on a CPU, torch on a GPU
     int8: bool = False  # OpenVINO: the int8 model (quantised once, checked against fp32)
     calibration: str | None = None  # int8: a folder of the user's own photos
+    traced: bool = False  # torch on a CPU: a cached traced copy (fast starts, no GIL)
+    record: dict | None = None  # a collection's metadata: the model must be the one it records
     _model: object = field(default=None, repr=False, compare=False)  # built for the spec
+
+    @classmethod
+    def for_collection(
+        cls, metadata: dict, weights: str | None = None, run: RunOptions = RunOptions()
+    ) -> ModelRecipe:
+        """The model a collection records (from `weights` when its file moved), run as `run`
+        says; calibration photos are the collection's dataset."""
+        identity = metadata.get("model")
+        if not identity:
+            raise WeightsError("the collection records no model; it was not made by `ingest run`")
+        how = {**asdict(run), "calibration": metadata.get("dataset_root")}
+        weights = str(weights) if weights else None
+        origin = identity["weights"]
+        if origin.startswith("sha256:"):
+            path = weights or metadata.get("weights_file")
+            if weights and not Path(weights).is_file():
+                raise WeightsError(f"weights file {weights!r} not found")
+            if not path or not Path(path).is_file():
+                raise WeightsError(
+                    f"the collection was embedded with weights {origin}; the recorded "
+                    f"file {path!r} is missing: pass --weights FILE.safetensors"
+                )
+            return cls(weights=path, record=metadata, **how)
+        if weights:
+            raise WeightsError(
+                f"the collection was embedded with {origin!r}, not a weights file; drop --weights"
+            )
+        tag = "none" if origin == "none" else origin.removeprefix("timm:").partition(".")[2]
+        return cls(
+            identity["backbone"],
+            img_size=identity["img_size"],
+            pretrained=tag or "default",
+            record=metadata,
+            **how,
+        )
 
     @property
     def spec(self) -> ModelSpec:
-        """The model's spec: a checkpoint's from its header (no torch); a backbone's from the
-        model itself, which is kept for build()."""
+        """The model's spec: a checkpoint's from its header, a collection's from its record
+        (neither needs torch); a backbone's from the model itself, which is kept for build()."""
         if self.weights is not None:
             from embedder.checkpoint import read_metadata
 
@@ -39,19 +96,36 @@ class EncoderRecipe:
                     f"--img-size {self.img_size} conflicts with {spec.img_size} recorded in "
                     f"{self.weights}"
                 )
-            return spec
-        return self.model().spec
+        elif self.record and self.record.get("model_spec"):
+            spec = ModelSpec.from_json(self.record["model_spec"])
+        else:
+            spec = self.model().spec
+        return self._checked(spec)
+
+    def _checked(self, spec: ModelSpec) -> ModelSpec:
+        """The one identity check: a collection is searched only with the model that made it."""
+        if self.record is not None and model_difference(self.record.get("model"), spec):
+            raise WeightsError(
+                f"weights {spec.weights} do not match the collection's model "
+                f"{self.record['model']['weights']}; the collection must be searched with the "
+                f"model that made it"
+            )
+        return spec
 
     def model(self):
         """The torch model (built once)."""
         if self._model is None:
             from embedder.model import build_model
 
-            self._model = (
-                build_model(weights=self.weights)
-                if self.weights
-                else build_model(self.backbone, img_size=self.img_size, pretrained=self.pretrained)
-            )
+            if self.weights:
+                model = build_model(weights=self.weights)
+            else:
+                dim = self.record["model"]["dim"] if self.record else None
+                model = build_model(
+                    self.backbone, img_size=self.img_size, pretrained=self.pretrained, dim=dim
+                )
+            self._model = model
+            self._checked(model.spec)
         return self._model
 
     def resolved_runtime(self) -> Runtime:
@@ -62,8 +136,9 @@ class EncoderRecipe:
         return resolve(self.runtime, self.device)
 
     def build(self, throughput: bool = True):
-        """The encoder, built now: torch's (the model on its device), or the exported model
-        (from the cache, else exported and, for int8, quantised once)."""
+        """The encoder, built now: the exported model on OpenVINO (from the cache, else
+        exported and, for int8, quantised once), or torch's (the model on its device; with
+        `traced`, the cached traced copy, written first when there is none)."""
         if self.resolved_runtime() is Runtime.openvino:
             from embedder.runtime import exported_encoder
 
@@ -76,14 +151,32 @@ class EncoderRecipe:
                 precision=self.precision,
                 throughput=throughput,
             )
+        from embedder.device import autocast_dtype, resolve_device
         from embedder.inference import Encoder
 
-        return Encoder(self.model(), self.device, self.precision, compile=self.compile)
+        device = resolve_device(self.device)
+        if not (self.traced and device.type == "cpu"):
+            return Encoder(self.model(), device, self.precision, compile=self.compile)
+        from embedder.compiled import load_traced, save_traced
+
+        spec, dtype = self.spec, autocast_dtype(device, self.precision)
+        if (module := load_traced(spec, dtype)) is None:
+            try:
+                save_traced(self.model(), dtype)
+            except OSError as exc:
+                log.warning("could not cache the traced model: %s", exc)
+            module = load_traced(spec, dtype)
+        if module is None:  # not faithful when traced, or not cached: the model itself
+            return Encoder(self.model(), device, self.precision)
+        return Encoder(module, device, self.precision, spec=spec)
 
     def calibration_photos(self):
         """A seeded sample of the calibration folder's photos, as the model sees them."""
-        if not self.calibration:
-            raise ValueError("an int8 model needs calibration photos: pass --calibration DIR")
+        if not self.calibration or not Path(self.calibration).is_dir():
+            raise ValueError(
+                "an int8 model needs calibration photos: pass --calibration DIR (or run "
+                "`embedder export --int8 --calibration DIR` first)"
+            )
         from embedder.catalog import bbox_of, locate, read_catalog
         from embedder.runtime import calibration_photos
 
@@ -101,5 +194,31 @@ class EncoderRecipe:
             "precision": "int8" if self.int8 else Precision(self.precision).value,
         }
 
+    def with_(self, **changes) -> ModelRecipe:
+        """This recipe with some fields changed (the model, if built, built again)."""
+        return replace(self, _model=None, **changes)
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_model": None}  # workers build their own
+
+
+@dataclass
+class Built:
+    """The recipe of an encoder that already exists (a test's or a benchmark's own): build()
+    hands it over. Runs only in this process."""
+
+    encoder: object
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.encoder.spec
+
+    @property
+    def device(self):
+        return self.encoder.device
+
+    def build(self, throughput: bool = True):
+        return self.encoder
+
+    def describe(self) -> dict:
+        return {}

@@ -192,7 +192,7 @@ def signal_stack_kept() -> Iterator[None]:
 
 class ExportedEncoder:
     """An exported model behind the Encoder's interface: uint8 NCHW pixels (array or tensor)
-    → float32 vectors; `spec`, `device` ("cpu"), `build()`. Thread-safe."""
+    → float32 vectors; `spec`, `device` ("cpu"), `describe()`. Thread-safe."""
 
     runtime = Runtime.openvino
 
@@ -254,8 +254,9 @@ class ExportedEncoder:
                 out.append(np.array(request.get_output_tensor(0).data, np.float32))
         return np.concatenate(out)
 
-    def build(self) -> ExportedEncoder:
-        return self
+    def describe(self) -> str:
+        """Where and how the model runs, for reports: "cpu (OpenVINO bf16)"."""
+        return f"{self.device} (OpenVINO {self.precision})"
 
     def check(self) -> None:
         """A usable model gives finite vectors of the spec's size, about unit length (exactly

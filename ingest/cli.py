@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from embedder._cli import (
-    Device,
-    Int8,
-    Precision,
-    Runtime,
+from embedder.choices import Decode
+from embedder.commands import (
     Verbose,
     clean_errors,
     echo,
+    option_set,
+    recipe_options,
     setup_logging,
 )
-from embedder.choices import Decode, Engine
-from search.options import Collection, QdrantUrl, StoreDir, open_from
-from search.store.schema import DEFAULT_COLLECTION
+from ingest.control import Engine
+from search.options import StoreOptions, embedded_options, index_options, store_options
 
 app = typer.Typer(
     add_completion=False,
@@ -40,16 +37,7 @@ ImageUrl = Annotated[
 ]
 
 
-def _check_writable(path: Path, what: str) -> None:
-    """Found before the work, not after it: a file that could not be written at the end."""
-    folder = path.parent if str(path.parent) else Path(".")
-    ok = (
-        (path.is_file() and os.access(path, os.W_OK))
-        if path.exists()
-        else (folder.is_dir() and os.access(folder, os.W_OK))
-    )
-    if not ok:
-        raise ValueError(f"cannot write {what} {str(path)!r}: not a writable file or folder")
+INTERRUPTED = "interrupted: what was embedded is stored; rerun the same command to continue"
 
 
 class Share(tuple):
@@ -86,38 +74,100 @@ def sample(
         echo(f"wrote {items} items, {images} images to {out}")
 
 
+def _settings(image_url, **given):
+    from ingest.control import IngestSettings
+    from ingest.plan import check_image_url
+
+    return IngestSettings(image_base=check_image_url(image_url), **given)
+
+
+# how an ingest runs, as one IngestSettings (`settings`)
+settings_options = option_set(
+    "settings",
+    _settings,
+    batch_size=(
+        Annotated[
+            int | None,
+            typer.Option(min=1, help="Images per forward pass [default: 32 on CPU, 256 on CUDA]."),
+        ],
+        None,
+    ),
+    workers=(
+        Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                help="Reader processes, overlapping decode with the model [default: 1 on CPU, "
+                "up to 8 on CUDA].",
+            ),
+        ],
+        None,
+    ),
+    decode=(
+        Annotated[
+            Decode,
+            typer.Option(
+                help="cpu: workers decode; device: workers read, JPEGs decode on the GPU (nvjpeg)."
+            ),
+        ],
+        Decode.cpu,
+    ),
+    report=(
+        Annotated[Path, typer.Option(help="Where failed files and reasons are written.")],
+        Path("ingest-failures.csv"),
+    ),
+    prune=(
+        Annotated[bool, typer.Option(help="Delete points whose image files are gone from ROOT.")],
+        False,
+    ),
+    engine=(
+        Annotated[
+            Engine,
+            typer.Option(
+                help="local: this process and its readers; ray: Ray Data across the cluster at "
+                "--ray-address (decode tasks, one embedder actor per GPU, parallel writes to a "
+                "server). Needs the ray extra."
+            ),
+        ],
+        Engine.local,
+    ),
+    ray_address=(
+        Annotated[
+            str | None,
+            typer.Option(
+                envvar="RAY_ADDRESS",
+                help="With --engine ray: the cluster (ray://HOST:10001 or HOST:6379) [default: a "
+                "Ray started for the run with this machine's cores and GPUs].",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    actors=(
+        Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="With --engine ray: embedder actors [default: one per GPU; without GPUs one "
+                "per node].",
+            ),
+        ],
+        None,
+    ),
+    image_url=(ImageUrl, None),
+    progress=(Annotated[bool, typer.Option(help="Show a progress bar.")], True),
+)
+
+
 @app.command()
+@store_options
+@recipe_options
+@index_options
+@settings_options
 def run(
     root: Annotated[
         Path, typer.Option(help="Dataset folder, its img/ folder, or any image folder.")
     ],
-    weights: Annotated[
-        Path | None, typer.Option(help="Trained checkpoint (.safetensors from `embedder train`).")
-    ] = None,
-    pretrained: Annotated[
-        str,
-        typer.Option(
-            help="Without --weights: 'default' (timm's ImageNet weights, needs the network), "
-            "a timm "
-            "tag, or 'none' for an untrained model."
-        ),
-    ] = "default",
-    backbone: Annotated[str, typer.Option(help="timm backbone, without --weights.")] = "resnet50",
-    img_size: Annotated[
-        int | None, typer.Option(help="Input size, without --weights [default: the backbone's].")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="Images per forward pass [default: 32 on CPU, 256 on CUDA]."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="Reader processes, overlapping decode with the model [default: 1 on CPU, "
-            "up to 8 on CUDA].",
-        ),
-    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     shard: Annotated[
         Share | None,
@@ -128,256 +178,119 @@ def run(
         ),
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Drop and rebuild the collection.")] = False,
-    report: Annotated[
-        Path, typer.Option(help="Where failed files and reasons are written.")
-    ] = Path("ingest-failures.csv"),
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any file failed.")] = False,
-    prune: Annotated[
-        bool, typer.Option(help="Delete points whose image files are gone from ROOT.")
-    ] = False,
-    quantize: Annotated[
-        bool, typer.Option(help="int8 scalar quantization (with rescoring) on a new collection.")
-    ] = False,
-    hnsw_m: Annotated[int, typer.Option(help="HNSW m of a new collection.")] = 16,
-    ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")] = 100,
-    hnsw_ef: Annotated[
-        int, typer.Option(help="Search-time HNSW ef recorded with a new collection.")
-    ] = 512,
-    shard_number: Annotated[
-        int | None, typer.Option(min=1, help="Server: shards of a new collection (cluster).")
-    ] = None,
-    replication_factor: Annotated[
-        int | None, typer.Option(min=1, help="Server: copies of each shard (cluster).")
-    ] = None,
-    write_consistency: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Server: copies that must acknowledge a write before it counts (at most "
-            "--replication-factor).",
-        ),
-    ] = None,
-    engine: Annotated[
-        Engine,
-        typer.Option(
-            help="local: this process and its readers; ray: Ray Data across the cluster at "
-            "--ray-address (decode tasks, one embedder actor per GPU, parallel writes to a "
-            "server). Needs the ray extra."
-        ),
-    ] = Engine.local,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            envvar="RAY_ADDRESS",
-            help="With --engine ray: the cluster (ray://HOST:10001 or HOST:6379) [default: a "
-            "Ray started for the run with this machine's cores and GPUs].",
-            show_default=False,
-        ),
-    ] = None,
-    actors: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="With --engine ray: embedder actors [default: one per GPU; without GPUs one "
-            "per node].",
-        ),
-    ] = None,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    runtime: Runtime = "auto",
-    int8: Int8 = False,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(help="With --int8: photos to calibrate on [default: a sample of ROOT]."),
-    ] = None,
-    decode: Annotated[
-        Decode,
-        typer.Option(
-            help="cpu: workers decode; device: workers read, JPEGs decode on the GPU (nvjpeg)."
-        ),
-    ] = Decode.cpu,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            "--compile", help="torch.compile the model: ~30 s to start, then ~1.3x faster."
-        ),
-    ] = False,
-    image_url: ImageUrl = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
+    recipe=None,
+    index=None,
+    settings=None,
 ) -> None:
     """Embed every image under ROOT and upsert it with its payload (category, subcategory,
     item_id, source, split, path). Resumable: rerun after a crash or with new files and only
     missing or changed images are embedded."""
     setup_logging(verbose)
-    with clean_errors():
-        from embedder.recipe import EncoderRecipe
-        from ingest.control import IngestSettings
-        from ingest.plan import check_image_url, read_work
-        from ingest.runner import ensure_collection, run_ingest
-        from search.store import IndexSettings as Index
+    with clean_errors(INTERRUPTED):
+        from ingest.runner import ingest
 
-        _check_writable(report, "the failure report (--report)")
-        options = IngestSettings(
-            batch_size=batch_size,
-            workers=workers,
-            decode=decode,
-            report=report,
-            progress=progress,
-            prune=prune,
-            image_base=check_image_url(image_url),
-            engine=engine,
-            ray_address=ray_address,
-            actors=actors,
+        summary = ingest(
+            where.open,
+            root,
+            recipe,
+            settings,
+            index,
+            limit=limit,
+            shard=tuple(shard) if shard else None,
+            recreate=recreate,
+            announce=echo,
         )
-        # the catalog first: a bad root fails before a model is built or a collection made
-        work = read_work(root, limit=limit, shard=tuple(shard) if shard else None)
-        # the model only when something is to be embedded; a checkpoint's spec needs no torch
-        recipe = EncoderRecipe(
-            backbone,
-            img_size=img_size,
-            pretrained=pretrained,
-            weights=str(weights) if weights else None,
-            device=device,
-            precision=precision,
-            compile=compile,
-            runtime=runtime,
-            int8=int8,
-            calibration=str(calibration or work.base),
-        )
-        spec = recipe.spec
-        index = Index(
-            m=hnsw_m,
-            ef_construct=ef_construct,
-            hnsw_ef=hnsw_ef,
-            quantization=quantize,
-            shard_number=shard_number,
-            replication_factor=replication_factor,
-            write_consistency=write_consistency,
-        )
-        with open_from(store, qdrant_url, collection) as db:
-            ensure_collection(
-                db,
-                spec,
-                weights_file=str(weights) if weights else None,
-                recreate=recreate,
-                settings=index,
-                root=str(work.base),
-                encoded_by=recipe.describe(),
-            )
-            echo(
-                f"ingest {work.base} → {db.describe()} collection {collection!r} "
-                f"({spec.backbone}, weights {spec.weights})"
-            )
-            try:
-                summary = run_ingest(db, recipe, work, options)
-            except KeyboardInterrupt:
-                typer.echo(
-                    "interrupted: what was embedded is stored; rerun the same command to continue",
-                    err=True,
-                )
-                raise typer.Exit(130) from None
-        for line in summary.lines():
-            echo(line)
-        if strict and summary.failed:
-            raise typer.Exit(1)
+    for line in summary.lines():
+        echo(line)
+    if strict and summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
+@embedded_options
 def publish(
     to: Annotated[
         str, typer.Option("--to", help="Qdrant server URL (API key from QDRANT_API_KEY).")
     ],
-    store: StoreDir = None,
-    collection: Collection = DEFAULT_COLLECTION,
     target_collection: Annotated[
         str | None, typer.Option(help="Name on the server [default: same].")
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Replace the server collection.")] = False,
     image_url: ImageUrl = None,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
 ) -> None:
     """Copy an embedded collection to a Qdrant server (vectors, payloads, indexes, model
     metadata) without re-embedding, e.g. to inspect it in the dashboard."""
     setup_logging(verbose)
     with clean_errors():
-        from tqdm import tqdm
-
         from ingest.plan import check_image_url
         from ingest.transfer import copy_collection
         from search.store import open_store
 
         image_base = check_image_url(image_url)
-        with (
-            open_from(store, None, collection, read_only=True) as source,
-            open_store(url=to, collection=target_collection or collection) as target,
-        ):
-            total = source.require_metadata() and source.count()
-            with tqdm(total=total, unit="pt", desc="publish") as bar:
+        name = target_collection or where.collection
+        with where.open(read_only=True) as source, open_store(url=to, collection=name) as target:
+            with _bar(source.require_metadata() and source.count(), "publish") as bar:
                 copied = copy_collection(
                     source, target, recreate=recreate, progress=bar.update, image_base=image_base
                 )
-            echo(
-                f"published {copied} points to {target.describe()} collection {target.collection!r}"
-            )
+            echo(f"published {copied} points to {target.describe()} collection {name!r}")
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="pt", desc=desc)
 
 
 @app.command()
+@store_options
 def snapshot(
     out: Annotated[Path, typer.Option(help="Snapshot file to write (a tar).")],
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
 ) -> None:
     """Write a collection (model metadata, ids, payloads, vectors) to one file. The format is
     the same for the embedded and the server store: restore into either."""
     setup_logging(verbose)
     with clean_errors():
-        from tqdm import tqdm
-
         from ingest.transfer import write_snapshot
 
-        with open_from(store, qdrant_url, collection, read_only=True) as db:
-            total = db.require_metadata() and db.count()
-            with tqdm(total=total, unit="pt", desc="snapshot") as bar:
+        with where.open(read_only=True) as db:
+            with _bar(db.require_metadata() and db.count(), "snapshot") as bar:
                 count = write_snapshot(db, out, progress=bar.update)
-        echo(f"snapshot of {count} points from {db.describe()} collection {collection!r}: {out}")
+        echo(f"snapshot of {count} points from {db.describe()} collection {db.collection!r}: {out}")
 
 
 @app.command()
+@store_options
 def restore(
     source: Annotated[Path, typer.Option("--from", help="Snapshot file from `ingest snapshot`.")],
     recreate: Annotated[bool, typer.Option(help="Replace an existing collection.")] = False,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
 ) -> None:
     """Recreate a collection from a snapshot file, in the embedded store or on a server."""
     setup_logging(verbose)
     with clean_errors():
-        from tqdm import tqdm
-
         from ingest.transfer import read_header, restore_snapshot
 
         if not source.is_file():
             raise FileNotFoundError(f"snapshot {str(source)!r} not found")
         total = read_header(source)["count"]
-        with open_from(store, qdrant_url, collection) as db:
-            with tqdm(total=total, unit="pt", desc="restore") as bar:
+        with where.open() as db:
+            with _bar(total, "restore") as bar:
                 count = restore_snapshot(source, db, recreate=recreate, progress=bar.update)
-            echo(f"restored {count} points into {db.describe()} collection {collection!r}")
+            echo(f"restored {count} points into {db.describe()} collection {db.collection!r}")
 
 
 @app.command()
+@store_options
 def info(
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
     check: Annotated[
         bool,
         typer.Option(
@@ -386,22 +299,16 @@ def info(
             "count, index complete. Exit 2 naming the first problem.",
         ),
     ] = False,
+    where: StoreOptions = StoreOptions(),
 ) -> None:
-    """Show a collection: points, model, index settings, counts per category and source."""
-    with clean_errors(), open_from(store, qdrant_url, collection, read_only=True) as db:
-        meta = db.require_metadata()
-        echo(f"collection {collection!r} in {db.describe()}: {db.count()} points")
-        echo(f"model: {meta.get('model')}")
-        echo(f"weights file: {meta.get('weights_file')}; dataset: {meta.get('dataset_root')}")
-        echo(f"index: {meta.get('index')}; payload indexes: {', '.join(db.indexes()) or 'none'}")
-        for key in ("category", "source", "split"):
-            counts = db.facet(key)
-            echo(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        if not db.index_complete():
-            echo("index: build not recorded as complete; rerun `ingest run` to finish it")
-        if check:
-            from ingest.transfer import verify
+    """Show a collection: points, model, index settings, photos per category, source and
+    split (every indexed field but the garment)."""
+    with clean_errors(), where.open(read_only=True) as db:
+        from ingest.transfer import describe_collection, verify
 
+        for line in describe_collection(db):
+            echo(line)
+        if check:
             checked = verify(db)
             index = "complete" if checked["index_complete"] else "NOT complete"
             echo(

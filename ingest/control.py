@@ -14,11 +14,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from embedder.choices import Decode, Engine
+from embedder.choices import Choice, Decode
 from ingest.writer import Writer
 from search.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class Engine(Choice):
+    """What runs an ingest: this process (its reader processes and model), or Ray Data across a
+    cluster's CPUs and GPUs."""
+
+    local = "local"
+    ray = "ray"
 
 
 class StopOnInterrupt:
@@ -101,6 +109,18 @@ class Summary:
         return out
 
 
+@dataclass
+class Embedding:
+    """What an engine did with a plan: points written, files that failed (path, reason),
+    stage seconds, where the model ran, and the wall time of concurrent stages (Ray)."""
+
+    embedded: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    runtime: str = ""
+    wall: float | None = None
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     """How to run an ingest; batch size and readers left None take the model's device's
@@ -144,12 +164,12 @@ class IngestSettings:
 
 @contextmanager
 def writing(
-    store: Store, summary: Summary, total: int, progress: bool, desc: str = "ingest"
+    store: Store, total: int, progress: bool, desc: str = "ingest"
 ) -> Iterator[tuple[Writer, tqdm, StopOnInterrupt]]:
     """One writer thread into `store`, a progress bar and the signal handling, for a loop that
     hands the writer its embedded batches and calls `stop.check()` after each. However the
-    loop ends (done, Ctrl-C, an error) what was handed to the writer is stored and flushed,
-    and `summary.embedded` counts it."""
+    loop ends (done, Ctrl-C, an error) what was handed to the writer is stored and flushed
+    (`writer.stored` counts it)."""
     writer = Writer(store)
     bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, smoothing=0.05)
     with StopOnInterrupt() as stop:
@@ -159,4 +179,3 @@ def writing(
             bar.close()
             writer.close()  # on Ctrl-C too: what was embedded is stored
             store.flush()
-            summary.embedded = writer.stored

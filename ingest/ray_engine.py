@@ -1,19 +1,8 @@
 """The Ray Data engine (`ingest run --engine ray`): the plan's images through Ray Data across a
-cluster's CPUs and GPUs, the same reader and encoder as the local engine.
-
-    read + decode (CPU tasks: embedder.inference.ImageFiles, the local path's transforms)
-      → embed (an actor pool: one actor per GPU, or CPU actors; each builds its encoder once
-        from the recipe, with the local engine's device and precision choices)
-      → write (into a Qdrant server: parallel writer tasks, a Datasink with retries; into an
-        embedded store or qdrant-client's local mode: the local engine's writer in the driver,
-        since such a collection has one owner)
-
-A bad file is a row with its reason, never a failed task. Ray retries a task whose worker died
-and restarts a dead actor, and upserts by point id are idempotent, so a killed worker costs
-time, not points. Run with RAY_ADDRESS (or --ray-address) to use a running cluster; without, a
-Ray is started for the run and shut down after it. Every node must see the dataset at the same
-path (a shared filesystem) and reach the Qdrant server.
-"""
+cluster's CPUs and GPUs, with the local engine's reader and encoder. Decode tasks feed an actor
+pool (one actor per GPU, or CPU actors) that builds its encoder from the recipe; a Qdrant
+server is written by parallel writer tasks, an embedded store by the driver. A bad file is a
+row with its reason, a killed worker costs time (Ray retries it; upserts are idempotent)."""
 
 from __future__ import annotations
 
@@ -30,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from embedder.catalog import BOX
-from embedder.errors import UserError
-from ingest.control import IngestSettings, StopOnInterrupt, Summary, writing
+from embedder.errors import UserError, first_line
+from ingest.control import Embedding, IngestSettings, StopOnInterrupt, writing
 from ingest.plan import Plan, payload
 from search.store import Points, Store, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from embedder.recipe import EncoderRecipe
+    from embedder.recipe import ModelRecipe
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +71,7 @@ def ray_cluster(address: str | None = None) -> Iterator[object]:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"cannot connect to the Ray cluster at {address!r} (--ray-address / RAY_ADDRESS): "
-            f"{str(exc).splitlines()[0][:200]}"
+            f"{first_line(exc)[:200]}"
         ) from None
     try:
         yield ray
@@ -143,7 +132,7 @@ class EmbedActor:
     """Ray actor: the encoder built once from the recipe (on the actor's GPU, or its CPU),
     then batches of pixels → vectors (zero for rows that failed to decode)."""
 
-    def __init__(self, recipe: EncoderRecipe):
+    def __init__(self, recipe: ModelRecipe):
         self.encoder = recipe.build()
         self.dim = self.encoder.spec.out_dim
 
@@ -232,7 +221,7 @@ def _datasink_class():
     return QdrantDatasink
 
 
-def _pool(ray, recipe: EncoderRecipe, actors: int | None) -> tuple[int, dict, str]:
+def _pool(ray, recipe: ModelRecipe, actors: int | None) -> tuple[int, dict, str]:
     """How many embedder actors and what each reserves: one per GPU (num_gpus=1) when the
     cluster has GPUs and the recipe may use them; else CPU actors, one per node."""
     gpus = _resource(ray, "GPU")
@@ -243,17 +232,19 @@ def _pool(ray, recipe: EncoderRecipe, actors: int | None) -> tuple[int, dict, st
 
 
 def embed_on_ray(
-    store: Store, recipe: EncoderRecipe, plan: Plan, settings: IngestSettings, summary: Summary
-) -> None:
-    """Embed the plan's rows on Ray Data and write them to `store` (see the module's doc);
-    the counts, failures and stage times go into `summary`."""
-    if not hasattr(recipe, "spec") or not hasattr(recipe, "build"):
-        raise ValueError("--engine ray needs an encoder recipe (embedder.recipe.EncoderRecipe)")
+    store: Store, recipe: ModelRecipe, plan: Plan, settings: IngestSettings
+) -> Embedding:
+    """Embed the plan's rows on Ray Data and write them to `store` (see the module's doc):
+    the counts, failures and stage times."""
+    from embedder.recipe import ModelRecipe
+
+    if not isinstance(recipe, ModelRecipe):
+        raise ValueError("--engine ray needs a model recipe (embedder.recipe.ModelRecipe)")
     opened = store.opened_elsewhere()
     started = time.perf_counter()
     with ray_cluster(settings.ray_address) as ray:
         _quiet(ray, progress=settings.progress and opened is not None)
-        summary.seconds["ray start"] = time.perf_counter() - started
+        ray_start = time.perf_counter() - started
         actors, reserve, device = _pool(ray, recipe, settings.actors)
         settings = settings.for_device(device)
         batch = settings.batch_size
@@ -274,19 +265,21 @@ def embed_on_ray(
             compute=ray.data.ActorPoolStrategy(size=actors),
             **reserve,
         )
-        summary.runtime = (
+        runtime = (
             f"Ray ({_resource(ray, 'CPU')} CPUs, {_resource(ray, 'GPU')} GPUs): "
             f"{actors} embedder actor(s) on {device}, batch {batch}"
         )
         t0 = time.perf_counter()
         if opened is not None:
-            write_in_tasks(embedded, opened, summary)
+            done = write_in_tasks(embedded, opened)
         else:
             try:
-                _write_in_driver(embedded, store, settings, len(rows), summary)
+                done = _write_in_driver(embedded, store, settings, len(rows))
             except Exception as exc:
                 raise _unwrapped(exc) from None
-        summary.embedding_seconds = time.perf_counter() - t0
+    done.seconds = {"ray start": ray_start, **done.seconds}
+    done.runtime, done.wall = runtime, time.perf_counter() - t0
+    return done
 
 
 def _resource(ray, name: str) -> int:
@@ -294,30 +287,28 @@ def _resource(ray, name: str) -> int:
     return int(ray.cluster_resources().get(name, 0))
 
 
-def _write_in_driver(embedded, store: Store, settings, total: int, summary: Summary) -> None:
+def _write_in_driver(embedded, store: Store, settings, total: int) -> Embedding:
     """The local engine's writer, fed by the driver: the only writer of an embedded store."""
     decode = model = 0.0
-    with writing(store, summary, total, settings.progress, "ingest (ray)") as (writer, bar, stop):
+    failures = []
+    with writing(store, total, settings.progress, "ingest (ray)") as (writer, bar, stop):
         for part in embedded.iter_batches(
             batch_size=settings.batch_size, batch_format="numpy", prefetch_batches=2
         ):
             points, failed = to_points(part)
             writer(points)
-            summary.failures += failed
+            failures += failed
             decode += float(part["decode_s"].sum())
             model += float(part["model_s"].sum())
             bar.update(len(part["id"]))
             stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-    summary.seconds.update(decode=decode, model=model, write=writer.seconds)
+    seconds = {"decode": decode, "model": model, "write": writer.seconds}
+    return Embedding(writer.stored, failures, seconds)
 
 
 def write_in_tasks(
-    embedded,
-    opened: dict,
-    summary: Summary,
-    attempts: int = WRITE_ATTEMPTS,
-    first_wait: float | None = None,
-) -> None:
+    embedded, opened: dict, attempts: int = WRITE_ATTEMPTS, first_wait: float | None = None
+) -> Embedding:
     """Parallel writer tasks into a Qdrant server (the Datasink); Ray shows the progress. A
     write that fails after its tries stops the run with that error (one line)."""
     sink = _datasink_class()(opened, attempts, first_wait)
@@ -326,9 +317,8 @@ def write_in_tasks(
             embedded.write_datasink(sink)
     except Exception as exc:
         raise _unwrapped(exc) from None
-    summary.embedded = sink.written
-    summary.failures += [tuple(f) for f in sink.failures]
-    summary.seconds["write"] = sink.seconds
+    failures = [tuple(f) for f in sink.failures]
+    return Embedding(sink.written, failures, {"write": sink.seconds})
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
@@ -340,8 +330,7 @@ def _unwrapped(exc: BaseException) -> BaseException:
             seen = seen.cause
             continue
         if isinstance(seen, UserError | ValueError | OSError):
-            message = str(seen).strip().splitlines()
             kind = StoreError if isinstance(seen, StoreError) else UserError
-            return kind(message[0] if message else type(seen).__name__)
+            return kind(first_line(seen))
         seen = seen.__cause__
     return exc

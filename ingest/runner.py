@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedder.choices import Decode, Engine
+from embedder.choices import Decode
 from embedder.spec import ModelSpec, model_difference
-from ingest.control import IngestSettings, Summary, writing
-from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload
+from ingest.control import Embedding, Engine, IngestSettings, Summary, writing
+from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload, read_work
 from search.store import IndexSettings, Points, Store, StoreError
 
 if TYPE_CHECKING:
-    from embedder.inference import Encoder
-    from embedder.recipe import EncoderRecipe
+    from embedder.recipe import Built, ModelRecipe
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,67 @@ def ensure_collection(
         )
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Found before the work, not after it: a file that could not be written at the end."""
+    folder = path.parent if str(path.parent) else Path(".")
+    ok = (
+        (path.is_file() and os.access(path, os.W_OK))
+        if path.exists()
+        else (folder.is_dir() and os.access(folder, os.W_OK))
+    )
+    if not ok:
+        raise ValueError(f"cannot write {what} {str(path)!r}: not a writable file or folder")
+
+
+def ingest(
+    open_store: Callable[[], Store],
+    root: str | Path,
+    recipe: ModelRecipe,
+    settings: IngestSettings = IngestSettings(),
+    index: IndexSettings = IndexSettings(),
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    recreate: bool = False,
+    announce: Callable[[str], object] = log.info,
+) -> Summary:
+    """`ingest run`: the catalog first (a bad root fails before a model is built or a
+    collection made), then the collection made for the recipe's model (or checked to be its),
+    then run_ingest. Calibration photos of an int8 model default to the dataset's."""
+    check_writable(Path(settings.report), "the failure report (--report)")
+    work = read_work(root, limit=limit, shard=shard)
+    recipe = recipe if recipe.calibration else recipe.with_(calibration=str(work.base))
+    spec = recipe.spec  # a checkpoint's or a collection's needs no torch
+    with open_store() as store:
+        ensure_collection(
+            store,
+            spec,
+            weights_file=recipe.weights,
+            recreate=recreate,
+            settings=index,
+            root=str(work.base),
+            encoded_by=recipe.describe(),
+        )
+        announce(
+            f"ingest {work.base} → {store.describe()} collection {store.collection!r} "
+            f"({spec.backbone}, weights {spec.weights})"
+        )
+        return run_ingest(store, recipe, work, settings)
+
+
 def run_ingest(
     store: Store,
-    encoder: Encoder | EncoderRecipe,
+    recipe: ModelRecipe | Built,
     work: Work,
     settings: IngestSettings = IngestSettings(),
 ) -> Summary:
     """Embed every image of `work` (ingest.plan.read_work) not already stored unchanged, and
     upsert it into `store`.
 
-    `encoder`: an Encoder, or a recipe that builds one (embedder.recipe): only a run that has
-    something to embed builds the model (and imports torch). `settings.engine` says what runs
-    the embedding: this process, or Ray Data (each actor builds its encoder from the recipe);
-    everything else (the plan, pruning, the index, the report) is the same for both.
+    `recipe` builds the encoder (embedder.recipe): only a run that has something to embed
+    builds the model (and imports torch). `settings.engine` says what runs the embedding:
+    this process, or Ray Data (each actor builds its encoder from the recipe); everything else
+    (the plan, pruning, the index, the report) is the same for both.
 
     Point ids are uuid5(path), so a rerun (after a crash, Ctrl-C or new files) continues
     where the last one stopped; the collection must already exist (see ensure_collection).
@@ -80,59 +129,66 @@ def run_ingest(
         raise ValueError("--prune cannot be combined with --limit (it would delete the rest)")
     image_base = settings.image_base
     started = time.perf_counter()
-    summary = Summary(seconds={"catalog": work.seconds})
     plan = make_plan(work, store, image_base=image_base)
     if plan.relabel:
         store.set_payloads({pid: {"image_url": image_url(image_base, pid)} for pid in plan.relabel})
     if settings.prune:
         store.delete(plan.gone)
-        summary.pruned = len(plan.gone)
-    summary.seen, summary.present, summary.changed = len(plan.catalog), plan.present, plan.changed
     store.check_space(len(plan.todo))
-    summary.seconds["plan"] = time.perf_counter() - started
+    seconds = {"catalog": work.seconds, "plan": time.perf_counter() - started}
+    done = Embedding()
     if len(plan.todo) and settings.engine is Engine.ray:
         from ingest.ray_engine import embed_on_ray
 
-        embed_on_ray(store, encoder, plan, settings, summary)
+        done = embed_on_ray(store, recipe, plan, settings)
     elif len(plan.todo):
-        _embed(store, encoder.build(), plan, settings, summary)
-    if summary.embedded or summary.pruned or not store.index_complete():
+        done = _embed(store, recipe.build(), plan, settings)
+    seconds.update(done.seconds)
+    pruned = len(plan.gone) if settings.prune else 0
+    if done.embedded or pruned or not store.index_complete():
         t0 = time.perf_counter()  # also finishes an index build that a crash interrupted
         store.finish()
-        summary.seconds["index"] = time.perf_counter() - t0
-    summary.collection_points = store.count()
+        seconds["index"] = time.perf_counter() - t0
     if not settings.image_base:  # the next plan reads this instead of every stored payload
-        keep_state(store, plan.state_after({p for p, _ in summary.failures}, settings.prune))
-    if summary.failures:
-        summary.report = Path(settings.report)
-        with summary.report.open("w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["path", "reason"])
-            out.writerows(summary.failures)
-    summary.total_seconds = work.seconds + time.perf_counter() - started
-    return summary
+        keep_state(store, plan.state_after({p for p, _ in done.failures}, settings.prune))
+    report = _write_report(done.failures, Path(settings.report)) if done.failures else None
+    return Summary(
+        seen=len(plan.catalog),
+        embedded=done.embedded,
+        present=plan.present,
+        changed=plan.changed,
+        pruned=pruned,
+        failures=done.failures,
+        seconds=seconds,
+        total_seconds=work.seconds + time.perf_counter() - started,
+        report=report,
+        collection_points=store.count(),
+        runtime=done.runtime,
+        embedding_seconds=done.wall,
+    )
 
 
-def _embed(
-    store: Store, encoder: Encoder, plan: Plan, settings: IngestSettings, summary: Summary
-) -> None:
-    """Decode and embed the plan's images, writing each batch as it comes (read, model and
-    write times into the summary); Ctrl-C/SIGTERM stop after the batch in hand."""
+def _write_report(failures: list[tuple[str, str]], path: Path) -> Path:
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["path", "reason"])
+        out.writerows(failures)
+    return path
+
+
+def _embed(store: Store, encoder, plan: Plan, settings: IngestSettings) -> Embedding:
+    """Decode and embed the plan's images, writing each batch as it comes; what was written,
+    what failed and the read, model and write times. Ctrl-C/SIGTERM stop after the batch in
+    hand."""
     from embedder.inference import embed_batches
 
     settings = settings.for_device(encoder.device)
-    runs = (
-        f"OpenVINO {encoder.precision}"
-        if getattr(encoder, "runtime", None) == "openvino"
-        else f"torch {'bf16' if encoder.dtype else 'fp32'}"
+    runtime = (
+        f"{encoder.describe()}, batch {settings.batch_size}, {settings.workers} reader process(es)"
     )
-    summary.runtime = (
-        f"{encoder.device} ({runs}), batch {settings.batch_size}, "
-        f"{settings.workers} reader process(es)"
-    )
-    todo = plan.todo
+    todo, failures = plan.todo, []
     read = model = decode = 0.0
-    with writing(store, summary, len(todo), settings.progress) as (writer, bar, stop):
+    with writing(store, len(todo), settings.progress) as (writer, bar, stop):
         for part in embed_batches(
             encoder,
             plan.files(),
@@ -149,11 +205,12 @@ def _embed(
                     [payload(r, settings.image_base) for r in rows.itertuples(index=False)],
                 )
             )
-            summary.failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
+            failures += [(str(todo["path"].iat[i]), reason) for i, reason in part.failed]
             read, model = read + part.seconds_wait, model + part.seconds_model
             decode += part.seconds_decode
             bar.update(len(part.index) + len(part.failed))
             stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-    summary.seconds.update(read=read, model=model, write=writer.seconds)
+    seconds = {"read": read, "model": model, "write": writer.seconds}
     if settings.decode is Decode.device:
-        summary.seconds["decode"] = decode
+        seconds["decode"] = decode
+    return Embedding(writer.stored, failures, seconds, runtime)

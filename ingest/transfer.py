@@ -246,3 +246,22 @@ def verify(store: Store) -> dict:
     if counted != seen:
         raise StoreError(f"the collection counts {counted} points but {seen} could be read")
     return {"points": seen, "index_complete": store.index_complete()}
+
+
+def describe_collection(store: Store) -> list[str]:
+    """`ingest info`: the collection's size, model, index and photo counts per counted field."""
+    from search.store import schema
+
+    meta = store.require_metadata()
+    out = [
+        f"collection {store.collection!r} in {store.describe()}: {store.count()} points",
+        f"model: {meta.get('model')}",
+        f"weights file: {meta.get('weights_file')}; dataset: {meta.get('dataset_root')}",
+        f"index: {meta.get('index')}; payload indexes: {', '.join(store.indexes()) or 'none'}",
+    ]
+    for key in schema.COUNTED:
+        counts = store.facet(key)
+        out.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if not store.index_complete():
+        out.append("index: build not recorded as complete; rerun `ingest run` to finish it")
+    return out

@@ -9,21 +9,9 @@ from typing import Annotated
 
 import typer
 
-from embedder._cli import (
-    Device,
-    Int8,
-    Ks,
-    Precision,
-    Runtime,
-    Verbose,
-    clean_errors,
-    echo,
-    setup_logging,
-)
-from search.options import Collection, QdrantUrl, StoreDir, open_from
-from search.query import ModelOptions
-from search.service import MAX_TOP, Grouping, Source
-from search.store.schema import DEFAULT_COLLECTION
+from embedder.commands import Ks, Verbose, clean_errors, echo, run_options, setup_logging
+from search.options import StoreOptions, filter_options, store_options
+from search.service import MAX_TOP, Grouping
 
 app = typer.Typer(
     add_completion=False,
@@ -39,6 +27,10 @@ class PixelBox(tuple):
 Weights = Annotated[
     Path | None, typer.Option(help="The collection's weights file, if it moved since ingest.")
 ]
+HnswEf = Annotated[
+    int | None,
+    typer.Option(help="HNSW ef for this search [default: the collection's, 512 unless set]."),
+]
 
 
 def parse_box(text: str) -> PixelBox:
@@ -52,6 +44,9 @@ def parse_box(text: str) -> PixelBox:
 
 
 @app.command()
+@store_options
+@filter_options()
+@run_options(traced_option=True)
 def search(
     queries: Annotated[
         list[Path] | None,
@@ -62,9 +57,6 @@ def search(
     top: Annotated[
         int, typer.Option("--top", "-k", min=1, max=MAX_TOP, help="How many results per query.")
     ] = 20,
-    category: Annotated[str | None, typer.Option(help="Only this category, e.g. TOPS.")] = None,
-    subcategory: Annotated[str | None, typer.Option(help="Only this subcategory.")] = None,
-    source: Annotated[Source | None, typer.Option(help="Only shop or consumer photos.")] = None,
     group: Annotated[
         Grouping,
         typer.Option(
@@ -106,26 +98,12 @@ def search(
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
-    hnsw_ef: Annotated[
-        int | None,
-        typer.Option(help="HNSW ef for this search [default: the collection's, 512 unless set]."),
-    ] = None,
-    traced: Annotated[
-        bool,
-        typer.Option(
-            help="On CPU, keep a traced copy of the model in ~/.cache/fashion-retrieval for "
-            "faster starts (FASHION_RETRIEVAL_CACHE moves it)."
-        ),
-    ] = True,
+    hnsw_ef: HnswEf = None,
     weights: Weights = None,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    runtime: Runtime = "auto",
-    int8: Int8 = False,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
+    filters: dict | None = None,
+    run=None,
 ) -> None:
     """Embed QUERY photo(s) with the model that built the collection and print the nearest
     images: rank, score (cosine), category, subcategory, item_id, source, path.
@@ -133,72 +111,27 @@ def search(
     The web app: `search serve --help`; the collection's accuracy: `search evaluate --help`."""
     setup_logging(verbose)
     started = time.perf_counter()
-    queries, like, unlike = queries or [], like or [], unlike or []
-    if unlike and not like:
-        raise typer.BadParameter("--unlike needs at least one --like")
-    if bool(queries) == bool(like):
-        raise typer.BadParameter("give query photo(s) or --like POINT, one of the two")
     with clean_errors():
         from search import render
         from search.service import Query, SearchService
         from search.store import SearchParams
 
-        query = Query.make(
-            top,
-            group,
-            SearchParams(exact=exact, hnsw_ef=hnsw_ef),
-            category=category,
-            subcategory=subcategory,
-            source=source,
-        )
-        with (
-            open_from(store, qdrant_url, collection, read_only=True) as db,
-            SearchService(
-                db,
-                model=ModelOptions(
-                    str(weights) if weights else None, device, precision, traced, runtime, int8
-                ),
-            ) as service,
-        ):
-            if len(like) == 1 and not unlike:
-                answers = [service.similar(like[0], query)]
-            elif like:
-                answers = [
-                    service.recommend(
-                        [service.resolve(p) for p in like],
-                        [service.resolve(p) for p in unlike],
-                        query,
-                    )
-                ]
-            else:
-                boxes = [bbox] * len(queries) if bbox else None
-                answers = service.search_files(queries, query, boxes)
-            elapsed = time.perf_counter() - started
+        params = SearchParams(exact=exact, hnsw_ef=hnsw_ef)
+        query = Query(top=top, filters=filters or {}, group=group, params=params)
+        asked = {"photos": queries or [], "like": like or [], "unlike": unlike or []}
+        with where.open(read_only=True) as db:
+            service = SearchService.for_queries(db, query, **asked, weights=weights, run=run)
+            answers = service.ask(query, **asked, bbox=bbox)
             if as_json:
                 echo(render.to_json(answers, query.group))
             else:
-                for answer in answers:
-                    echo(render.heading(answer, dict(query.filters), query.group))
-                    for line in render.table(answer.results, query.group):
-                        echo(line)
-                echo(render.model_line(service.metadata, elapsed))
+                seconds = time.perf_counter() - started
+                for line in render.answers_text(answers, query, service.metadata, seconds):
+                    echo(line)
             if sheet:
-                from search.sheet import write_sheet
+                from search.sheet import write_sheets
 
-                for n, answer in enumerate(answers, 1):
-                    out = (
-                        sheet
-                        if len(answers) == 1
-                        else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
-                    )
-                    picture = service.image_file(answer.query) if answer.exclude else answer.query
-                    write_sheet(
-                        out,
-                        picture,
-                        [r.hit for r in answer.results],
-                        str(service.images) if service.images else None,
-                        answer.item_id,
-                    )
+                for out in write_sheets(sheet, answers, service):
                     typer.echo(f"contact sheet: {out}", err=as_json)
 
 
@@ -211,6 +144,8 @@ serve_app = _subcommand("The web app: find a garment from a photo in the browser
 
 
 @serve_app.command()
+@store_options
+@run_options()
 def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 to accept other machines).")
@@ -259,40 +194,34 @@ def serve(
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds for a request's headers to arrive.")
     ] = 10.0,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    runtime: Runtime = "auto",
-    int8: Int8 = False,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
+    run=None,
 ) -> None:
     """Serve the search page at / and its JSON API at /api (OpenAPI docs at /docs, Prometheus
     metrics at /metrics). The collection and its model are loaded once and kept warm."""
     setup_logging(verbose)
     with clean_errors():
-        from search.web import Settings, run
+        from search.web import Settings
+        from search.web import run as serve_app
 
-        run(
-            Settings(
-                store=str(store) if store else None,
-                url=qdrant_url,
-                collection=collection,
-                images=str(images) if images else None,
-                model=ModelOptions(
-                    str(weights) if weights else None, device, precision, runtime=runtime, int8=int8
-                ),
-                workers=workers,
-                max_upload=int(max_upload_mb * 1_000_000),
-                host=host,
-                port=port,
-                api_key=api_key or None,
-                allowed_hosts=tuple(allowed_host or ()),
-                body_timeout=body_timeout,
-                header_timeout=header_timeout,
-            )
+        settings = Settings(
+            store=str(where.store) if where.store else None,
+            url=where.url,
+            collection=where.collection,
+            images=str(images) if images else None,
+            weights=str(weights) if weights else None,
+            run=run,
+            workers=workers,
+            max_upload=int(max_upload_mb * 1_000_000),
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            allowed_hosts=tuple(allowed_host or ()),
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
         )
+        serve_app(settings, ready=lambda line: echo(line) or sys.stdout.flush())
 
 
 evaluate_app = _subcommand(
@@ -301,27 +230,21 @@ evaluate_app = _subcommand(
 
 
 @evaluate_app.command()
+@store_options
+@run_options()
 def evaluate(
     root: Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     k: Ks = "1,5,10,20,50",
-    hnsw_ef: Annotated[
-        int | None,
-        typer.Option(help="HNSW ef for the queries [default: the collection's, 512 unless set]."),
-    ] = None,
+    hnsw_ef: HnswEf = None,
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the top-k curve PNG.")] = None,
     weights: Weights = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 1,
-    store: StoreDir = None,
-    qdrant_url: QdrantUrl = None,
-    collection: Collection = DEFAULT_COLLECTION,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    runtime: Runtime = "auto",
-    int8: Int8 = False,
     verbose: Verbose = False,
+    where: StoreOptions = StoreOptions(),
+    run=None,
 ) -> None:
     """`embedder evaluate`'s report for a collection: the split's consumer photos, embedded with
     the collection's model, are looked up in the collection (HNSW, split and source filters) as
@@ -329,55 +252,25 @@ def evaluate(
     far the two agree."""
     setup_logging(verbose)
     with clean_errors():
-        import json
-
-        from embedder.plots import topk_curve
-        from search.evaluate import evaluate_collection
-        from search.service import SearchService
+        from search.evaluate import evaluate_store, report_lines, write_outputs
         from search.store import SearchParams
 
-        with (
-            open_from(store, qdrant_url, collection, read_only=True) as db,
-            SearchService(
+        with where.open(read_only=True) as db:
+            found = evaluate_store(
                 db,
-                model=ModelOptions(
-                    str(weights) if weights else None,
-                    device,
-                    precision,
-                    runtime=runtime,
-                    int8=int8,
-                ),
-            ) as service,
-        ):
-            found = evaluate_collection(
-                db,
-                service.encoder,
                 root,
+                weights=weights,
+                run=run,
                 split=split,
                 ks=tuple(k),
                 params=SearchParams(hnsw_ef=hnsw_ef),
                 batch_size=batch_size,
                 workers=workers,
             )
-            echo(
-                f"{db.describe()} collection {collection!r}: {found.store.queries} queries, "
-                f"gallery {found.store.gallery} ({split})"
-            )
-        reports = {"store": found.store, "exact": found.exact}
-        for name, title in (("store", "via the collection (HNSW)"), ("exact", "exact search")):
-            echo(f"{title}:")
-            for line in reports[name].table():
+            for line in report_lines(found, db, split):
                 echo(line)
-        echo(
-            "agreement with exact search: "
-            + ", ".join(f"{key} {value:.3f}" for key, value in found.agreement.items())
-        )
-        if plot:
-            topk_curve({n: r.overall for n, r in reports.items()}, plot)
-            echo(f"top-k curve: {plot}")
-        if as_json:
-            body = {n: r.to_json() for n, r in reports.items()}
-            as_json.write_text(json.dumps({**body, "agreement": found.agreement}, indent=1))
+        for line in write_outputs(found, plot=plot, as_json=as_json):
+            echo(line)
 
 
 SUBCOMMANDS = {"serve": serve_app, "evaluate": evaluate_app}

@@ -4,6 +4,7 @@ vectors the collection holds, so that index and filter recall show."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,3 +85,42 @@ def evaluate_collection(
         accuracy(exact, queries, gallery, ks, split),
         agreement(via_store, exact),
     )
+
+
+def evaluate_store(store: Store, root: str | Path, *, weights=None, run=None, **how):
+    """`search evaluate`: evaluate_collection with the collection's own model (built from its
+    record, run as `run` says); `how`: evaluate_collection's options."""
+    from embedder.recipe import ModelRecipe, RunOptions
+
+    recipe = ModelRecipe.for_collection(store.require_metadata(), weights, run or RunOptions())
+    return evaluate_collection(store, recipe.build(throughput=True), root, **how)
+
+
+TITLES = {"store": "via the collection (HNSW)", "exact": "exact search"}
+
+
+def report_lines(found: CollectionReport, store: Store, split: str) -> list[str]:
+    """The report as the terminal shows it: both tables and their agreement."""
+    out = [
+        f"{store.describe()} collection {store.collection!r}: {found.store.queries} queries, "
+        f"gallery {found.store.gallery} ({split})"
+    ]
+    for name, title in TITLES.items():
+        out += [f"{title}:", *getattr(found, name).table()]
+    agreed = ", ".join(f"{key} {value:.3f}" for key, value in found.agreement.items())
+    return [*out, f"agreement with exact search: {agreed}"]
+
+
+def write_outputs(found: CollectionReport, plot: Path | None, as_json: Path | None) -> list[str]:
+    """The top-k curve PNG and the JSON report, where asked for; what was written."""
+    reports = {name: getattr(found, name) for name in TITLES}
+    written = []
+    if plot:
+        from embedder.plots import topk_curve
+
+        topk_curve({n: r.overall for n, r in reports.items()}, plot)
+        written.append(f"top-k curve: {plot}")
+    if as_json:
+        body = {n: r.to_json() for n, r in reports.items()}
+        as_json.write_text(json.dumps({**body, "agreement": found.agreement}, indent=1))
+    return written

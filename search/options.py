@@ -1,12 +1,17 @@
-"""The store options of every command that reaches a collection, and opening what they name."""
+"""The option sets of every command that reaches a collection: where the store is (one
+StoreOptions value) and the search filters (one dict, an option per schema filter field)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from embedder.commands import option_set
+from search.store import schema
 from search.store.schema import DEFAULT_COLLECTION
 
 StoreDir = Annotated[
@@ -39,13 +44,100 @@ Collection = Annotated[
 ]
 
 
-def open_from(store: Path | None, url: str | None, collection: str, read_only: bool = False):
-    """The store the options name; `read_only` for commands that only read it."""
-    from search.store import open_store
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where a command's collection is: an embedded folder, or a server URL, and its name."""
 
-    return open_store(
-        store_dir=str(store) if store else None,
-        url=url,
-        collection=collection,
-        read_only=read_only,
-    )
+    store: Path | None = None
+    url: str | None = None
+    collection: str = DEFAULT_COLLECTION
+
+    def open(self, read_only: bool = False):
+        """The store the options name; `read_only` for commands that only read it."""
+        from search.store import open_store
+
+        folder = str(self.store) if self.store else None
+        return open_store(
+            store_dir=folder, url=self.url, collection=self.collection, read_only=read_only
+        )
+
+
+store_options = option_set(
+    "where",
+    StoreOptions,
+    store=(StoreDir, None),
+    url=(QdrantUrl, None),
+    collection=(Collection, DEFAULT_COLLECTION),
+)
+embedded_options = option_set(  # commands that read an embedded store only (publish)
+    "where", StoreOptions, store=(StoreDir, None), collection=(Collection, DEFAULT_COLLECTION)
+)
+
+
+def _filters(**values: str | Enum | None) -> dict[str, str]:
+    return {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v}
+
+
+def filter_options():
+    """An option per filter field of the schema (--category, --subcategory, --source, ...),
+    handed to the command as one `filters` dict of the values given."""
+    options = {
+        field.name: (
+            Annotated[
+                schema.CHOICES.get(field.name, str) | None,
+                typer.Option(help=f"Only this {field.name}: {field.description}"),
+            ],
+            None,
+        )
+        for field in schema.FILTER_FIELDS
+    }
+    return option_set("filters", _filters, **options)
+
+
+def _index(**given):
+    from search.store import IndexSettings
+
+    return IndexSettings(**given)
+
+
+# how a new collection is indexed, as one IndexSettings (`index`)
+index_options = option_set(
+    "index",
+    _index,
+    quantization=(
+        Annotated[
+            bool,
+            typer.Option(
+                "--quantize", help="int8 scalar quantization (with rescoring) on a new collection."
+            ),
+        ],
+        False,
+    ),
+    m=(Annotated[int, typer.Option("--hnsw-m", help="HNSW m of a new collection.")], 16),
+    ef_construct=(Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")], 100),
+    hnsw_ef=(
+        Annotated[int, typer.Option(help="Search-time HNSW ef recorded with a new collection.")],
+        512,
+    ),
+    shard_number=(
+        Annotated[
+            int | None, typer.Option(min=1, help="Server: shards of a new collection (cluster).")
+        ],
+        None,
+    ),
+    replication_factor=(
+        Annotated[int | None, typer.Option(min=1, help="Server: copies of each shard (cluster).")],
+        None,
+    ),
+    write_consistency=(
+        Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Server: copies that must acknowledge a write before it counts (at most "
+                "--replication-factor).",
+            ),
+        ],
+        None,
+    ),
+)

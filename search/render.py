@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
-from search.service import Answer, Grouping, Result
+from search.service import Answer, Grouping, Query, Result
+from search.store import schema
 
-COLUMNS = ("rank", "score", "category", "subcategory", "item_id", "source", "path")
-GROUPED = ("rank", "score", "photos", "category", "subcategory", "item_id", "source", "path")
+
+def _columns(group: Grouping) -> tuple[str, ...]:
+    """rank, score (and the garment's matching photos), then the schema's table columns."""
+    return ("rank", "score", *(["photos"] if group is Grouping.item else []), *schema.COLUMNS)
 
 
 def _cell(value) -> str:
@@ -17,13 +20,13 @@ def _cell(value) -> str:
 
 
 def table(results: list[Result], group: Grouping = Grouping.none) -> list[str]:
-    columns = GROUPED if group is Grouping.item else COLUMNS
+    columns = _columns(group)
     rows = [
         [
             str(r.rank),
             f"{r.hit.score:.4f}",
             *([str(r.matches)] if group is Grouping.item else []),
-            *(_cell(r.hit.payload.get(c, "")) for c in COLUMNS[2:]),
+            *(_cell(r.hit.payload.get(c, "")) for c in schema.COLUMNS),
         ]
         for r in results
     ]
@@ -79,3 +82,12 @@ def model_line(metadata: dict, seconds: float) -> str:
         else ""
     )
     return f"model {model['backbone']} weights {model['weights']}{untrained}; {seconds:.2f}s"
+
+
+def answers_text(answers: list[Answer], query: Query, metadata: dict, seconds: float) -> list[str]:
+    """The terminal's answer: a heading and a table per query, then the model line."""
+    out = []
+    for answer in answers:
+        out.append(heading(answer, dict(query.filters), query.group))
+        out.extend(table(answer.results, query.group))
+    return [*out, model_line(metadata, seconds)]

@@ -12,10 +12,9 @@ import io
 import logging
 import os
 import re
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -24,7 +23,6 @@ import numpy as np
 
 from embedder.errors import UserError
 from embedder.geometry import Box
-from search.query import ModelOptions
 from search.store import (
     APPROXIMATE,
     Exclude,
@@ -46,7 +44,6 @@ MAX_TOP = 1000
 MAX_EXAMPLES = 50  # photos a recommendation may like, and as many it may dislike
 KINDS = "a JPEG, PNG, WebP or BMP photo"
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-FACETS_TTL = 30.0  # seconds: counts follow a collection that another process is filling
 
 
 class Grouping(str, Enum):
@@ -210,8 +207,7 @@ def answer_vectors(
     first, wanted = query.offset, query.offset + query.top
     if query.group is Grouping.item:
         grouped = search_groups(
-            store,
-            queries, wanted, query.filters, query.params, exclude, query.group_size
+            store, queries, wanted, query.filters, query.params, exclude, query.group_size
         )
         return [
             [Result(rank, g.hits[0], g.hits) for rank, g in enumerate(groups[first:], first + 1)]
@@ -221,6 +217,13 @@ def answer_vectors(
     return [
         [Result(rank, h, [h]) for rank, h in enumerate(hits[first:], first + 1)] for hits in found
     ]
+
+
+def _one_kind(photos: Sequence, like: Sequence, unlike: Sequence) -> None:
+    if unlike and not like:
+        raise ValueError("--unlike needs at least one --like")
+    if bool(photos) == bool(like):
+        raise ValueError("give query photo(s) or --like POINT, one of the two")
 
 
 @contextlib.contextmanager
@@ -234,51 +237,50 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 
 
 class SearchService:
-    """A collection and the model that made it, kept open for many queries.
+    """A collection and (for queries by photo) the model that made it, for many queries.
 
     The CLI makes one per command; the web app makes one at start-up and shares it between
-    requests: store calls are serialised by a lock (they take milliseconds). `encoder` is any
-    callable from uint8 pixels to vectors with a `spec` (the web app passes its batching model
-    pool); without one, the collection's own model is loaded on first use.
-    """
+    requests. `encoder`: any callable from uint8 pixels to vectors with a `spec` (the model a
+    ModelRecipe builds for the collection, or the web app's batching pool); None for a service
+    that only answers from stored vectors (more like this, recommendations, payloads)."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        encoder=None,
-        model: ModelOptions | None = None,
-        images: str | Path | None = None,
-    ):
-        """`model`: how to run the collection's model when no `encoder` is given."""
+    @classmethod
+    def for_queries(
+        cls, store: Store, query: Query, photos=(), like=(), unlike=(), weights=None, run=None
+    ) -> SearchService:
+        """A service for one command's queries (as ask() takes them): the request, the photo
+        files and the filters are checked first, then the collection's model is built (and
+        checked) only if there are photos to embed. `weights`, `run`: as
+        ModelRecipe.for_collection takes them."""
+        from embedder.recipe import ModelRecipe, RunOptions
+
+        _one_kind(photos, like, unlike)
+        for photo in photos:
+            check_query_file(photo)
+        metadata = store.require_metadata()
+        check_filters(store, query.filters)
+        recipe = ModelRecipe.for_collection(metadata, weights, run or RunOptions(traced=True))
+        return cls(store, recipe.build(throughput=False) if photos else None)
+
+    def __init__(self, store: Store, encoder=None, images: str | Path | None = None):
         self.store = store
         self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
-        self.model_options = model or ModelOptions()
+        self.encoder = encoder
         root = images or self.metadata.get("dataset_root")
         self.images = Path(root).expanduser() if root else None
-        self.lock = threading.RLock()
-        self._encoder = encoder
-        self._cache_model: Callable[[], None] | None = None
-        self._facets: dict | None = None
-        self._facets_at = 0.0
 
     # the model --------------------------------------------------------------------------------
-    @property
-    def encoder(self):
-        """The collection's model, loaded (and checked against the collection) on first use."""
-        with self.lock:
-            if self._encoder is None:
-                from search.query import query_encoder
-
-                self._encoder, self._cache_model = query_encoder(self.metadata, self.model_options)
-            return self._encoder
+    def _model(self):
+        if self.encoder is None:
+            raise ValueError("this search service was opened without the collection's model")
+        return self.encoder
 
     def warm(self) -> None:
         """Run the model once, so the first real query is not the slow one."""
-        size = self.encoder.spec.img_size
-        self.encoder(np.zeros((1, 3, size, size), np.uint8))
+        size = self._model().spec.img_size
+        self._model()(np.zeros((1, 3, size, size), np.uint8))
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         if not np.isfinite(vectors).all():
@@ -288,7 +290,7 @@ class SearchService:
     def embed_files(self, paths: Sequence[str | Path], boxes: Sequence[Box | None]) -> np.ndarray:
         from embedder.inference import embed_files
 
-        vectors = embed_files(self.encoder, [str(p) for p in paths], list(boxes), batch_size=32)
+        vectors = embed_files(self._model(), [str(p) for p in paths], list(boxes), batch_size=32)
         return self._check_vectors(vectors)
 
     def embed_upload(self, data: bytes, bbox: Box | None = None) -> np.ndarray:
@@ -298,7 +300,7 @@ class SearchService:
         from embedder.errors import BadBox, TooThin, describe_failure
         from embedder.transforms import eval_transform, load_image
 
-        spec = self.encoder.spec
+        spec = self._model().spec
         try:
             img = load_image(
                 io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct), strict_box=True
@@ -315,16 +317,14 @@ class SearchService:
         except Exception as exc:  # truncated, damaged, unsupported mode
             log.info("refused an upload: %s", describe_failure(exc))
             raise BadImage("We cannot decode this photo: it is damaged or cut off.") from None
-        return self._check_vectors(self.encoder(pixels[None]))
+        return self._check_vectors(self._model()(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
     def check(self, query: Query) -> None:
-        with self.lock:
-            check_filters(self.store, query.filters)
+        check_filters(self.store, query.filters)
 
     def _answer(self, vectors: np.ndarray, query: Query, exclude: Sequence[str] = ()):
-        with self.lock:
-            return answer_vectors(self.store, vectors, query, exclude)
+        return answer_vectors(self.store, vectors, query, exclude)
 
     def search_files(
         self,
@@ -337,8 +337,7 @@ class SearchService:
         filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
         self.check(query)
-        with self.lock:
-            known = dataset_points(self.store, paths, self.images)
+        known = dataset_points(self.store, paths, self.images)
         seconds: dict[str, float] = {}
         with timed(seconds, "model"):
             vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
@@ -349,6 +348,24 @@ class SearchService:
             Answer(str(p), r, k.get("item_id"), seconds=dict(per))
             for p, r, k in zip(paths, results, known, strict=True)
         ]
+
+    def ask(
+        self,
+        query: Query,
+        photos: Sequence[str | Path] = (),
+        like: Sequence[str] = (),
+        unlike: Sequence[str] = (),
+        bbox: Box | None = None,
+    ) -> list[Answer]:
+        """The answers to one command: photo files (each in `bbox`, else its annotated box or
+        whole), more like one stored photo, or like several and unlike others."""
+        _one_kind(photos, like, unlike)
+        if len(like) == 1 and not unlike:
+            return [self.similar(like[0], query)]
+        if like:
+            ids = [self.resolve(p) for p in like], [self.resolve(p) for p in unlike]
+            return [self.recommend(*ids, query)]
+        return self.search_files(photos, query, [bbox] * len(photos) if bbox else None)
 
     def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
         self.check(query)
@@ -376,8 +393,7 @@ class SearchService:
     def point(self, point: str) -> dict:
         """The stored payload of a point (id or dataset path), with its id."""
         pid = self.resolve(point)
-        with self.lock:
-            payload = self.store.retrieve([pid], list(SHOWN))
+        payload = self.store.retrieve([pid], list(SHOWN))
         if pid not in payload:
             raise NotFound(f"no stored photo {point!r} in collection {self.store.collection!r}")
         return {"id": pid, **payload[pid]}
@@ -388,8 +404,7 @@ class SearchService:
         stored = self.point(point)
         seconds = {"model": 0.0}
         with timed(seconds, "store"):
-            with self.lock:
-                vector = self.store.vectors([stored["id"]])[stored["id"]]
+            vector = self.store.vectors([stored["id"]])[stored["id"]]
             results = self._answer(vector[None], query, exclude=[stored["id"]])[0]
         return Answer(
             stored["id"], results, stored.get(GROUP), exclude=stored["id"], seconds=seconds
@@ -431,9 +446,8 @@ class SearchService:
     def _stored(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, str | None]]:
         """id → (stored vector, garment) for each id; NotFound for one that is not stored."""
         ids = list(dict.fromkeys(canonical_id(i) for i in ids))
-        with self.lock:
-            vectors = self.store.vectors(ids) if ids else {}
-            garments = self.store.retrieve(ids, [GROUP]) if ids else {}
+        vectors = self.store.vectors(ids) if ids else {}
+        garments = self.store.retrieve(ids, [GROUP]) if ids else {}
         for pid in ids:
             if pid not in vectors:
                 raise NotFound(f"no stored photo {pid}")
@@ -450,12 +464,11 @@ class SearchService:
 
     def item(self, item_id: str) -> list[Hit]:
         """Every stored photo of one garment: shop photos first, then consumer, by path."""
-        with self.lock:
-            photos = [
-                Hit(pid, 1.0, payload)
-                for points in self.store.scroll(256, vectors=False, filters={GROUP: item_id})
-                for pid, payload in zip(points.ids, points.payloads, strict=True)
-            ]
+        photos = [
+            Hit(pid, None, payload)
+            for points in self.store.scroll(256, vectors=False, filters={GROUP: item_id})
+            for pid, payload in zip(points.ids, points.payloads, strict=True)
+        ]
         if not photos:
             raise NotFound(f"no garment {item_id!r} in collection {self.store.collection!r}")
         return sorted(
@@ -464,30 +477,25 @@ class SearchService:
 
     def facets(self) -> dict:
         """Counts for the filter controls: categories, subcategories per category, sources."""
-        with self.lock:
-            if self._facets is None or time.monotonic() - self._facets_at > FACETS_TTL:
-                categories = self.store.facet("category")
-                self._facets = {
-                    "categories": categories,
-                    "subcategories": {
-                        c: self.store.facet("subcategory", filters={"category": c})
-                        for c in sorted(categories)
-                    },
-                    "sources": self.store.facet("source"),
-                }
-                self._facets_at = time.monotonic()
-            return self._facets
+        categories = self.store.facet("category")
+        return {
+            "categories": categories,
+            "subcategories": {
+                c: self.store.facet("subcategory", filters={"category": c})
+                for c in sorted(categories)
+            },
+            "sources": self.store.facet("source"),
+        }
 
     def info(self) -> dict:
-        with self.lock:
-            return {
-                "collection": self.store.collection,
-                "store": self.store.describe(),
-                "points": self.store.count(),
-                "model": self.metadata["model"],
-                "index": self.store.index_settings(),
-                "dataset_root": str(self.images) if self.images else None,
-            }
+        return {
+            "collection": self.store.collection,
+            "store": self.store.describe(),
+            "points": self.store.count(),
+            "model": self.metadata["model"],
+            "index": self.store.index_settings(),
+            "dataset_root": str(self.images) if self.images else None,
+        }
 
     def image_file(self, point: str) -> Path:
         """The image file of a stored point, only ever a regular file below the dataset root
@@ -495,8 +503,7 @@ class SearchService:
         pid = canonical_id(point)
         if self.images is None:
             raise NotFound("the collection records no dataset folder; start with --images DIR")
-        with self.lock:
-            rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
+        rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
         if not rel:
             raise NotFound(f"no stored photo {pid}")
         from embedder.catalog import IMAGE_SUFFIXES
@@ -521,19 +528,3 @@ class SearchService:
         ):
             raise outside
         return path
-
-    def close(self) -> None:
-        """Write the traced copy of the model for faster starts, if one was built (after
-        answering: the next start loads it). The store stays open: its opener closes it."""
-        if self._cache_model is not None:
-            try:
-                self._cache_model()
-            except OSError as exc:
-                log.warning("could not cache the traced model: %s", exc)
-            self._cache_model = None
-
-    def __enter__(self) -> SearchService:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -61,3 +61,16 @@ def write_sheet(
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def write_sheets(path: Path, answers, service) -> list[Path]:
+    """A contact sheet per answer (a search service's): `path` for one answer, NAME-1.png,
+    NAME-2.png, ... for several. The query photo of "more like this" is the stored one."""
+    written = []
+    for n, answer in enumerate(answers, 1):
+        out = path if len(answers) == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        picture = service.image_file(answer.query) if answer.exclude else answer.query
+        root = str(service.images) if service.images else None
+        write_sheet(out, picture, [r.hit for r in answer.results], root, answer.item_id)
+        written.append(out)
+    return written

@@ -116,8 +116,11 @@ def ingest_into():
     from ingest.runner import run_ingest
 
     def run(store, encoder, root, *, limit=None, shard=None, **settings):
+        from embedder.recipe import Built, ModelRecipe
+
+        recipe = encoder if isinstance(encoder, ModelRecipe) else Built(encoder)
         work = read_work(root, limit=limit, shard=shard)
-        return run_ingest(store, encoder, work, IngestSettings(progress=False, **settings))
+        return run_ingest(store, recipe, work, IngestSettings(progress=False, **settings))
 
     return run
 

@@ -18,6 +18,7 @@ const list = (text) => (text ? text.split(",").filter(Boolean) : []);
 function readUrl() {
   const p = new URLSearchParams(location.search);
   for (const k of Object.keys(DEFAULTS)) if (k !== "top") state[k] = p.has(k) ? p.get(k) : DEFAULTS[k];
+  for (const k of filterNames()) if (!(k in DEFAULTS)) state[k] = p.get(k) || "";
   if (state.source === "all") state.source = "";
   if (!["shop", "consumer", ""].includes(state.source)) state.source = "shop";
   state.top = Math.min(maxTop(), Math.max(1, parseInt(p.get("top") || "20", 10) || 20));
@@ -233,9 +234,11 @@ window.addEventListener("resize", drawBox);
 $("go").addEventListener("click", () => rerun());
 
 // ---- searching -----------------------------------------------------------------------------------
+// the filter fields come from the server's payload schema (/api/info)
+const filterNames = () => (info ? info.filters.map((f) => f.name) : ["category", "subcategory", "source"]);
 function filters() {
   const f = { top: state.top, group: state.group };
-  for (const k of ["category", "subcategory", "source"]) if (state[k]) f[k] = state[k];
+  for (const k of filterNames()) if (state[k]) f[k] = state[k];
   return f;
 }
 function rerun(focus) {

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +89,11 @@ class EdgeStore(Store):
         self._shard: qe.EdgeShard | None = None
         self._lock = None
         self._copy: str | None = None  # a temporary copy of a read-only shard
+        self._engine = threading.RLock()  # the shard is driven by one thread at a time
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        with self._engine:  # the web app's request threads share one open store
+            return super()._call(what, fn, *args, **kwargs)
 
     def _failure(self, what: str, exc: Exception) -> StoreError:
         """Anything the engine raises means a damaged or unreadable shard."""
@@ -138,6 +144,10 @@ class EdgeStore(Store):
         self._lock = fh
 
     def _open(self) -> qe.EdgeShard:
+        with self._engine:  # loaded once, whichever request thread asks first
+            return self._shard or self._load()
+
+    def _load(self) -> qe.EdgeShard:
         if self._shard is None:
             if not self.exists():
                 self.require_metadata()

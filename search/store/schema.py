@@ -1,10 +1,13 @@
 """The one payload schema: the fields a stored photo carries, which of them Qdrant indexes and
-which are search filters. The store's indexes, ingest's payloads, the service's filters and the
-web API's photo model are all derived from FIELDS; nothing else lists them."""
+which are search filters. The store's indexes, ingest's payloads, the service's filters, the
+CLI's filter options, the web API's parameters and models, the page's controls (through
+/api/info) and the tables are all derived from FIELDS; nothing else lists them. Adding a filter
+field touches FIELDS and the catalog column it is copied from, nothing else."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 DEFAULT_COLLECTION = "deepfashion"
 
@@ -22,14 +25,28 @@ class PayloadField:
     indexed: bool = False
     filter: bool = False
     shown: bool = True
+    choices: tuple[str, ...] = ()  # a filter's only values (else any stored value)
+    column: bool = False  # a column of the terminal's result table
 
 
 FIELDS: tuple[PayloadField, ...] = (
     PayloadField(
-        "category", str, "Top-level category, e.g. TOPS.", label=True, indexed=True, filter=True
+        "category",
+        str,
+        "Top-level category, e.g. TOPS.",
+        label=True,
+        indexed=True,
+        filter=True,
+        column=True,
     ),
     PayloadField(
-        "subcategory", str, "Subcategory folder, e.g. Tees.", label=True, indexed=True, filter=True
+        "subcategory",
+        str,
+        "Subcategory folder, e.g. Tees.",
+        label=True,
+        indexed=True,
+        filter=True,
+        column=True,
     ),
     PayloadField(
         "item_id",
@@ -37,12 +54,20 @@ FIELDS: tuple[PayloadField, ...] = (
         "The garment: its shop and consumer photos share it.",
         label=True,
         indexed=True,
+        column=True,
     ),
     PayloadField(
-        "source", str, "shop, consumer or unknown.", label=True, indexed=True, filter=True
+        "source",
+        str,
+        "Shop or consumer photo (unknown where the file name says neither).",
+        label=True,
+        indexed=True,
+        filter=True,
+        choices=("shop", "consumer"),
+        column=True,
     ),
     PayloadField("split", str, "train, val, test or unknown.", label=True, indexed=True),
-    PayloadField("path", str, "The photo's path in the dataset folder.", label=True),
+    PayloadField("path", str, "The photo's path in the dataset folder.", label=True, column=True),
     PayloadField("bbox", list[int], "x1, y1, x2, y2: the garment in the photo's pixels."),
     PayloadField(
         "image_url",
@@ -54,10 +79,38 @@ FIELDS: tuple[PayloadField, ...] = (
     PayloadField("mtime", int, "File mtime in ns (change detection).", shown=False),
 )
 
-BY_NAME = {f.name: f for f in FIELDS}
-LABELS = tuple(f.name for f in FIELDS if f.label)
-INDEXED = tuple(f.name for f in FIELDS if f.indexed)
-FILTERS = tuple(f.name for f in FIELDS if f.filter)
-SHOWN = tuple(f.name for f in FIELDS if f.shown)
 CHANGE = ("size", "mtime")  # a stored photo whose file differs in these is embedded again
 GROUP = "item_id"  # one garment: grouping, "more like this" outlines, a garment's photos
+
+
+def choice_type(field: PayloadField) -> type[Enum] | None:
+    """A str Enum of a filter's choices (typer lists them in --help, FastAPI in the schema)."""
+    if not field.choices:
+        return None
+    return Enum(field.name.title(), {c: c for c in field.choices}, type=str)
+
+
+def derive() -> None:
+    """The names derived from FIELDS (run again by a test that adds a field)."""
+    global BY_NAME, LABELS, INDEXED, FILTERS, FILTER_FIELDS, SHOWN, CHOICES, COLUMNS, COUNTED
+    BY_NAME = {f.name: f for f in FIELDS}
+    LABELS = tuple(f.name for f in FIELDS if f.label)
+    INDEXED = tuple(f.name for f in FIELDS if f.indexed)
+    FILTER_FIELDS = tuple(f for f in FIELDS if f.filter)
+    FILTERS = tuple(f.name for f in FILTER_FIELDS)
+    SHOWN = tuple(f.name for f in FIELDS if f.shown)
+    CHOICES = {f.name: choice_type(f) for f in FILTER_FIELDS if f.choices}
+    COLUMNS = tuple(f.name for f in FIELDS if f.column)
+    COUNTED = tuple(name for name in INDEXED if name != GROUP)
+
+
+BY_NAME: dict[str, PayloadField]
+LABELS: tuple[str, ...]  # copied from the catalog's columns of the same names
+INDEXED: tuple[str, ...]  # keyword indexes
+FILTERS: tuple[str, ...]  # search filters, in the order options and controls show them
+FILTER_FIELDS: tuple[PayloadField, ...]
+SHOWN: tuple[str, ...]  # a photo's fields in answers
+CHOICES: dict[str, type[Enum]]  # the filters with fixed values, as Enums
+COLUMNS: tuple[str, ...]  # the terminal's result table, after rank and score
+COUNTED: tuple[str, ...]  # the fields `ingest info` counts photos by
+derive()

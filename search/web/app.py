@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -24,6 +24,7 @@ from search.web.guard import (
     protocol,
 )
 from search.web.metrics import Metrics
+from search.web.photos import PhotoCache
 from search.web.routes import api, docs, images, pages
 
 __all__ = ["Settings", "create_app", "open_service", "run"]
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService]:
     """The collection, and its model (checked; on a CPU OpenVINO's, or torch's traced copy)
     behind a batching pool."""
-    from search.query import serving_encoder
+    from embedder.recipe import ModelRecipe
     from search.store import open_store
     from search.store.schema import DEFAULT_COLLECTION
 
@@ -44,14 +45,16 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
         collection=settings.collection or DEFAULT_COLLECTION,
         read_only=True,
     ) as store:
-        model = serving_encoder(store.require_metadata(), settings.model)
+        metadata = store.require_metadata()
+        recipe = ModelRecipe.for_collection(metadata, settings.weights, settings.run)
+        model = recipe.build(throughput=True)  # OpenVINO's, or torch's traced copy (no GIL)
         pool = Batcher(
             model,
             workers=settings.workers,
             max_batch=settings.max_batch,
             on_batch=metrics.on_batch,
         )
-        yield SearchService(store, encoder=pool, images=settings.images)
+        yield SearchService(store, pool, images=settings.images)
 
 
 @contextlib.asynccontextmanager
@@ -67,13 +70,13 @@ async def lifespan(app: FastAPI):
             raise
         service.warm()
         app.state.service = service
-        info = service.info()
-        shown = "localhost" if settings.host in ("127.0.0.1", "::1") else settings.host
-        print(
-            f"serving collection {info['collection']!r} ({info['store']}, {info['points']} "
-            f"points) at http://{shown}:{settings.port}/  (API docs: /docs)",
-            flush=True,
-        )
+        if (ready := getattr(app.state, "ready", None)) is not None:
+            info = service.info()
+            shown = "localhost" if settings.host in ("127.0.0.1", "::1") else settings.host
+            ready(
+                f"serving collection {info['collection']!r} ({info['store']}, {info['points']} "
+                f"points) at http://{shown}:{settings.port}/  (API docs: /docs)"
+            )
         yield
 
 
@@ -120,6 +123,7 @@ def create_app(settings: Settings = Settings()) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.photos = PhotoCache()
     for router in (pages, api, images, docs):
         app.include_router(router)
     for error in ERRORS:
@@ -149,11 +153,13 @@ class _StartupFailure(logging.Filter):
         return getattr(self.app.state, "startup_error", None) is None
 
 
-def run(settings: Settings) -> None:
-    """Serve until Ctrl-C; a collection or model that cannot be opened is a one-line error."""
+def run(settings: Settings, ready: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl-C; a collection or model that cannot be opened is a one-line error.
+    `ready` is told where the app serves once it does."""
     import uvicorn
 
     app = create_app(settings)
+    app.state.ready = ready
     quiet = _StartupFailure(app)
     logging.getLogger("uvicorn.error").addFilter(quiet)
     try:

@@ -11,9 +11,9 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from embedder.errors import UserError
+from embedder.errors import UserError, first_line
+from embedder.recipe import RunOptions
 from search.batcher import Busy
-from search.query import ModelOptions
 from search.service import BadImage, NotFound, SearchService, UnknownValue
 from search.store import StoreError
 from search.web.metrics import Metrics
@@ -29,7 +29,8 @@ class Settings:
     url: str | None = None
     collection: str | None = None  # None: search.store.schema.DEFAULT_COLLECTION
     images: str | None = None
-    model: ModelOptions = ModelOptions()  # weights, device, precision, runtime, int8
+    weights: str | None = None  # the collection's weights file, if it moved since ingest
+    run: RunOptions = RunOptions(traced=True)  # device, precision, runtime, int8
     workers: int = 1  # model worker threads
     max_batch: int = 16
     max_upload: int = DEFAULT_MAX_UPLOAD  # bytes
@@ -90,7 +91,7 @@ async def answer_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         text = _invalid(exc)
     else:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
     body = {"detail": text[:500]}
     if isinstance(exc, UnknownValue):
         body["known"] = exc.known
@@ -109,6 +110,11 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_photos(request: Request):
+    return request.app.state.photos
+
+
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+PhotosDep = Annotated[object, Depends(get_photos)]  # search.web.photos.PhotoCache

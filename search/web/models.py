@@ -62,6 +62,12 @@ class FacetsOut(BaseModel):
     sources: dict[str, int]
 
 
+class FilterOut(BaseModel):
+    name: str = Field(description="The parameter (form field, URL parameter, JSON key).")
+    description: str
+    choices: list[str] = Field(description="Its only values; empty: any stored value.")
+
+
 class InfoOut(BaseModel):
     collection: str
     store: str
@@ -74,6 +80,7 @@ class InfoOut(BaseModel):
     thumb_sizes: list[int]
     formats: list[str] = Field(description="The photo formats a search takes.")
     access_key: bool = Field(description="Whether the server asks for an access key.")
+    filters: list[FilterOut] = Field(description="The search filters, from the payload schema.")
 
 
 def photo(hit: Hit, score: bool = True) -> dict:

@@ -3,7 +3,7 @@ API docs (served from the package: no CDN)."""
 
 from __future__ import annotations
 
-import io
+import inspect
 import os
 from functools import lru_cache
 from importlib import resources
@@ -12,16 +12,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from search.service import MAX_EXAMPLES, MAX_TOP, BadImage, Grouping, Source, canonical_id
+from search.service import MAX_EXAMPLES, MAX_TOP, BadImage, Grouping, canonical_id
 from search.service import Query as SearchQuery
-from search.store import Hit
+from search.store import Hit, schema
 from search.web.deps import (
     MetricsDep,
+    PhotosDep,
     ServiceDep,
     SettingsDep,
-    Unsupported,
     too_large,
 )
 from search.web.guard import KEY_COOKIE, key_matches
@@ -36,11 +36,8 @@ from search.web.models import (
     photo,
 )
 
-Top = Annotated[int, Query(ge=1, le=MAX_TOP, description="Results (garments or photos).")]
-Offset = Annotated[
-    int, Query(ge=0, le=MAX_TOP, description="Results already shown: the page after them.")
-]
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
+TOP = "Results (garments or photos)."
+OFFSET = "Results already shown: the page after them."
 STATIC = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 pages = APIRouter()
@@ -123,6 +120,10 @@ def info(service: ServiceDep, settings: SettingsDep) -> InfoOut:
         thumb_sizes=list(THUMB_SIZES),
         formats=list(IMAGE_FORMATS),
         access_key=bool(settings.api_key),
+        filters=[
+            {"name": f.name, "description": f.description, "choices": list(f.choices)}
+            for f in schema.FILTER_FIELDS
+        ],
     )
 
 
@@ -130,6 +131,47 @@ def info(service: ServiceDep, settings: SettingsDep) -> InfoOut:
 def facets(service: ServiceDep) -> FacetsOut:
     """Categories, subcategories per category, and sources, with their photo counts."""
     return FacetsOut(**service.facets())
+
+
+def _filter_type(field: schema.PayloadField):
+    return schema.CHOICES.get(field.name, str) | None
+
+
+def _filter_rules(field: schema.PayloadField) -> dict:
+    """A filter parameter's documented bounds: a free-text value at most 200 characters."""
+    limit = {} if field.name in schema.CHOICES else {"max_length": 200}
+    return {**limit, "description": f"Only this {field.name}: {field.description}"}
+
+
+def query_params(kind) -> object:
+    """One dependency that builds a search's Query from a request's form fields (kind=Form)
+    or URL parameters (kind=Query): top, offset, group and a parameter per schema filter."""
+
+    def make(top: int, offset: int, group: Grouping, **filters) -> SearchQuery:
+        return SearchQuery.make(top, group, offset=offset, **filters)
+
+    def param(name: str, default, annotation) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+        )
+
+    make.__signature__ = inspect.Signature(
+        [
+            param("top", 20, Annotated[int, kind(ge=1, le=MAX_TOP, description=TOP)]),
+            param("offset", 0, Annotated[int, kind(ge=0, le=MAX_TOP, description=OFFSET)]),
+            *(
+                param(f.name, None, Annotated[_filter_type(f), kind(**_filter_rules(f))])
+                for f in schema.FILTER_FIELDS
+            ),
+            param("group", Grouping.item, Annotated[Grouping, kind()]),
+        ],
+        return_annotation=SearchQuery,
+    )
+    return Depends(make)
+
+
+FormQuery = Annotated[SearchQuery, query_params(Form)]
+UrlQuery = Annotated[SearchQuery, query_params(Query)]
 
 
 def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
@@ -157,22 +199,14 @@ def search(
     settings: SettingsDep,
     metrics: MetricsDep,
     file: Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or BMP.")],
-    top: Annotated[int, Form(ge=1, le=MAX_TOP)] = 20,
-    offset: Annotated[int, Form(ge=0, le=MAX_TOP)] = 0,
-    category: Annotated[str | None, Form(max_length=200)] = None,
-    subcategory: Annotated[str | None, Form(max_length=200)] = None,
-    source: Annotated[Source | None, Form()] = None,
+    query: FormQuery,
     bbox: Annotated[
         str | None,
         Form(max_length=200, description="x1,y1,x2,y2: the garment in the photo's pixels."),
     ] = None,
-    group: Annotated[Grouping, Form()] = Grouping.item,
 ) -> JSONResponse:
     """Find the photos (or garments) most like an uploaded photo. The answer carries the
     photo's vector (`query_vector`), to send back with likes to /api/recommend."""
-    query = SearchQuery.make(
-        top, group, offset=offset, category=category, subcategory=subcategory, source=source
-    )
     box = _bbox(bbox)
     data = file.file.read(settings.max_upload + 1)
     if len(data) > settings.max_upload:
@@ -189,17 +223,9 @@ def similar(
     service: ServiceDep,
     metrics: MetricsDep,
     point_id: str,
-    top: Top = 20,
-    offset: Offset = 0,
-    category: Annotated[str | None, Query(max_length=200)] = None,
-    subcategory: Annotated[str | None, Query(max_length=200)] = None,
-    source: Source | None = None,
-    group: Grouping = Grouping.item,
+    query: UrlQuery,
 ) -> JSONResponse:
     """More like this stored photo (itself left out), with the same filters and grouping."""
-    query = SearchQuery.make(
-        top, group, offset=offset, category=category, subcategory=subcategory, source=source
-    )
     answer = service.similar(canonical_id(point_id), query)
     metrics.observe(answer)
     return answer_out(answer, query)
@@ -208,7 +234,7 @@ def similar(
 PointId = Annotated[str, Field(max_length=36)]
 
 
-class RecommendIn(BaseModel):
+class Examples(BaseModel):
     """More like these, not like those."""
 
     positive: list[PointId] = Field([], max_length=MAX_EXAMPLES, description="Liked photos.")
@@ -218,26 +244,24 @@ class RecommendIn(BaseModel):
     vectors: list[list[float]] = Field(
         [], max_length=4, description="Query vectors to like too: an upload's query_vector."
     )
-    top: int = Field(20, ge=1, le=MAX_TOP)
-    offset: int = Field(0, ge=0, le=MAX_TOP)
-    category: str | None = Field(None, max_length=200)
-    subcategory: str | None = Field(None, max_length=200)
-    source: Source | None = None
+    top: int = Field(20, ge=1, le=MAX_TOP, description=TOP)
+    offset: int = Field(0, ge=0, le=MAX_TOP, description=OFFSET)
     group: Grouping = Grouping.item
+
+
+RecommendIn = create_model(
+    "RecommendIn",
+    __base__=Examples,
+    **{f.name: (_filter_type(f), Field(None, **_filter_rules(f))) for f in schema.FILTER_FIELDS},
+)
 
 
 @api.post("/recommend", response_model=SearchOut, tags=["search"])
 def recommend(service: ServiceDep, metrics: MetricsDep, body: RecommendIn) -> JSONResponse:
     """Qdrant's recommendation (best score) from liked and disliked photos, with the same
     filters, grouping and paging as a search."""
-    query = SearchQuery.make(
-        body.top,
-        body.group,
-        offset=body.offset,
-        category=body.category,
-        subcategory=body.subcategory,
-        source=body.source,
-    )
+    filters = {name: getattr(body, name) for name in schema.FILTERS}
+    query = SearchQuery.make(body.top, body.group, offset=body.offset, **filters)
     answer = service.recommend(body.positive, body.negative, query, body.vectors)
     metrics.observe(answer)
     return answer_out(answer, query)
@@ -260,6 +284,7 @@ def item(service: ServiceDep, item_id: Annotated[str, Path(max_length=200)]) -> 
 @images.get("/{point_id}.jpg", response_class=Response)
 def image(
     service: ServiceDep,
+    photos: PhotosDep,
     point_id: str,
     size: Annotated[
         int | None, Query(description=f"Thumbnail: longest side, one of {THUMB_SIZES}.")
@@ -269,36 +294,8 @@ def image(
     regular file below the dataset folder once links are followed, and only an image."""
     if size is not None and size not in THUMB_SIZES:
         raise ValueError(f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
-    path = service.image_file(point_id)
-    stat = os.stat(path)
-    data, kind = _photo(str(path), size, stat.st_mtime_ns, stat.st_size)
+    data, kind = photos.get(service.image_file(point_id), size)
     return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
-
-
-@lru_cache(maxsize=4096)
-def _photo(path: str, size: int | None, _mtime: int, _bytes: int) -> tuple[bytes, str]:
-    """(bytes, media type) of a photo file, or of its JPEG thumbnail; Unsupported when the file
-    is not an image of a served format."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from embedder.transforms import IMAGE_FORMATS
-
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-            kind = MEDIA_TYPES[img.format]
-            if size is None:
-                img.verify()
-                return data, kind
-            img.draft("RGB", (size, size))
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            img.thumbnail((size, size))
-            out = io.BytesIO()
-            img.save(out, "JPEG", quality=85)
-            return out.getvalue(), "image/jpeg"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise Unsupported("The stored file of this photo is not an image.") from None
 
 
 # the API docs, from the package -------------------------------------------------------------

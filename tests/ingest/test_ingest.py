@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from embedder import Encoder, build_model, embed_files, read_catalog
+from embedder.recipe import Built, ModelRecipe
 from ingest.control import IngestSettings
 from ingest.plan import read_work
 from ingest.runner import ensure_collection, run_ingest
-from search.query import model_for
 from search.store import StoreError, open_store
 
 
@@ -18,7 +18,8 @@ def store(tmp_path):
 def _ingest(store, encoder, root, limit=None, shard=None):
     ensure_collection(store, encoder.spec, root=str(root))
     settings = IngestSettings(batch_size=16, workers=1, progress=False)
-    return run_ingest(store, encoder, read_work(root, limit=limit, shard=shard), settings)
+    work = read_work(root, limit=limit, shard=shard)
+    return run_ingest(store, Built(encoder), work, settings)
 
 
 def test_second_run_embeds_nothing_and_changes_no_count(store, encoder, sample_root):
@@ -62,7 +63,7 @@ def test_a_dataset_image_finds_itself_first(store, encoder, sample_root, tmp_pat
 
 def test_collection_records_the_model_and_refuses_another(store, encoder, sample_root):
     _ingest(store, encoder, sample_root, limit=4)
-    rebuilt = model_for(store.metadata())
+    rebuilt = ModelRecipe.for_collection(store.metadata()).model()
     assert rebuilt.spec.identity() == encoder.spec.identity()
     paths = [str(sample_root / p) for p in read_catalog(sample_root).path[:3]]
     fp32 = [embed_files(Encoder(m, "cpu", "fp32"), paths) for m in (rebuilt, encoder.model)]

@@ -20,8 +20,7 @@ import psutil
 import pytest
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from embedder.recipe import EncoderRecipe
-from ingest.control import Summary
+from embedder.recipe import ModelRecipe
 from ingest.plan import read_work
 from ingest.ray_engine import to_points, upsert_retrying
 from ingest.runner import ensure_collection
@@ -40,8 +39,8 @@ def ray_session():
     ray.shutdown()
 
 
-def _recipe(**how) -> EncoderRecipe:
-    return EncoderRecipe("test_resnet", img_size=64, pretrained="none", **how)
+def _recipe(**how) -> ModelRecipe:
+    return ModelRecipe("test_resnet", img_size=64, pretrained="none", **how)
 
 
 def _ingest(store, recipe, root, ingest_into, **settings):
@@ -120,7 +119,7 @@ def test_a_killed_worker_still_gives_exactly_the_catalog(
     killer = threading.Thread(target=_kill_the_embedder_at_work, args=(killed, done))
     killer.start()
     try:
-        recipe = EncoderRecipe("resnet18", img_size=128, pretrained="none", **FP32)
+        recipe = ModelRecipe("resnet18", img_size=128, pretrained="none", **FP32)
         with open_store(store_dir=str(tmp_path / "db")) as store:
             ensure_collection(store, recipe.spec)
             summary = ingest_into(store, recipe, sample_root, batch_size=2, engine="ray")
@@ -279,9 +278,8 @@ def test_writer_tasks_fail_the_run_with_the_count(ray_session, monkeypatch):
     )
     data = ray_session.data.from_pandas(rows)
     nowhere = {"url": "http://127.0.0.1:9", "api_key": None, "collection": "c"}
-    summary = Summary()
     with pytest.raises(StoreError, match=r"^5 points could not be written after 2 tries"):
-        engine.write_in_tasks(data, nowhere, summary, attempts=2, first_wait=0.01)
+        engine.write_in_tasks(data, nowhere, attempts=2, first_wait=0.01)
 
 
 def test_a_batch_becomes_points_and_failures():

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from embedder.recipe import Built
 from ingest.control import IngestSettings
 from ingest.plan import read_work
 from ingest.runner import ensure_collection, run_ingest
@@ -26,7 +27,7 @@ def _ingest_in_background(writer, encoder, root) -> tuple[threading.Thread, thre
     def ingest():
         try:
             settings = IngestSettings(batch_size=4, workers=0, progress=False)
-            run_ingest(writer, encoder, read_work(root), settings)
+            run_ingest(writer, Built(encoder), read_work(root), settings)
         except Exception as exc:  # surfaced by the test
             errors.append(exc)
         finally:
@@ -67,7 +68,6 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     from PIL import Image
 
     from embedder import Encoder, save_checkpoint
-    from search.query import ModelOptions
     from search.web import Settings, create_app
 
     weights = tmp_path / "w.safetensors"
@@ -79,11 +79,10 @@ def test_the_web_app_keeps_serving_while_an_ingest_writes(sample_root, tiny_mode
     encoder = Encoder(load_checkpoint(weights), "cpu", "fp32")
     assert encoder.spec.weights == spec.weights
     ensure_collection(writer, encoder.spec, weights_file=str(weights), root=str(sample_root))
-    run_ingest(
-        writer, encoder, read_work(sample_root, limit=8), IngestSettings(workers=0, progress=False)
-    )
+    settings = IngestSettings(workers=0, progress=False)
+    run_ingest(writer, Built(encoder), read_work(sample_root, limit=8), settings)
     thread, done, errors = _ingest_in_background(writer, encoder, sample_root)
-    settings = Settings(url=URL, collection=name, model=ModelOptions(weights=str(weights)))
+    settings = Settings(url=URL, collection=name, weights=str(weights))
     photo = io.BytesIO()
     Image.new("RGB", (80, 80), "blue").save(photo, "JPEG")
     try:

@@ -152,14 +152,12 @@ def test_a_payload_path_outside_the_dataset_is_never_served(served):
 
     vec = np.zeros((1, service.store.metadata()["dim"]), np.float32)
     vec[0, 0] = 1
-    with service.lock:
-        service.store.upsert(Points([pid], vec, [{"path": "../../../../etc/passwd.jpg"}]))
+    service.store.upsert(Points([pid], vec, [{"path": "../../../../etc/passwd.jpg"}]))
     try:
         with pytest.raises(NotFound, match="not an image below the dataset"):
             service.image_file(pid)
     finally:
-        with service.lock:
-            service.store.delete([pid])
+        service.store.delete([pid])
 
 
 def _jpeg(size=(64, 64)) -> bytes:

@@ -1,0 +1,72 @@
+"""The photos the app serves: a file's bytes (checked to be an image of a served format) or
+its JPEG thumbnail, kept in a cache bounded in bytes (what it holds, not how many)."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from search.web.deps import Unsupported
+
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
+CACHE_BYTES = 64_000_000  # photos and thumbnails kept in memory, at most
+
+
+def read_photo(path: str | Path, size: int | None) -> tuple[bytes, str]:
+    """(bytes, media type) of a photo file, or of its JPEG thumbnail (longest side `size`);
+    Unsupported when the file is not an image of a served format."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from embedder.transforms import IMAGE_FORMATS
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            kind = MEDIA_TYPES[img.format]
+            if size is None:
+                img.verify()
+                return data, kind
+            img.draft("RGB", (size, size))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.save(out, "JPEG", quality=85)
+            return out.getvalue(), "image/jpeg"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise Unsupported("The stored file of this photo is not an image.") from None
+
+
+class PhotoCache:
+    """read_photo's answers, least recently used first out once they hold more than
+    `capacity` bytes; keyed by the file's path, size, mtime and length (a changed file is
+    read again). One larger than a tenth of the capacity is served but not kept."""
+
+    def __init__(self, capacity: int = CACHE_BYTES):
+        self.capacity, self.held = capacity, 0
+        self._entries: OrderedDict[tuple, tuple[bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, size: int | None) -> tuple[bytes, str]:
+        stat = os.stat(path)
+        key = (str(path), size, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if (found := self._entries.get(key)) is not None:
+                self._entries.move_to_end(key)
+                return found
+        found = read_photo(path, size)
+        if len(found[0]) <= self.capacity // 10:
+            with self._lock:
+                if key not in self._entries:
+                    self._entries[key] = found
+                    self.held += len(found[0])
+                while self.held > self.capacity:
+                    _, (data, _) = self._entries.popitem(last=False)
+                    self.held -= len(data)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._entries)
