@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
-from embedder.errors import WeightsError
+from embedder.errors import WeightsError, first_line
 from embedder.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -76,5 +76,5 @@ def read_state(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     try:
         return spec, load_file(str(path))
     except (SafetensorError, RuntimeError, OSError) as exc:
-        first = str(exc).splitlines()[0][:200]
+        first = first_line(exc)[:200]
         raise WeightsError(f"weights file {str(path)!r} cannot be read: {first}") from None

@@ -101,16 +101,9 @@ def train(
         from embedder.train import TrainConfig, fit
 
         launching = nproc_per_node > 1 and not under_torchrun()
-        if train_stages is None:  # frozen random layers would never learn anything
-            random_init = pretrained == "none" and weights is None
-            train_stages = "all" if random_init else "layer4"
-            if main_process() and not launching:
-                why = (
-                    "random weights: every stage learns" if random_init else "the reference recipe"
-                )
-                typer.echo(
-                    f"training stages: {train_stages} ({why}; --train-stages to choose)", err=True
-                )
+        chosen, why = TrainConfig.default_stages(pretrained, weights)
+        if train_stages is None and main_process() and not launching:
+            typer.echo(f"training stages: {chosen} ({why}; --train-stages to choose)", err=True)
         cfg = TrainConfig(
             root=str(root),
             out=str(out),
@@ -124,7 +117,7 @@ def train(
             lr=lr,
             margin=margin,
             mode=mode,
-            train_stages=train_stages,
+            train_stages=train_stages or chosen,
             per_item=per_item,
             device=device,
             precision=precision,
@@ -137,14 +130,9 @@ def train(
             cfg.check(nproc_per_node)
             raise typer.Exit(launch(nproc_per_node, "nproc-per-node"))
         history = fit(cfg, progress=progress)
-        if not main_process():  # rank 0 reports
-            return
-        for row in history.rows:
-            echo("  ".join(f"{key} {value}" for key, value in row.items()))
-        echo(
-            f"best: {out / 'best.safetensors'}; metrics: {out / 'metrics.csv'}, "
-            f"{out / 'metrics.png'}"
-        )
+        if main_process():  # rank 0 reports
+            for line in history.lines(out):
+                echo(line)
 
 
 @app.command()
@@ -192,17 +180,17 @@ def evaluate(
         from embedder.evaluate import evaluate_models
         from embedder.plots import embedding_map as draw_map
         from embedder.plots import topk_curve
-        from embedder.recipe import EncoderRecipe
+        from embedder.recipe import ModelRecipe
 
         backbones = [n for names in backbone or [] for n in names.split(",") if n]
         if (weights is None) == (not backbones):
             raise ValueError("give either --weights or --backbone")
         how = dict(device=device, precision=precision, runtime=runtime, int8=int8, calibration=root)
         if weights:
-            models = [(str(weights), EncoderRecipe(weights=str(weights), **how))]
+            models = [(str(weights), ModelRecipe(weights=str(weights), **how))]
         else:
             models = [
-                (name, EncoderRecipe(name, img_size=img_size, pretrained=pretrained, **how))
+                (name, ModelRecipe(name, img_size=img_size, pretrained=pretrained, **how))
                 for name in backbones
             ]
         reports, evaluated = {}, []
@@ -250,15 +238,17 @@ def project(
         from embedder.inference import Encoder
         from embedder.model import build_model
         from embedder.projection import fit_on_gallery, with_projection
+        from embedder.recipe import Built
 
         model = build_model(weights=str(weights))
         encoder = Encoder(model, device, precision)
         mean, matrix = fit_on_gallery(encoder, root, dim, whiten, workers)
         projected = with_projection(model, mean, matrix, whiten)
         spec = save_checkpoint(projected, out, projection_of=str(weights))
+        after = Encoder(projected, device, precision)
         before_after = [
-            (f"{model.spec.out_dim}-d", encoder),
-            (f"{dim}-d {'whitened' if whiten else 'PCA'}", Encoder(projected, device, precision)),
+            (f"{model.spec.out_dim}-d", Built(encoder)),
+            (f"{dim}-d {'whitened' if whiten else 'PCA'}", Built(after)),
         ]
         for ev in evaluate_models(before_after, root, split=split, ks=ks, workers=workers):
             overall = ev.report.overall.items()
@@ -288,12 +278,12 @@ def export(
         import json
         import time
 
-        from embedder.recipe import EncoderRecipe
+        from embedder.recipe import ModelRecipe
 
         if int8 and calibration is None:
             raise ValueError("--int8 needs --calibration DIR: photos of your own data")
         started = time.perf_counter()
-        recipe = EncoderRecipe(
+        recipe = ModelRecipe(
             weights=str(weights),
             runtime="openvino",
             int8=int8,

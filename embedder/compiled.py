@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from embedder.device import autocast
+from embedder.errors import first_line
 from embedder.runtime import cache_dir
 from embedder.spec import ModelSpec
 
@@ -40,7 +41,7 @@ def load_traced(spec: ModelSpec, dtype: torch.dtype | None) -> torch.jit.ScriptM
         _check(module, spec)
         return module
     except Exception as exc:  # a corrupt or incompatible cache entry is rebuilt, not fatal
-        log.warning("rebuilding the cached model %s: %s", path, str(exc).splitlines()[0][:200])
+        log.warning("rebuilding the cached model %s: %s", path, first_line(exc)[:200])
         path.unlink(missing_ok=True)
         return None
 

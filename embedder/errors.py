@@ -18,7 +18,7 @@ def first_line(exc: BaseException) -> str:
 
 def describe_failure(exc: BaseException) -> str:
     """One short line for a file that failed: the exception's type and first line."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = first_line(exc) if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:300]
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedder.checkpoint import read_state
-from embedder.errors import WeightsError
+from embedder.errors import WeightsError, describe_failure, first_line
 from embedder.spec import DEFAULT_BACKBONE, DEFAULT_DIM, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,8 @@ def create_backbone(name: str, pretrained: str) -> tuple[nn.Module, str]:
         model = timm.create_model(full, pretrained=True, num_classes=0)
     except Exception as exc:  # hub errors vary: offline, 404, auth, corrupt cache
         raise WeightsError(
-            f"cannot load pretrained weights {full!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}); offline? pass "
-            f"--weights FILE.safetensors, or --pretrained none for an untrained model"
+            f"cannot load pretrained weights {full!r} ({describe_failure(exc)[:200]}); offline? "
+            f"pass --weights FILE.safetensors, or --pretrained none for an untrained model"
         ) from None
     tag = model.pretrained_cfg.get("tag") or ""
     return model, f"timm:{name.split('.')[0]}.{tag}" if tag else f"timm:{full}"
@@ -122,7 +121,7 @@ def load_checkpoint(
             model = EmbeddingNet(create_backbone(spec.backbone, "none")[0], spec)
             model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:200]
+        first = first_line(exc)[:200]
         raise WeightsError(
             f"weights file {str(path)!r} does not fit {spec.backbone}: {first}"
         ) from None

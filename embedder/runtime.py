@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.choices import Precision, Runtime
-from embedder.errors import UserError
+from embedder.errors import UserError, first_line
 from embedder.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,16 @@ def resolve(runtime: Runtime | str, device: str = "auto") -> Runtime:
     return Runtime.torch if on_gpu else Runtime.openvino
 
 
-_scratch: Path | None = None
+def scratch_dir() -> Path:
+    """This process's own folder for models that the cache cannot take (removed at exit)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"fashion-retrieval-models-{os.getpid()}"
 
 
 def writable_dir() -> Path:
     """The cache when it can be written, else (once warned) a folder of this process's own:
     an unwritable cache or HOME costs a re-export at the next start, never the answer."""
-    global _scratch
     try:
         cache_dir().mkdir(parents=True, exist_ok=True)
         probe = cache_dir() / f".probe-{os.getpid()}"
@@ -75,15 +78,15 @@ def writable_dir() -> Path:
         probe.unlink()
         return cache_dir()
     except OSError as exc:
-        if _scratch is None:
+        scratch = scratch_dir()
+        if not scratch.is_dir():
             import atexit
             import shutil
-            import tempfile
 
-            _scratch = Path(tempfile.mkdtemp(prefix="fashion-retrieval-models-"))
-            atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+            scratch.mkdir(mode=0o700)
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
             log.warning("cannot write the model cache (%s); exporting for this run only", exc)
-        return _scratch
+        return scratch
 
 
 def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Path:
@@ -94,7 +97,7 @@ def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Pa
     name = f"{spec.backbone}-{digest}-{'int8' if int8 else 'fp32'}.xml"
     if folder is None:  # the cache, or this process's own folder when that holds it
         found = cache_dir() / name
-        folder = cache_dir() if found.is_file() or _scratch is None else _scratch
+        folder = cache_dir() if found.is_file() or not scratch_dir().is_dir() else scratch_dir()
     return folder / name
 
 
@@ -285,7 +288,7 @@ def load(
         encoder.check()
         return encoder
     except Exception as exc:  # a damaged cache entry is rebuilt, not fatal
-        log.warning("rebuilding the exported model %s: %s", path, str(exc).splitlines()[0][:200])
+        log.warning("rebuilding the exported model %s: %s", path, first_line(exc)[:200])
         discard(path)
         return None
 

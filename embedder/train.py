@@ -57,6 +57,14 @@ class TrainConfig:
     select_k: int = 20  # best checkpoint by validation top-k
     resume: bool = False  # continue the run in `out` after its last finished epoch
 
+    @staticmethod
+    def default_stages(pretrained: str, weights: str | None) -> tuple[str, str]:
+        """The stages to train when none are named, and why: all from random weights (frozen
+        random layers would never learn anything), else layer4 (the reference recipe)."""
+        if pretrained == "none" and weights is None:
+            return "all", "random weights: every stage learns"
+        return "layer4", "the reference recipe"
+
     def check(self, processes: int = 1) -> None:
         """Settings that cannot work fail here, before any training; `processes`: how many
         share each (global) batch under torchrun."""
@@ -77,6 +85,13 @@ class TrainConfig:
 class History:
     rows: list[dict] = field(default_factory=list)
     best: float = -1.0
+
+    def lines(self, out: str | Path) -> list[str]:
+        """What `embedder train` prints at the end: a line per epoch, then where things are."""
+        out = Path(out)
+        epochs = ["  ".join(f"{key} {value}" for key, value in row.items()) for row in self.rows]
+        files = f"{out / 'best.safetensors'}; metrics: {out / 'metrics.csv'}, {out / 'metrics.png'}"
+        return [*epochs, f"best: {files}"]
 
 
 UNCROPPED = 0.5  # share of consumer photos shown whole: user queries come without a box

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.errors import describe_failure
 from ingest.plan import image_url
 from search.store import IndexSettings, Points, Store, StoreError
 from search.store.disk import require_free_space
@@ -183,9 +184,7 @@ def _parts(path: str | Path, header: dict):
     except StoreError:
         raise
     except (OSError, KeyError, ValueError, TypeError, tarfile.TarError) as exc:
-        raise _bad(
-            path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        raise _bad(path, describe_failure(exc)) from None
 
 
 def check_snapshot(path: str | Path) -> dict:

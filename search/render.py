@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from search.service import Answer, Grouping, Query, Result
+from search.service import Answer, Asked, Grouping, Query, Result
 from search.store import schema
 
 
@@ -63,13 +63,10 @@ def to_json(answers: list[Answer], group: Grouping = Grouping.none) -> str:
 
 def heading(answer: Answer, filters: dict, group: Grouping) -> str:
     what = "garments" if group is Grouping.item else "results"
-    label = (
-        "like the liked photos, unlike the others"
-        if answer.query == "recommend"
-        else f"like {answer.query}"
-        if answer.exclude
-        else answer.query
-    )
+    label = {
+        Asked.recommend: "like the liked photos, unlike the others",
+        Asked.similar: f"like {answer.query}",
+    }.get(answer.asked, answer.query)
     conditions = f" ({', '.join(f'{k}={v}' for k, v in filters.items())})" if filters else ""
     return f"query {label}: {len(answer.results)} {what}{conditions}"
 

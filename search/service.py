@@ -133,14 +133,27 @@ class Result:
         return self.hit.payload.get(GROUP)
 
 
+class Asked(str, Enum):
+    """What an answer answers: a photo file, an upload, more like a stored photo, or likes."""
+
+    photo = "photo"
+    upload = "upload"
+    similar = "similar"
+    recommend = "recommend"
+
+
 @dataclass
 class Answer:
-    """The results for one query, what the query was, and where the time went."""
+    """The results for one query, what the query was, and where the time went.
+
+    `query`: the photo file's path, "upload", "recommend", or the stored photo's point id;
+    `shown`: the stored photo that stands for the query (a contact sheet's first tile)."""
 
     query: str
     results: list[Result]
     item_id: str | None = None  # the query photo's own garment, when it is a dataset photo
-    exclude: str | None = None  # the stored photo a "more like this" left out
+    shown: str | None = None  # the stored photo shown as the query (more like this, likes)
+    asked: Asked = Asked.photo
     seconds: dict[str, float] = field(default_factory=dict)  # model, store
     vector: np.ndarray | None = None  # an uploaded photo's query vector
 
@@ -162,15 +175,15 @@ def check_filters(store: Store, filters: Filters) -> None:
 
 
 def dataset_points(
-    store: Store, images: Sequence[str | Path], root: str | Path | None
+    store: Store, photos: Sequence[str | Path], root: str | Path | None
 ) -> list[dict]:
     """For each query that is itself an image of the collection's dataset (under `root`), its
     stored payload (bbox, item_id, ...), else {}: a dataset photo is embedded exactly as it was
     at ingest."""
     if not root:
-        return [{} for _ in images]
+        return [{} for _ in photos]
     ids = []
-    for image in images:
+    for image in photos:
         try:
             rel = Path(image).resolve().relative_to(Path(root).resolve()).as_posix()
         except ValueError:  # not under the dataset
@@ -262,14 +275,14 @@ class SearchService:
         recipe = ModelRecipe.for_collection(metadata, weights, run or RunOptions(traced=True))
         return cls(store, recipe.build(throughput=False) if photos else None)
 
-    def __init__(self, store: Store, encoder=None, images: str | Path | None = None):
+    def __init__(self, store: Store, encoder=None, dataset: str | Path | None = None):
         self.store = store
         self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
         self.encoder = encoder
-        root = images or self.metadata.get("dataset_root")
-        self.images = Path(root).expanduser() if root else None
+        root = dataset or self.metadata.get("dataset_root")
+        self.dataset = Path(root).expanduser() if root else None
 
     # the model --------------------------------------------------------------------------------
     def _model(self):
@@ -337,7 +350,7 @@ class SearchService:
         filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
         self.check(query)
-        known = dataset_points(self.store, paths, self.images)
+        known = dataset_points(self.store, paths, self.dataset)
         seconds: dict[str, float] = {}
         with timed(seconds, "model"):
             vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
@@ -374,7 +387,7 @@ class SearchService:
             vector = self.embed_upload(data, bbox)
         with timed(seconds, "store"):
             results = self._answer(vector, query)[0]
-        return Answer("upload", results, seconds=seconds, vector=vector[0])
+        return Answer("upload", results, seconds=seconds, vector=vector[0], asked=Asked.upload)
 
     def resolve(self, point: str) -> str:
         """A point id, or a dataset path (relative to the dataset or a file under it) → id."""
@@ -383,11 +396,11 @@ class SearchService:
         except ValueError:
             pass
         rel = point
-        if self.images is not None and os.path.isabs(point):
+        if self.dataset is not None and os.path.isabs(point):
             try:
-                rel = Path(point).resolve().relative_to(self.images.resolve()).as_posix()
+                rel = Path(point).resolve().relative_to(self.dataset.resolve()).as_posix()
             except ValueError:
-                raise NotFound(f"{point!r} is not under the dataset {str(self.images)!r}") from None
+                raise NotFound(f"{point!r} is not under the dataset {str(self.dataset)!r}") from None
         return point_id(Path(rel).as_posix())
 
     def point(self, point: str) -> dict:
@@ -406,8 +419,9 @@ class SearchService:
         with timed(seconds, "store"):
             vector = self.store.vectors([stored["id"]])[stored["id"]]
             results = self._answer(vector[None], query, exclude=[stored["id"]])[0]
+        garment = stored.get(GROUP)
         return Answer(
-            stored["id"], results, stored.get(GROUP), exclude=stored["id"], seconds=seconds
+            stored["id"], results, garment, shown=stored["id"], seconds=seconds, asked=Asked.similar
         )
 
     def recommend(
@@ -441,7 +455,7 @@ class SearchService:
             )
             results = self._answer(examples, query, exclude)[0]
         first = next(iter(liked), None)  # the photo a contact sheet shows as the query
-        return Answer("recommend", results, exclude=first, seconds=seconds)
+        return Answer("recommend", results, shown=first, seconds=seconds, asked=Asked.recommend)
 
     def _stored(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, str | None]]:
         """id → (stored vector, garment) for each id; NotFound for one that is not stored."""
@@ -494,14 +508,14 @@ class SearchService:
             "points": self.store.count(),
             "model": self.metadata["model"],
             "index": self.store.index_settings(),
-            "dataset_root": str(self.images) if self.images else None,
+            "dataset_root": str(self.dataset) if self.dataset else None,
         }
 
     def image_file(self, point: str) -> Path:
         """The image file of a stored point, only ever a regular file below the dataset root
         once every symbolic link is followed. Messages never show the server's paths."""
         pid = canonical_id(point)
-        if self.images is None:
+        if self.dataset is None:
             raise NotFound("the collection records no dataset folder; start with --images DIR")
         rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
         if not rel:
@@ -511,7 +525,7 @@ class SearchService:
         outside = NotFound(f"photo {pid} is not an image below the dataset folder")
         missing = NotFound(f"the image file of photo {pid} is missing")
         try:
-            root = self.images.resolve(strict=True)
+            root = self.dataset.resolve(strict=True)
             climbs_out = not (root / rel).resolve().is_relative_to(root)  # "../.." in the path
         except (OSError, RuntimeError):
             raise missing from None

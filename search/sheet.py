@@ -69,8 +69,8 @@ def write_sheets(path: Path, answers, service) -> list[Path]:
     written = []
     for n, answer in enumerate(answers, 1):
         out = path if len(answers) == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-        picture = service.image_file(answer.query) if answer.exclude else answer.query
-        root = str(service.images) if service.images else None
+        picture = service.image_file(answer.shown) if answer.shown else answer.query
+        root = str(service.dataset) if service.dataset else None
         write_sheet(out, picture, [r.hit for r in answer.results], root, answer.item_id)
         written.append(out)
     return written

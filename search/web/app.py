@@ -54,7 +54,7 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
             max_batch=settings.max_batch,
             on_batch=metrics.on_batch,
         )
-        yield SearchService(store, pool, images=settings.images)
+        yield SearchService(store, pool, dataset=settings.images)
 
 
 @contextlib.asynccontextmanager

@@ -47,3 +47,66 @@ def test_the_web_fields_are_the_schema_fields():
     form = spec["components"]["schemas"]["Body_search_api_search_post"]["properties"]
     similar = spec["paths"]["/api/points/{point_id}/similar"]["get"]["parameters"]
     assert set(FILTERS) <= set(form) and set(FILTERS) <= {p["name"] for p in similar}
+
+
+ADD_A_FIELD = r"""
+import json, sys
+from search.store import schema
+
+schema.FIELDS += (
+    schema.PayloadField(
+        "colour", str, "The garment's main colour.", label=True, indexed=True, filter=True,
+        choices=("red", "blue"), column=True,
+    ),
+)
+schema.derive()
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from search.cli import app
+from search.web import Settings, create_app
+
+shown = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+with TestClient(create_app(Settings(store=sys.argv[1], allowed_hosts=("testserver",)))) as web:
+    info, spec = web.get("/api/info").json(), web.get("/openapi.json").json()
+print(json.dumps({"help": shown, "info": info, "openapi": spec}))
+"""
+
+
+def test_a_filter_field_added_to_the_schema_reaches_the_cli_the_api_and_the_page(ingested):
+    """Adding a filter field touches the schema (and the catalog column it is copied from),
+    nothing else: the CLI option, the API's parameters and /api/info follow."""
+    import json
+    import subprocess
+    import sys
+
+    db, _ = ingested
+    run = subprocess.run(
+        [sys.executable, "-c", ADD_A_FIELD, str(db)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "--colour" in found["help"] and "main colour" in found["help"]
+    assert {"name": "colour", "description": "The garment's main colour.",
+            "choices": ["red", "blue"]} in found["info"]["filters"]  # fmt: skip
+    names = [f["name"] for f in found["info"]["filters"]]
+    assert names == [*FILTERS, "colour"]
+    paths, schemas = found["openapi"]["paths"], found["openapi"]["components"]["schemas"]
+    similar = paths["/api/points/{point_id}/similar"]["get"]["parameters"]
+    assert "colour" in {p["name"] for p in similar}
+    form = paths["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form_schema = schemas[form["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert "colour" in form_schema["properties"]
+    assert "colour" in schemas["RecommendIn"]["properties"]
+
+
+def test_without_an_added_field_the_api_lists_the_schema_filters(ingested):
+    from fastapi.testclient import TestClient
+
+    from search.web import Settings, create_app
+
+    db, _ = ingested
+    with TestClient(create_app(Settings(store=str(db), allowed_hosts=("testserver",)))) as web:
+        info, spec = web.get("/api/info").json(), web.get("/openapi.json").json()
+    assert [f["name"] for f in info["filters"]] == list(FILTERS)
+    assert "colour" not in spec["components"]["schemas"]["RecommendIn"]["properties"]

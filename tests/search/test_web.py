@@ -96,7 +96,7 @@ def test_similar_leaves_out_the_photo_itself(client, served):
 
 
 def _consumer_rel(service) -> str:
-    root = service.images
+    root = service.dataset
     return sorted((root / "img" / "TOPS").rglob("comsumer_01.jpg"))[0].relative_to(root).as_posix()
 
 
@@ -354,7 +354,7 @@ def test_an_unknown_filter_value_lists_the_known_ones(client, sample_root):
 def test_info_names_no_server_paths_without_a_key(client, served):
     info = client.get("/api/info").json()
     text = json.dumps(info)
-    assert str(served[1].images) not in text and "qdrant_data" not in text
+    assert str(served[1].dataset) not in text and "qdrant_data" not in text
     assert info["store"] == "embedded" and info["dataset_root"] is None
     assert info["formats"] == ["JPEG", "PNG", "WEBP", "BMP"] and info["access_key"] is False
 
