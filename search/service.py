@@ -400,7 +400,8 @@ class SearchService:
             try:
                 rel = Path(point).resolve().relative_to(self.dataset.resolve()).as_posix()
             except ValueError:
-                raise NotFound(f"{point!r} is not under the dataset {str(self.dataset)!r}") from None
+                where = str(self.dataset)
+                raise NotFound(f"{point!r} is not under the dataset {where!r}") from None
         return point_id(Path(rel).as_posix())
 
     def point(self, point: str) -> dict:
