@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 
 from embedder.catalog import BOX, TEXT, bbox_of, locate, read_catalog
-from search.store import Store, point_ids
+from search.store import Store, point_ids, schema
 from search.store.schema import CHANGE, LABELS
 
 log = logging.getLogger(__name__)
 
 
 def image_url(base: str | None, pid: str) -> str | None:
-    """The `image_url` payload of a point: BASE<point id>.jpg (served by `search serve`)."""
-    return f"{base}{pid}.jpg" if base else None
+    """The `image_url` payload of a point with ingest's --image-url `base` (or None)."""
+    return schema.image_url(pid, base) if base else None
 
 
 def check_image_url(base: str | None) -> str | None:
@@ -199,7 +199,7 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
         unchanged &= same.fillna(False).to_numpy(dtype=bool)
     relabel: list[str] = []
     if image_base:
-        urls = (image_base + catalog["id"].astype(object) + ".jpg").to_numpy(dtype=object)
+        urls = np.array([image_url(image_base, pid) for pid in catalog["id"]], dtype=object)
         stale_url = found["image_url"].to_numpy(dtype=object) != urls
         relabel = catalog["id"].to_numpy(dtype=object)[unchanged & stale_url].tolist()
     gone = stored.index.difference(pd.Index(catalog["id"].to_numpy(dtype=object)))

@@ -345,11 +345,21 @@ class Store(ABC):
         """The engine's own grouped search (by item_id), where groups_natively says it has one."""
         raise NotImplementedError(f"{self.kind} stores have no grouped query")
 
-    @abstractmethod
-    def upsert(self, points: Points) -> None: ...
+    def upsert(self, points: Points) -> None:
+        if len(points):
+            self._upsert(points)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if len(ids):
+            self._delete(list(ids))
 
     @abstractmethod
-    def delete(self, ids: list[str]) -> None: ...
+    def _upsert(self, points: Points) -> None:
+        """upsert() of a batch that is not empty."""
+
+    @abstractmethod
+    def _delete(self, ids: list[str]) -> None:
+        """delete() of ids that are not none."""
 
     @abstractmethod
     def set_payloads(self, updates: Mapping[str, dict]) -> None:

@@ -34,7 +34,7 @@ from search.store.base import (
 )
 from search.store.disk import require_free_space
 from search.store.schema import INDEXED
-from search.store.to_edge import edge_filter, edge_params, edge_points, edge_query, edge_vector
+from search.store.to_edge import edge_batch, edge_filter, edge_points, edge_vector
 
 METADATA_FILE = "collection.json"
 _RESTORE = "rebuild the collection with `ingest run --recreate` or `ingest restore --recreate`"
@@ -314,11 +314,10 @@ class EdgeStore(Store):
         records = self._call("read points", self._open().retrieve, ids, payload, False)
         return {str(rec.id): rec.payload or {} for rec in records}
 
-    def upsert(self, points: Points) -> None:
-        if len(points):
-            batch = edge_points(points)
-            self._writing()
-            self._call("write points", self._open().update, qe.UpdateOperation.upsert_points(batch))
+    def _upsert(self, points: Points) -> None:
+        batch = edge_points(points)
+        self._writing()
+        self._call("write points", self._open().update, qe.UpdateOperation.upsert_points(batch))
 
     def set_payloads(self, updates) -> None:
         shard = self._open()
@@ -328,24 +327,17 @@ class EdgeStore(Store):
                 "write payloads", shard.update, qe.UpdateOperation.set_payload([pid], fields)
             )
 
-    def delete(self, ids: list[str]) -> None:
-        if ids:
-            self._writing()
-            operation = qe.UpdateOperation.delete_points(list(ids))
-            self._call("delete points", self._open().update, operation)
+    def _delete(self, ids: list[str]) -> None:
+        self._writing()
+        self._call("delete points", self._open().update, qe.UpdateOperation.delete_points(ids))
 
     def query(
         self, queries: list[QueryVector], top: int, where: Where | None, tuning: Tuning | None
     ) -> list[list[Hit]]:
-        params, condition = edge_params(tuning), edge_filter(where)
-        requests = [
-            qe.QueryRequest(
-                limit=top, query=edge_query(q), with_payload=True, filter=condition, params=params
-            )
-            for q in queries
+        batch = edge_batch(queries, top, where, tuning)
+        return [
+            [hit_of(p) for p in r] for r in self._call("search", self._open().query_batch, batch)
         ]
-        results = self._call("search", self._open().query_batch, qe.QueryBatchRequest(requests))
-        return [[hit_of(p) for p in result] for result in results]
 
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
         records = self._call(

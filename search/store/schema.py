@@ -79,6 +79,15 @@ FIELDS: tuple[PayloadField, ...] = (
     PayloadField("mtime", int, "File mtime in ns (change detection).", shown=False),
 )
 
+IMAGES = "/images/"  # where the web app serves a stored photo by point id
+
+
+def image_url(pid: str, base: str = IMAGES, size: int | None = None) -> str:
+    """The one spelling of a photo's address: BASE<point id>.jpg (the web app's /images route,
+    and the image_url payload with ingest's --image-url base), `size`: a thumbnail."""
+    return f"{base}{pid}.jpg" + (f"?size={size}" if size else "")
+
+
 CHANGE = ("size", "mtime")  # a stored photo whose file differs in these is embedded again
 GROUP = "item_id"  # one garment: grouping, "more like this" outlines, a garment's photos
 

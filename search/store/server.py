@@ -34,6 +34,7 @@ from search.store.to_server import (
     server_groups,
     server_params,
     server_query,
+    server_requests,
 )
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,9 @@ class ServerStore(Store):
         records = self._call("read points", read, self.collection, ids, fields or False, False)
         return {str(r.id): r.payload or {} for r in records}
 
-    def upsert(self, points: Points) -> None:
-        if len(points):
-            batch = server_batch(points)
-            self._call("write points", self.client.upsert, self.collection, batch, wait=True)
+    def _upsert(self, points: Points) -> None:
+        batch = server_batch(points)
+        self._call("write points", self.client.upsert, self.collection, batch, wait=True)
 
     def set_payloads(self, updates) -> None:
         operations = [
@@ -198,24 +198,16 @@ class ServerStore(Store):
                 "write payloads", self.client.batch_update_points, self.collection, chunk, wait=True
             )
 
-    def delete(self, ids: list[str]) -> None:
-        if ids:
-            selector = models.PointIdsList(points=list(ids))
-            self._call("delete points", self.client.delete, self.collection, selector, wait=True)
+    def _delete(self, ids: list[str]) -> None:
+        selector = models.PointIdsList(points=ids)
+        self._call("delete points", self.client.delete, self.collection, selector, wait=True)
 
     def query(
         self, queries: list[QueryVector], top: int, where: Where | None, tuning: Tuning | None
     ) -> list[list[Hit]]:
-        params, condition = server_params(tuning), server_filter(where)
-        requests = [
-            models.QueryRequest(
-                query=server_query(q), limit=top, filter=condition, params=params, with_payload=True
-            )
-            for q in queries
-        ]
-        answers = self._call(
-            "search", self.client.query_batch_points, self.collection, requests=requests
-        )
+        search = self.client.query_batch_points
+        requests = server_requests(queries, top, where, tuning)
+        answers = self._call("search", search, self.collection, requests=requests)
         return [[hit_of(p) for p in answer.points] for answer in answers]
 
     def query_groups(

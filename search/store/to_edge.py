@@ -38,8 +38,23 @@ def edge_params(tuning: Tuning | None) -> qe.SearchParams | None:
     return qe.SearchParams(hnsw_ef=tuning.hnsw_ef, quantization=quantized or None)
 
 
+def edge_batch(
+    queries: list[QueryVector], top: int, where: Where | None, tuning: Tuning | None
+) -> qe.QueryBatchRequest:
+    """One request per query, with the same conditions and parameters."""
+    condition, params = edge_filter(where), edge_params(tuning)
+    return qe.QueryBatchRequest(
+        [
+            qe.QueryRequest(
+                limit=top, query=edge_query(q), with_payload=True, filter=condition, params=params
+            )
+            for q in queries
+        ]
+    )
+
+
 def edge_points(points: Points) -> list[qe.Point]:
-    """Row by row: half the time of one big tolist() (measured, 227k × 512)."""
+    """Row by row: faster than one tolist() of the whole batch."""
     rows = zip(points.ids, points.vectors, points.payloads, strict=True)
     return [qe.Point(pid, vector.tolist(), payload) for pid, vector, payload in rows]
 

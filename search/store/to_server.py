@@ -46,6 +46,19 @@ def server_params(tuning: Tuning | None) -> models.SearchParams | None:
     return None
 
 
+def server_requests(
+    queries: list[QueryVector], top: int, where: Where | None, tuning: Tuning | None
+) -> list[models.QueryRequest]:
+    """One request per query, with the same conditions and parameters."""
+    condition, params = server_filter(where), server_params(tuning)
+    return [
+        models.QueryRequest(
+            query=server_query(q), limit=top, filter=condition, params=params, with_payload=True
+        )
+        for q in queries
+    ]
+
+
 def server_batch(points: Points) -> models.Batch:
     return models.Batch(
         ids=list(points.ids), vectors=points.vectors.tolist(), payloads=list(points.payloads)

@@ -10,7 +10,7 @@ from pydantic_core import to_json
 
 from search.service import Answer, Grouping, Query
 from search.store import Hit
-from search.store.schema import BY_NAME, SHOWN
+from search.store.schema import BY_NAME, SHOWN, image_url
 
 THUMB_SIZES = (128, 256, 512)
 
@@ -89,8 +89,8 @@ def photo(hit: Hit, score: bool = True) -> dict:
         "id": hit.id,
         "score": hit.score if score else None,
         **{k: hit.payload.get(k) for k in SHOWN},
-        "image_url": f"/images/{hit.id}.jpg",
-        "thumb_url": f"/images/{hit.id}.jpg?size=256",
+        "image_url": image_url(hit.id),
+        "thumb_url": image_url(hit.id, size=256),
     }
 
 

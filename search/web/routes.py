@@ -42,7 +42,7 @@ STATIC = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 pages = APIRouter()
 api = APIRouter(prefix="/api")
-images = APIRouter(prefix="/images", tags=["images"])
+images = APIRouter(prefix=schema.IMAGES.rstrip("/"), tags=["images"])
 docs = APIRouter(include_in_schema=False)
 
 

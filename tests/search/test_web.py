@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import threading
 import uuid
 
@@ -232,8 +233,16 @@ def test_docs_health_metrics_and_page_answer(client):
     assert 'http_request_seconds_bucket{endpoint="/api/search"' in metrics
 
 
+def _batches(client) -> tuple[float, float]:
+    """(forward passes, photos in them) from the model pool's metrics."""
+    text = client.get("/metrics").text
+    found = dict(re.findall(r"^model_batch_images_(count|sum) ([\d.e+]+)$", text, re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
 def test_concurrent_queries_are_answered_alike_and_batched(client):
     data = _jpeg((90, 120))
+    forwards, photos = _batches(client)
     alone = _post(client, data, group="none", top=5).json()["results"]
     answers, errors = [], []
 
@@ -255,6 +264,10 @@ def test_concurrent_queries_are_answered_alike_and_batched(client):
             assert abs(a["score"] - b["score"]) < 1e-3
     metrics = client.get("/metrics").text
     assert "model_batch_images_count" in metrics
+    more_forwards, more_photos = (
+        a - b for a, b in zip(_batches(client), (forwards, photos), strict=True)
+    )
+    assert more_photos == 9 and 1 <= more_forwards <= 9  # every photo through the pool
 
 
 def test_a_garment_in_two_folders_is_one_garment(client, served, sample_root, split_garment):
