@@ -35,13 +35,13 @@ def main() -> None:
 
     import ray
 
-    from embedder.recipe import EncoderRecipe
+    from embedder.recipe import ModelRecipe
     from ingest.plan import read_work
     from ingest.sample import write_sample
 
     tmp = tempfile.mkdtemp(prefix="ray-ingest-")
     root = write_sample(f"{tmp}/sample", items=args.items, seed=0)
-    recipe = EncoderRecipe(
+    recipe = ModelRecipe(
         args.backbone, img_size=args.img_size, pretrained="none", runtime=args.runtime
     )
     recipe.build()  # the exported model cached before either engine is timed

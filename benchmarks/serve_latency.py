@@ -132,8 +132,8 @@ def main() -> None:
 
     import torch
     from _collection import make_collection
-    from search.query import ModelOptions, serving_encoder
 
+    from embedder.recipe import ModelRecipe, RunOptions
     from search.service import Query, SearchService
     from search.store import open_store
 
@@ -153,9 +153,9 @@ def main() -> None:
         # 1. the floor: the service in this process, no HTTP, no batching
         with open_store(store_dir=db) as store:
             # the model as the server runs it (traced on CPU)
-            options = ModelOptions(runtime=args.runtime, int8=args.int8)
-            encoder = serving_encoder(store.require_metadata(), options)
-            service = SearchService(store, encoder=encoder)
+            run = RunOptions(runtime=args.runtime, int8=args.int8, traced=True)
+            recipe = ModelRecipe.for_collection(store.require_metadata(), run=run)
+            service = SearchService(store, recipe.build(throughput=True))
             service.search_upload(photos[0], query)  # warm
             bare = []
             started = time.perf_counter()
