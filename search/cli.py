@@ -194,6 +194,14 @@ def serve(
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds for a request's headers to arrive.")
     ] = 10.0,
+    client_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Connections one client address may hold open; more are closed as they open "
+            "(behind a reverse proxy every client has its address: raise it, or cap there).",
+        ),
+    ] = 32,
     verbose: Verbose = False,
     where: StoreOptions = StoreOptions(),
     run=None,
@@ -220,6 +228,7 @@ def serve(
             allowed_hosts=tuple(allowed_host or ()),
             body_timeout=body_timeout,
             header_timeout=header_timeout,
+            client_connections=client_connections,
         )
         serve_app(settings, ready=lambda line: echo(line) or sys.stdout.flush())
 

@@ -439,6 +439,8 @@ class SearchService:
             raise ValueError("give at least one photo (or photo vector) to look like")
         if len(positive) + len(vectors) > MAX_EXAMPLES or len(negative) > MAX_EXAMPLES:
             raise ValueError(f"give at most {MAX_EXAMPLES} photos to look like and unlike")
+        if set(positive) & set(negative):
+            raise ValueError("a photo cannot be both liked and not it: give it in one list")
         self.check(query)
         seconds = {"model": 0.0}
         with timed(seconds, "store"):
@@ -473,8 +475,11 @@ class SearchService:
         """A query vector given by a client: `dim` finite numbers, normalised."""
         vec = np.asarray(vector, np.float32).reshape(-1)
         norm = float(np.linalg.norm(vec)) if vec.size == dim else 0.0
-        if vec.size != dim or not np.isfinite(vec).all() or not norm > 0:
-            raise ValueError(f"a photo vector must be {dim} finite numbers, not all zero")
+        if vec.size != dim or not np.isfinite(vec).all() or not 0 < norm < np.inf:
+            raise ValueError(
+                f"a photo vector must be {dim} finite numbers, not all zero, whose length is "
+                f"finite (an upload's query_vector has length 1)"
+            )
         return vec / norm
 
     def item(self, item_id: str) -> list[Hit]:

@@ -10,17 +10,17 @@ from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from embedder.errors import UserError
 from search.batcher import Batcher
 from search.service import SearchService
 from search.web.deps import ERRORS, Settings, answer_error
 from search.web.guard import (
     BodyLimit,
+    HeadAsGet,
+    HostCheck,
     KeyRequired,
+    RequestLimits,
     SecurityHeaders,
-    TargetLimit,
     protocol,
 )
 from search.web.metrics import Metrics
@@ -29,6 +29,8 @@ from search.web.routes import api, docs, images, pages
 
 __all__ = ["Settings", "create_app", "open_service", "run"]
 log = logging.getLogger(__name__)
+UPLOADS = ("/api/search",)  # the routes that take a photo; every other body is small JSON
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 @contextlib.contextmanager
@@ -59,17 +61,15 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
-    """Open the collection and the model pool, warm the model, say where it serves; close
-    both at shutdown."""
+    """The service run() opened before the server started, or (an app served by a test
+    client) one opened here; the model warmed; where it serves said; closed at shutdown."""
     settings: Settings = app.state.settings
     with contextlib.ExitStack() as stack:
-        try:
+        service = getattr(app.state, "service", None)
+        if service is None:
             service = stack.enter_context(open_service(settings, app.state.metrics))
-        except (UserError, ValueError, OSError) as exc:
-            app.state.startup_error = exc  # run() reports it as one line, not a traceback
-            raise
+            app.state.service = service
         service.warm()
-        app.state.service = service
         if (ready := getattr(app.state, "ready", None)) is not None:
             info = service.info()
             shown = "localhost" if settings.host in ("127.0.0.1", "::1") else settings.host
@@ -105,10 +105,12 @@ class Measure:
             if not status:  # nothing sent yet: answer it (else the connection just ends)
                 failed = JSONResponse({"detail": "internal server error (logged)"}, 500)
                 await failed(scope, receive, sent)
+        # labels from closed sets: route templates, known methods, the app's own statuses
         endpoint = getattr(scope.get("route"), "path", "other")
+        method = scope["method"] if scope["method"] in METHODS else "other"
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         code = str(status.get("code", 500))
-        self.metrics.requests.labels(endpoint, scope["method"], code).inc()
+        self.metrics.requests.labels(endpoint, method, code).inc()
 
 
 def create_app(settings: Settings = Settings()) -> FastAPI:
@@ -133,47 +135,37 @@ def create_app(settings: Settings = Settings()) -> FastAPI:
         app.add_middleware(KeyRequired, key=settings.api_key)
     body_bytes = app.state.metrics.body_bytes.inc
     app.add_middleware(
-        BodyLimit, cap=settings.max_upload, timeout=settings.body_timeout, counted=body_bytes
+        BodyLimit,
+        cap=settings.max_upload,
+        timeout=settings.body_timeout,
+        counted=body_bytes,
+        uploads=UPLOADS,
     )
-    if "*" not in settings.allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts())
-    app.add_middleware(TargetLimit)
+    app.add_middleware(HostCheck, hosts=settings.hosts())
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestLimits)
     app.add_middleware(SecurityHeaders)
     return app
 
 
-class _StartupFailure(logging.Filter):
-    """Drops uvicorn's traceback of a startup that failed for a reason run() reports."""
-
-    def __init__(self, app: FastAPI):
-        super().__init__()
-        self.app = app
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(self.app.state, "startup_error", None) is None
-
-
 def run(settings: Settings, ready: Callable[[str], None] | None = None) -> None:
-    """Serve until Ctrl-C; a collection or model that cannot be opened is a one-line error.
-    `ready` is told where the app serves once it does."""
+    """Serve until Ctrl-C. The collection and its model are opened (and the embedded store
+    locked) before the server starts, so that a missing, locked or damaged store, or a model
+    that cannot be built, is the caller's one-line error. `ready` is told where it serves."""
     import uvicorn
 
     app = create_app(settings)
     app.state.ready = ready
-    quiet = _StartupFailure(app)
-    logging.getLogger("uvicorn.error").addFilter(quiet)
-    try:
+    with open_service(settings, app.state.metrics) as service:
+        service.info()  # the first store call: opens (and locks) an embedded store
+        app.state.service = service
         uvicorn.run(
             app,
             host=settings.host,
             port=settings.port,
             log_level="warning",
-            http=protocol(settings.header_timeout),
-            h11_max_incomplete_event_size=16_384,  # request line and headers
-            limit_concurrency=256,  # connections and requests at once; more get 503
+            http=protocol(settings.header_timeout, settings.client_connections),
+            h11_max_incomplete_event_size=RequestLimits.HEADERS,  # headers sent in pieces
+            limit_concurrency=None,  # idle connections are the protocol's; requests the pool's
             timeout_keep_alive=5,
         )
-    finally:
-        logging.getLogger("uvicorn.error").removeFilter(quiet)
-    if (error := getattr(app.state, "startup_error", None)) is not None:
-        raise error

@@ -40,6 +40,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # Host headers answered, besides localhost and `host`
     body_timeout: float = 30.0  # seconds for a whole request body to arrive
     header_timeout: float = 10.0  # seconds for a request's headers to arrive
+    client_connections: int = 32  # connections one client address may hold open at once
 
     def hosts(self) -> list[str]:
         """The Host names answered (any other is 400: a DNS-rebinding page cannot read a

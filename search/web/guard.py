@@ -1,5 +1,7 @@
-"""What stands between the network and the app: a byte budget and a deadline for request bodies,
-a deadline for request headers, the API key, and the security headers of every response.
+"""What stands between the network and the app: connections per client and in all, a deadline
+and a size for request headers, a byte budget and a deadline for request bodies (a photo's for
+the upload, a small one for JSON), the API key (and, with the page's cookie, the request's
+origin), HEAD answered as GET, and the security headers of every response.
 
 Pure ASGI middleware (and one uvicorn protocol), so that a body is counted as it arrives, before
 any parser buffers it, and a refused request is never read further."""
@@ -70,21 +72,62 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class TargetLimit:
-    """A request line longer than any the app makes (a 100 kB point id) is 414, unread and
-    not echoed."""
+class RequestLimits:
+    """A request line longer than any the app makes (a 100 kB point id) is 414, headers of
+    more than HEADERS bytes 431: unread, not echoed. (uvicorn bounds headers that arrive in
+    pieces; these bound the ones that arrive in one write.)"""
 
-    MAX = 4096  # bytes of path and query
+    TARGET = 4096  # bytes of path and query
+    HEADERS = 16_384  # bytes of header names and values
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and len(scope["raw_path"]) + len(scope["query_string"]) > (
-            self.MAX
-        ):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if len(scope["raw_path"]) + len(scope["query_string"]) > self.TARGET:
             return await answer(send, 414, "The address is too long.")
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.HEADERS:
+            return await answer(send, 431, "The request's headers are too large.")
         await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """Only the Host names the server answers to (a DNS-rebinding page cannot read a server
+    that listens on localhost): any other is 400, answered as JSON like every other error."""
+
+    def __init__(self, app, hosts: list[str]):
+        self.app, self.hosts = app, set(hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.hosts:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in self.hosts:
+            return await answer(send, 400, "This server does not answer to that host name.")
+        await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD on any GET route answers as GET would, without the body (RFC 9110)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if not message.get("more_body"):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class _Refused(Exception):
@@ -92,23 +135,37 @@ class _Refused(Exception):
 
 
 class BodyLimit:
-    """Every request body is counted as it arrives: past the photo cap plus FORM_SLACK bytes
-    (whatever the Content-Length says, chunked or not) the app stops reading and the client
-    gets 413; a body that has not fully arrived within `timeout` seconds gets 408.
-    `counted(n)` is told the bytes read, for the metrics."""
+    """Every request body is counted as it arrives: past its budget (whatever the
+    Content-Length says, chunked or not) the app stops reading and the client gets 413; a body
+    that has not fully arrived within `timeout` seconds gets 408. The budget of an upload path
+    is the photo cap plus FORM_SLACK; of every other request JSON_BYTES, about twice what the
+    largest valid JSON body needs (100 point ids and 4 vectors of 512 floats, ~60 kB), so
+    that no parser is handed megabytes of numbers. `counted(n)` is told the bytes read, for the metrics."""
 
     FORM_SLACK = 65536  # the form's other fields and the multipart framing
+    JSON_BYTES = 131_072
 
-    def __init__(self, app, cap: int, timeout: float, counted: Callable[[int], object]):
+    def __init__(
+        self,
+        app,
+        cap: int,
+        timeout: float,
+        counted: Callable[[int], object],
+        uploads: tuple[str, ...] = (),
+    ):
         self.app, self.cap, self.timeout, self.counted = app, cap, timeout, counted
-        self.limit = cap + self.FORM_SLACK
+        self.uploads = uploads
+        self.upload_limit = cap + self.FORM_SLACK
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        upload = scope.get("path") in self.uploads
+        limit = self.upload_limit if upload else self.JSON_BYTES
+        too_large = self.too_large() if upload else "The request body is too large."
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await answer(send, 413, self.too_large())  # refused before reading a byte
+        if declared.isdigit() and int(declared) > limit:
+            return await answer(send, 413, too_large)  # refused before reading a byte
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         state = {"read": 0, "refused": None, "started": False}
@@ -125,8 +182,8 @@ class BodyLimit:
                 size = len(message.get("body", b""))
                 state["read"] += size
                 self.counted(size)
-                if state["read"] > self.limit:
-                    state["refused"] = (413, self.too_large())
+                if state["read"] > limit:
+                    state["refused"] = (413, too_large)
                     raise _Refused
             return message
 
@@ -166,22 +223,47 @@ def key_matches(given: str | None, key: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), key.encode())
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def cross_site(scope) -> bool:
+    """Whether a browser says the request comes from another site or origin: its Origin is
+    not this server's own (the Host it was sent to), or its Sec-Fetch-Site is not same-origin.
+    (A page on another localhost port is "same site" to a SameSite=Strict cookie.)"""
+    headers = dict(scope["headers"])
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return True
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if not origin:
+        return False
+    host = headers.get(b"host", b"").decode("latin-1")
+    return origin.split("://", 1)[-1].rstrip("/") != host
+
+
+def key_from_cookie(scope) -> bool:
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+    return auth[:7].lower() != "bearer "
+
+
 class KeyRequired:
     """With an API key set, every request but the page, its assets, /auth and /healthz needs
-    it (401 otherwise)."""
+    it (401 otherwise); one that changes or runs something (not GET or HEAD) with the key
+    from the page's cookie must also come from the page's own origin (403 otherwise)."""
 
     def __init__(self, app, key: str):
         self.app, self.key = app, key
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or path in OPEN_PATHS
-            or path.startswith(OPEN_PREFIXES)
-            or key_matches(key_of(scope), self.key)
-        ):
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
+        if key_matches(key_of(scope), self.key):
+            if scope["method"] in SAFE_METHODS or not key_from_cookie(scope):
+                return await self.app(scope, receive, send)
+            if not cross_site(scope):
+                return await self.app(scope, receive, send)
+            return await answer(send, 403, "This request came from another site's page.")
         await answer(
             send,
             401,
@@ -192,13 +274,27 @@ class KeyRequired:
 
 
 class HeaderDeadline(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers: a client that
-    sends them too slowly (or not at all, on a connection it keeps open) is disconnected."""
+    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers (a client that
+    sends them too slowly, or not at all on a connection it keeps open, is disconnected) and
+    a cap on the connections one client address, and all clients, hold at once: a connection
+    past either is closed as it opens, so that idle connections cost their client, never the
+    requests of others (uvicorn's own limit_concurrency answers everyone 503 instead)."""
 
     header_timeout = 10.0
+    per_client = 32
+    total = 1024
+    held: dict[str, int] = {}  # address → open connections; one dict per server (protocol())
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if peer else "?"
+        held = self.held
+        if held.get(self._client, 0) >= self.per_client or sum(held.values()) >= self.total:
+            self._client = None
+            transport.close()
+            return
+        held[self._client] = held.get(self._client, 0) + 1
         self._arm()
 
     def _arm(self) -> None:
@@ -228,8 +324,19 @@ class HeaderDeadline(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if getattr(self, "_client", None) is not None:
+            left = self.held.get(self._client, 1) - 1
+            if left > 0:
+                self.held[self._client] = left
+            else:
+                self.held.pop(self._client, None)
+            self._client = None
         super().connection_lost(exc)
 
 
-def protocol(header_timeout: float) -> type[HeaderDeadline]:
-    return type("GuardedHTTP", (HeaderDeadline,), {"header_timeout": header_timeout})
+def protocol(
+    header_timeout: float, per_client: int = HeaderDeadline.per_client, total: int = 1024
+) -> type[HeaderDeadline]:
+    """The protocol class of one server: its deadlines, caps and connection counts."""
+    settings = {"header_timeout": header_timeout, "per_client": per_client, "total": total}
+    return type("GuardedHTTP", (HeaderDeadline,), {**settings, "held": {}})

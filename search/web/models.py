@@ -3,6 +3,8 @@ the one payload schema (search.store.schema)."""
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
@@ -12,7 +14,16 @@ from search.service import Answer, Grouping, Query
 from search.store import Hit
 from search.store.schema import BY_NAME, SHOWN, image_url
 
-THUMB_SIZES = (128, 256, 512)
+
+class ThumbSize(IntEnum):
+    """A thumbnail's longest side, in pixels (the schema lists the values)."""
+
+    small = 128
+    medium = 256
+    large = 512
+
+
+THUMB_SIZES = tuple(int(size) for size in ThumbSize)
 
 Photo = create_model(
     "Photo",
@@ -26,6 +37,42 @@ Photo = create_model(
     image_url=(str, Field(description="The photo, served by point id.")),
     thumb_url=(str, Field(description="A 256-px thumbnail of the photo.")),
 )
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the app, whatever its status."""
+
+    detail: str = Field(description="What was wrong, in one line; never the request's input.")
+    known: list[str] | None = Field(
+        None, description="With an unknown filter value: the values the collection has."
+    )
+
+
+# what each status means; every route lists the ones it can answer (see responses())
+STATUSES = {
+    400: "Not a photo that can be read, several photos, or a Host name this server does not "
+    "answer to.",
+    401: "The server asks for its access key (Authorization: Bearer KEY, or the page's cookie).",
+    403: "A request with the page's cookie that came from another site's page.",
+    404: "No such stored photo, garment, or image file.",
+    408: "The request body arrived too slowly.",
+    413: "The request body is larger than the server takes.",
+    414: "The address is too long.",
+    415: "The stored file of this photo is not an image.",
+    422: "A parameter outside its bounds or rules, or an unknown filter value (`known` lists "
+    "the collection's values).",
+    431: "The request's headers are too large.",
+    503: "The store did not answer, or the model is busy with other queries; try again.",
+}
+EVERY_ROUTE = (400, 401, 408, 413, 414, 422, 431, 503)  # from the guards in front of the app
+
+
+def responses(*extra: int) -> dict:
+    """The error answers a route documents: those every route can give, and `extra`."""
+    return {
+        code: {"model": ErrorOut, "description": STATUSES[code]}
+        for code in sorted({*EVERY_ROUTE, *extra})
+    }
 
 
 class ResultOut(BaseModel):

@@ -32,9 +32,12 @@ from search.web.models import (
     ItemOut,
     Photo,
     SearchOut,
+    ThumbSize,
     answer_out,
     photo,
+    responses,
 )
+from search.web.photos import MEDIA_TYPES
 
 TOP = "Results (garments or photos)."
 OFFSET = "Results already shown: the page after them."
@@ -71,13 +74,13 @@ def favicon() -> Response:
     return Response(_static("favicon.svg"), media_type=STATIC[".svg"])
 
 
-@pages.get("/healthz", tags=["operations"])
+@pages.get("/healthz", tags=["operations"], responses=responses())
 def healthz(service: ServiceDep) -> dict:
     """Liveness and readiness: the collection answers a count."""
     return {"status": "ok", "points": service.info()["points"]}
 
 
-@pages.get("/metrics", tags=["operations"], response_class=Response)
+@pages.get("/metrics", tags=["operations"], response_class=Response, responses=responses())
 def prometheus(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency per endpoint, model and store time."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -87,7 +90,7 @@ class KeyIn(BaseModel):
     key: str = Field(max_length=512)
 
 
-@pages.post("/auth", status_code=204, tags=["operations"])
+@pages.post("/auth", status_code=204, tags=["operations"], responses=responses())
 def auth(body: KeyIn, request: Request, settings: SettingsDep) -> Response:
     """Check an access key and keep it in a cookie for the page (HttpOnly, same site)."""
     if not settings.api_key or not key_matches(body.key, settings.api_key):
@@ -104,7 +107,7 @@ def auth(body: KeyIn, request: Request, settings: SettingsDep) -> Response:
 
 
 # the API ------------------------------------------------------------------------------------
-@api.get("/info", response_model=InfoOut, tags=["collection"])
+@api.get("/info", response_model=InfoOut, tags=["collection"], responses=responses())
 def info(service: ServiceDep, settings: SettingsDep) -> InfoOut:
     """Collection size, the model that made it, index settings, the request limits and the
     photo formats taken. The server's paths only when the server has an access key."""
@@ -127,7 +130,7 @@ def info(service: ServiceDep, settings: SettingsDep) -> InfoOut:
     )
 
 
-@api.get("/facets", response_model=FacetsOut, tags=["collection"])
+@api.get("/facets", response_model=FacetsOut, tags=["collection"], responses=responses())
 def facets(service: ServiceDep) -> FacetsOut:
     """Categories, subcategories per category, and sources, with their photo counts."""
     return FacetsOut(**service.facets())
@@ -193,7 +196,13 @@ async def one_file(request: Request) -> None:
         raise BadImage("Send one photo at a time (the request had several files).")
 
 
-@api.post("/search", response_model=SearchOut, tags=["search"], dependencies=[Depends(one_file)])
+@api.post(
+    "/search",
+    response_model=SearchOut,
+    tags=["search"],
+    dependencies=[Depends(one_file)],
+    responses=responses(403),
+)
 def search(
     service: ServiceDep,
     settings: SettingsDep,
@@ -218,7 +227,12 @@ def search(
     return answer_out(answer, query)
 
 
-@api.get("/points/{point_id}/similar", response_model=SearchOut, tags=["search"])
+@api.get(
+    "/points/{point_id}/similar",
+    response_model=SearchOut,
+    tags=["search"],
+    responses=responses(404),
+)
 def similar(
     service: ServiceDep,
     metrics: MetricsDep,
@@ -256,7 +270,7 @@ RecommendIn = create_model(
 )
 
 
-@api.post("/recommend", response_model=SearchOut, tags=["search"])
+@api.post("/recommend", response_model=SearchOut, tags=["search"], responses=responses(403, 404))
 def recommend(service: ServiceDep, metrics: MetricsDep, body: RecommendIn) -> JSONResponse:
     """Qdrant's recommendation (best score) from liked and disliked photos, with the same
     filters, grouping and paging as a search."""
@@ -267,34 +281,36 @@ def recommend(service: ServiceDep, metrics: MetricsDep, body: RecommendIn) -> JS
     return answer_out(answer, query)
 
 
-@api.get("/points/{point_id}", response_model=Photo, tags=["collection"])
+@api.get("/points/{point_id}", response_model=Photo, tags=["collection"], responses=responses(404))
 def point(service: ServiceDep, point_id: str) -> Photo:
     """One stored photo's payload."""
     stored = service.point(canonical_id(point_id))
     return Photo(**photo(Hit(stored["id"], 1.0, stored), score=False))
 
 
-@api.get("/items/{item_id}", response_model=ItemOut, tags=["collection"])
+@api.get("/items/{item_id}", response_model=ItemOut, tags=["collection"], responses=responses(404))
 def item(service: ServiceDep, item_id: Annotated[str, Path(max_length=200)]) -> ItemOut:
     """Every stored photo of one garment, shop photos first."""
     return ItemOut(item_id=item_id, photos=[photo(h, score=False) for h in service.item(item_id)])
 
 
 # photos -------------------------------------------------------------------------------------
-@images.get("/{point_id}.jpg", response_class=Response)
+@images.get(
+    "/{point_id}.jpg",
+    response_class=Response,
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **responses(404, 415)},
+)
 def image(
     service: ServiceDep,
     photos: PhotosDep,
     point_id: str,
     size: Annotated[
-        int | None, Query(description=f"Thumbnail: longest side, one of {THUMB_SIZES}.")
+        ThumbSize | None, Query(description="Thumbnail: its longest side, in pixels.")
     ] = None,
 ) -> Response:
     """A stored photo, by point id only (never by path), or a JPEG thumbnail of it. Only a
     regular file below the dataset folder once links are followed, and only an image."""
-    if size is not None and size not in THUMB_SIZES:
-        raise ValueError(f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
-    data, kind = photos.get(service.image_file(point_id), size)
+    data, kind = photos.get(service.image_file(point_id), int(size) if size else None)
     return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
 
 
