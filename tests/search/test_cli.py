@@ -178,3 +178,24 @@ def test_search_like_several_and_unlike_one(ingested, sample_root):
     assert table.exit_code == 0 and "like the liked photos" in table.output
     alone = runner.invoke(search_app, ["--unlike", rels[2], "--store", str(db)])
     assert alone.exit_code == 2 and "--unlike needs" in alone.output
+
+
+def test_serve_that_cannot_start_says_why_in_one_line(tmp_path, ingested, live_server):
+    """A missing store, or one that another server holds, is the CLI's one-line error with
+    exit 2, before the web server starts."""
+    import subprocess
+
+    serve = [Path(sys.executable).parent / "search", "serve", "--port", "0"]
+
+    def started(*args):
+        return subprocess.run([*serve, *args], capture_output=True, text=True, timeout=180)
+
+    def one_line(run, words):
+        lines = (run.stdout + run.stderr).strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, run.stdout + run.stderr
+        assert lines[0].startswith("error: ") and words in lines[0], lines[0]
+
+    one_line(started("--store", str(tmp_path / "missing")), "does not exist")
+    db, _ = ingested
+    with live_server("--store", str(db)) as (_url, proc):
+        one_line(started("--store", str(db)), f"in use by another process (pid {proc.pid})")

@@ -355,3 +355,208 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_a_lying_png_header_is_refused(client):
     response = _post(client, _png_header_only(400_000, 1), "thin.png")
     assert response.status_code == 400
+
+
+# a second hostile look: connections, metrics, JSON, vectors, methods, headers, origins -------
+PER_CLIENT = 8  # the open server's --client-connections
+
+
+@pytest.fixture(scope="module")
+def open_server(served, ingest_tiny, tmp_path_factory, live_server):
+    """The same photos served without a key, with the default header deadline (10 s), so
+    that idle connections stay idle for the whole test."""
+    db = tmp_path_factory.mktemp("open") / "db"
+    assert ingest_tiny(served[2], str(db)).exit_code == 0
+    args = ["--store", str(db), "--client-connections", str(PER_CLIENT)]
+    with live_server(*args) as (url, proc):
+        yield url, proc
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _rss_kb(pid: int) -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True  # nothing to read and not closed
+    except OSError:
+        return False
+
+
+def test_idle_connections_cost_their_client_not_the_service(open_server):
+    url, _ = open_server
+    idle = []
+    for _ in range(300):  # one client (127.0.0.2) opens 300 connections and sends nothing
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(5)
+        sock.connect(_address(url))
+        idle.append(sock)
+    try:
+        time.sleep(0.5)
+        held = sum(_still_open(s) for s in idle)
+        assert held <= PER_CLIENT, held  # the rest were closed as they opened
+        with httpx.Client(base_url=url, timeout=5) as other:  # another client: 127.0.0.1
+            started = time.monotonic()
+            health = other.get("/healthz")
+            assert health.status_code == 200 and health.json()["points"] > 0
+            found = _post(other, _jpeg(), top=3)
+            assert found.status_code == 200, found.text
+            assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def _pipelined(url: str, requests: list[bytes], per_write: int = 200) -> list[bytes]:
+    """Send the requests on one connection, `per_write` at a time, and read each answer's
+    status line."""
+    statuses = []
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        for start in range(0, len(requests), per_write):
+            batch = requests[start : start + per_write]
+            sock.sendall(b"".join(batch))
+            data = b""
+            while data.count(b"HTTP/1.1 ") < len(batch):
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the server closed the connection"
+                data += chunk
+            statuses += re.findall(rb"HTTP/1.1 (\d{3})", data)
+    return statuses
+
+
+def test_invented_methods_leave_the_metrics_bounded(open_server):
+    url, _ = open_server
+    paths = ["/healthz", "/", "/auth", "/static/app.js"]
+
+    def requests(n: int, seed: int) -> list[bytes]:
+        return [
+            f"M{seed}X{i} {paths[i % 4]} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+            for i in range(n)
+        ]
+
+    def lines() -> int:
+        return len(httpx.get(url + "/metrics").text.splitlines())
+
+    assert set(_pipelined(url, requests(400, 0))) == {b"405"}
+    lines()  # /metrics's own label sets, once
+    after_400 = lines()
+    for part in range(4):  # 20,000 more, each method new
+        assert set(_pipelined(url, requests(5000, part + 1))) == {b"405"}
+    assert lines() == after_400  # a fixed number of label sets: "other" for every method
+
+
+def test_a_20_mb_json_body_is_refused_before_it_is_parsed(open_server):
+    url, proc = open_server
+    body = b"[" + b"3e38," * 4_000_000 + b"0]"  # 20 MB of floats
+    head = (
+        "POST /api/recommend HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    before = _rss_kb(proc.pid)
+    sock = _raw(url, head)
+    answer = _response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    chunked = (
+        b"POST /api/recommend HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    sock = _raw(url, chunked)
+    sock.settimeout(0.05)
+    sent, answer = 0, b""
+    while sent < len(body) and not answer:
+        piece = body[sent : sent + 65536]
+        try:
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        try:
+            answer = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            pass
+        except ConnectionResetError:
+            break
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < len(body) // 10  # it stopped reading long before the end
+    assert (_rss_kb(proc.pid) - before) / 1024 < 50  # MB
+    assert httpx.get(url + "/healthz", timeout=1).status_code == 200
+
+
+def test_vectors_whose_length_overflows_are_refused(open_server):
+    url, _ = open_server
+    with httpx.Client(base_url=url) as web:
+        dim = web.get("/api/info").json()["model"]["dim"]
+        for vector in ([3e38] * dim, [0.0] * dim, [1.0] * (dim + 1)):
+            answer = web.post("/api/recommend", json={"vectors": [vector]})
+            assert answer.status_code == 422, answer.text
+            assert "finite" in answer.json()["detail"]
+        good = web.post("/api/recommend", json={"vectors": [[1.0] * dim], "top": 2})
+        assert good.status_code == 200 and len(good.json()["results"]) == 2
+
+
+def test_a_photo_liked_and_not_it_at_once_is_refused(open_server):
+    url, _ = open_server
+    with httpx.Client(base_url=url) as web:
+        answer = _post(web, _jpeg(), top=2, group="none")
+        pid = answer.json()["results"][0]["photo"]["id"]
+        both = web.post("/api/recommend", json={"positive": [pid], "negative": [pid]})
+        assert both.status_code == 422 and "both liked and not it" in both.json()["detail"]
+
+
+def test_head_answers_like_get_without_a_body(open_server):
+    url, _ = open_server
+    with httpx.Client(base_url=url) as web:
+        pid = _post(web, _jpeg(), top=1, group="none").json()["results"][0]["photo"]["id"]
+        for path in ("/healthz", "/api/info", f"/images/{pid}.jpg", "/"):
+            get, head = web.get(path), web.head(path)
+            assert head.status_code == get.status_code == 200, path
+            assert (
+                head.content == b""
+                and head.headers["content-type"] == (get.headers["content-type"])
+            )
+
+
+def test_a_large_header_in_one_write_is_refused(open_server):
+    url, _ = open_server
+    request = f"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {'a' * 65536}\r\n\r\n"
+    sock = _raw(url, request.encode())  # one write: uvicorn's own cap never sees it in pieces
+    answer = _response(sock)
+    sock.close()
+    assert re.match(rb"HTTP/1.1 (431|400)", answer), answer[:200]
+    assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_a_cookie_keyed_request_from_another_origin_is_refused(served):
+    url = served[0]
+    with httpx.Client(base_url=url) as browser:
+        assert browser.post("/auth", json={"key": KEY}).status_code == 204
+        own = url.removeprefix("http://")
+        for headers, status in (
+            ({"Origin": "http://localhost:9999"}, 403),  # another localhost port
+            ({"Sec-Fetch-Site": "cross-site"}, 403),
+            ({"Sec-Fetch-Site": "same-site"}, 403),
+            ({"Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}, 200),
+            ({}, 200),  # no browser headers: not a page's request
+        ):
+            answer = browser.post(
+                "/api/search", files={"file": ("q.jpg", _jpeg())}, data={"top": 2}, headers=headers
+            )
+            assert answer.status_code == status, (headers, answer.text)
+        assert (
+            browser.get("/api/info", headers={"Origin": "http://evil.example"}).status_code == 200
+        )
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as program:
+        answer = program.post(
+            "/api/recommend", json={"vectors": [[1.0] * 8]}, headers={"Origin": "http://x.example"}
+        )
+        assert answer.status_code != 403  # the Bearer key is no cookie a page can borrow
