@@ -140,7 +140,8 @@ class BodyLimit:
     that has not fully arrived within `timeout` seconds gets 408. The budget of an upload path
     is the photo cap plus FORM_SLACK; of every other request JSON_BYTES, about twice what the
     largest valid JSON body needs (100 point ids and 4 vectors of 512 floats, ~60 kB), so
-    that no parser is handed megabytes of numbers. `counted(n)` is told the bytes read, for the metrics."""
+    that no parser is handed megabytes of numbers. `counted(n)` is told the bytes read, for
+    the metrics."""
 
     FORM_SLACK = 65536  # the form's other fields and the multipart framing
     JSON_BYTES = 131_072

@@ -39,8 +39,8 @@ from search.web.models import (
 )
 from search.web.photos import MEDIA_TYPES
 
-TOP = "Results (garments or photos)."
-OFFSET = "Results already shown: the page after them."
+TOP = "Results (garments or photos); top + offset is at most 1000."
+OFFSET = "Results already shown: the page after them; top + offset is at most 1000."
 STATIC = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 pages = APIRouter()
@@ -136,8 +136,11 @@ def facets(service: ServiceDep) -> FacetsOut:
     return FacetsOut(**service.facets())
 
 
-def _filter_type(field: schema.PayloadField):
-    return schema.CHOICES.get(field.name, str) | None
+def _filter_type(field: schema.PayloadField, nullable: bool = False):
+    """A filter's type: its choices or text; a form field or URL parameter is left out for no
+    filter (a JSON body may also send null)."""
+    kind = schema.CHOICES.get(field.name, str)
+    return kind | None if nullable else kind
 
 
 def _filter_rules(field: schema.PayloadField) -> dict:
@@ -207,7 +210,13 @@ def search(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or BMP.")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="The photo: JPEG, PNG, WebP or BMP, not empty.",
+            json_schema_extra={"minLength": 1},
+        ),
+    ],
     query: FormQuery,
     bbox: Annotated[
         str | None,
@@ -246,17 +255,30 @@ def similar(
 
 
 PointId = Annotated[str, Field(max_length=36)]
+MAX_DIM = 4096  # the longest vector a body may carry (a collection's own size is checked)
 
 
 class Examples(BaseModel):
-    """More like these, not like those."""
+    """More like these, not like those: at least one liked photo or vector."""
+
+    model_config = {
+        "json_schema_extra": {
+            "anyOf": [
+                {"required": ["positive"], "properties": {"positive": {"minItems": 1}}},
+                {"required": ["vectors"], "properties": {"vectors": {"minItems": 1}}},
+            ]
+        }
+    }
 
     positive: list[PointId] = Field([], max_length=MAX_EXAMPLES, description="Liked photos.")
     negative: list[PointId] = Field(
         [], max_length=MAX_EXAMPLES, description="Photos that are not it: their garments go."
     )
-    vectors: list[list[float]] = Field(
-        [], max_length=4, description="Query vectors to like too: an upload's query_vector."
+    vectors: list[Annotated[list[float], Field(max_length=MAX_DIM)]] = Field(
+        [],
+        max_length=4,
+        description="Query vectors to like too: an upload's query_vector (the collection's "
+        "size, finite, not all zero).",
     )
     top: int = Field(20, ge=1, le=MAX_TOP, description=TOP)
     offset: int = Field(0, ge=0, le=MAX_TOP, description=OFFSET)
@@ -266,7 +288,10 @@ class Examples(BaseModel):
 RecommendIn = create_model(
     "RecommendIn",
     __base__=Examples,
-    **{f.name: (_filter_type(f), Field(None, **_filter_rules(f))) for f in schema.FILTER_FIELDS},
+    **{
+        f.name: (_filter_type(f, nullable=True), Field(None, **_filter_rules(f)))
+        for f in schema.FILTER_FIELDS
+    },
 )
 
 

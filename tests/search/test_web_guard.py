@@ -560,3 +560,24 @@ def test_a_cookie_keyed_request_from_another_origin_is_refused(served):
             "/api/recommend", json={"vectors": [[1.0] * 8]}, headers={"Origin": "http://x.example"}
         )
         assert answer.status_code != 403  # the Bearer key is no cookie a page can borrow
+
+
+def test_the_api_is_what_its_openapi_description_says(open_server):
+    """Schemathesis, every check on, against the live server's /openapi.json: statuses,
+    error bodies, content types and bounds as documented (a bounded budget: 50 examples an
+    operation, a fixed seed). tests/search/schemathesis.toml names the rules JSON Schema
+    cannot state."""
+    import subprocess
+    import sys
+
+    url, _ = open_server
+    st = Path(sys.executable).parent / "st"
+    config = Path(__file__).with_name("schemathesis.toml")
+    run = subprocess.run(
+        [st, "--config-file", config, "run", f"{url}/openapi.json", "--checks", "all",
+         "--max-examples", "50", "--seed", "1", "--no-color"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert generated and generated.group(1) == generated.group(2) and int(generated.group(1)) > 100
