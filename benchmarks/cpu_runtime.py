@@ -198,7 +198,10 @@ def main() -> None:
     parser.add_argument("--weights", help="a trained checkpoint for the int8 recall check")
     args = parser.parse_args()
     import onnxruntime  # noqa: F401  (fails early, naming the extra, when missing)
-    import openvino
+
+    from embedder.runtime import import_openvino
+
+    openvino = import_openvino()
 
     print(f"CPU: {cpu_name()}; OpenVINO {openvino.__version__}")
     print(

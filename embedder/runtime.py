@@ -34,6 +34,19 @@ class ExportError(UserError, RuntimeError):
     """An exported or int8 model that cannot be used (refused with the figures)."""
 
 
+def import_openvino():
+    """OpenVINO with its telemetry package kept out of the process: OpenVINO's converter and
+    NNCF fall back to their own no-op stubs when `openvino_telemetry` cannot be imported, so
+    nothing is sent anywhere and nothing is written under $HOME/intel. (Imported first thing
+    wherever this project runs OpenVINO, child processes included.)"""
+    import sys
+
+    sys.modules.setdefault("openvino_telemetry", None)  # `import` now raises ImportError
+    import openvino
+
+    return openvino
+
+
 def cache_dir() -> Path:
     """Where models are kept for fast starts: traced copies and exported models
     (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced)."""
@@ -90,8 +103,7 @@ def writable_dir() -> Path:
 
 
 def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Path:
-    import openvino
-
+    openvino = import_openvino()
     key = f"{spec.to_json()}|openvino {openvino.__version__}|{'int8' if int8 else 'fp32'}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     name = f"{spec.backbone}-{digest}-{'int8' if int8 else 'fp32'}.xml"
@@ -124,9 +136,9 @@ def with_normalisation(model):
 def export(model, path: Path) -> Path:
     """Write `model` (an EmbeddingNet) as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW
     pixels of any batch size."""
-    import openvino as ov
     import torch
 
+    ov = import_openvino()
     spec: ModelSpec = model.spec
     size = spec.img_size
     example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
@@ -140,7 +152,7 @@ def export(model, path: Path) -> Path:
 
 def _save(model, path: Path, info: dict) -> Path:
     """Save an OpenVINO model atomically (the .xml last: its presence means complete)."""
-    import openvino as ov
+    ov = import_openvino()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}-{path.name}")
@@ -208,8 +220,7 @@ class ExportedEncoder:
         throughput: bool = False,
         int8: bool = False,
     ):
-        import openvino as ov
-
+        ov = import_openvino()
         with signal_stack_kept():
             self._compile(ov, path, precision, throughput)
         self.spec, self.device, self.dtype, self.int8 = spec, "cpu", None, int8
@@ -379,8 +390,8 @@ def _in_child(function, *args):
 
 def _nncf_quantize(fp32: str, calibrate: np.ndarray, out: str, spec_json: str) -> None:
     """NNCF's post-training quantisation of the fp32 model (in a child process)."""
+    ov = import_openvino()  # before nncf: no telemetry in the child either
     import nncf
-    import openvino as ov
 
     model = ov.Core().read_model(fp32)
     data = nncf.Dataset(list(calibrate), lambda photo: photo[None])

@@ -107,3 +107,68 @@ def test_a_search_never_imports_torch_once_the_model_is_exported(
     assert [r["id"] for r in found][:3] == [
         r["id"] for r in json.loads(torch_run.stdout)[0]["results"]
     ][:3]
+
+
+NETWORK_AUDIT = r"""
+import json, socket, sys
+
+reached = []
+
+
+def audit(event, args):  # every name looked up and every internet address connected to
+    if event == "socket.getaddrinfo":
+        reached.append(f"lookup {args[0]}")
+    elif event == "socket.connect" and isinstance(args[1], tuple):
+        reached.append(f"connect {args[1][0]}")
+
+
+sys.addaudithook(audit)
+command, argv = sys.argv[1], sys.argv[2:]
+try:
+    if command == "ingest":
+        from ingest.cli import app
+
+        app(argv, standalone_mode=False)
+    else:
+        from search.cli import app
+
+        app(argv, standalone_mode=False)
+finally:
+    print("REACHED " + json.dumps(reached))
+"""
+
+
+def test_no_default_command_phones_home(sample_root, tmp_path, tiny_args):
+    """OpenVINO's telemetry is kept out: a first `ingest run` (which exports the model) and a
+    `search` on the default runtime look up no name and connect to no address, and write
+    nothing under $HOME (the embedded store; no Qdrant server to reach)."""
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "FASHION_RETRIEVAL_CACHE": str(cache)}
+    db = str(tmp_path / "db")
+    query = str(next(sample_root.rglob("comsumer_01.jpg")))
+    for command, args in (
+        ("ingest", ["run", "--root", str(sample_root), "--store", db, "--workers", "0",
+                    "--no-progress", *tiny_args]),
+        ("search", [query, "--top", "3", "--store", db]),
+    ):  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", NETWORK_AUDIT, command, *args],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        reached = json.loads(run.stdout.rsplit("REACHED ", 1)[1])
+        assert reached == [], (command, reached)
+    assert list(home.iterdir()) == []  # no $HOME/intel/openvino_ga_cid
+
+
+def test_the_audit_sees_a_connection(tmp_path):
+    """The check above can fail: a lookup made by the command is seen."""
+    script = NETWORK_AUDIT.replace(
+        "command, argv = sys.argv[1], sys.argv[2:]",
+        "socket.getaddrinfo('localhost', 80)\ncommand, argv = sys.argv[1], sys.argv[2:]",
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, "search", "--help"], capture_output=True, text=True
+    )
+    assert "lookup localhost" in run.stdout.rsplit("REACHED ", 1)[1]
