@@ -383,16 +383,16 @@ class Store(ABC):
         the backend's one-line StoreError (`_failure`), or goes on as it is."""
         try:
             return fn(*args, **kwargs)
-        except StoreError:
+        except (StoreError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # an engine's Rust panic is a BaseException
             failure = self._failure(what, exc)
             if failure is exc:
                 raise
             raise failure from None
 
     @abstractmethod
-    def _failure(self, what: str, exc: Exception) -> Exception:
+    def _failure(self, what: str, exc: BaseException) -> BaseException:
         """The error to raise for `exc`, met while trying to `what` (`exc` itself: unchanged)."""
 
     def __enter__(self) -> Store:

@@ -44,6 +44,8 @@ SHARD_BYTES = 200_000_000  # a new shard's memory-mapped files (WAL, storages), 
 POINT_BYTES = 2048  # per point besides its vector: payload, indexes, WAL
 INDEX_MARKER = "index.complete"  # written after the HNSW build; removed by the next write
 SIDECARS = "sidecars"  # files derived from the points (see Store.sidecar); removed by writes
+SEGMENT_FILES = ("version.info", "segment.json", "mutable_id_tracker.mappings",
+                 "mutable_id_tracker.versions")  # fmt: skip
 LOCK_WAIT = 5.0  # seconds to wait for a lock left by a process that has just exited
 
 
@@ -95,7 +97,7 @@ class EdgeStore(Store):
         with self._engine:  # the web app's request threads share one open store
             return super()._call(what, fn, *args, **kwargs)
 
-    def _failure(self, what: str, exc: Exception) -> StoreError:
+    def _failure(self, what: str, exc: BaseException) -> StoreError:
         """Anything the engine raises means a damaged or unreadable shard."""
         return StoreError(
             f"{self.describe()} collection {self.collection!r} in {str(self.folder)!r} is "
@@ -153,6 +155,8 @@ class EdgeStore(Store):
                 self.require_metadata()
             self._acquire()
             shard = str(self.folder / "shard")
+            recorded = self._recorded()
+            self._check_files(recorded)
             if self.read_only and not os.access(shard, os.W_OK):
                 # the engine memory-maps its files for writing: read a temporary copy
                 log.warning("%s is read-only: searching a temporary copy of it", self.describe())
@@ -160,7 +164,53 @@ class EdgeStore(Store):
                 _sparse_copy(Path(shard), Path(self._copy) / "shard")
                 shard = str(Path(self._copy) / "shard")
             self._shard = self._call("load the shard", qe.EdgeShard.load, shard)
+            self._check_count(recorded)
         return self._shard
+
+    # wholeness: what finish() recorded, checked on every open ---------------------------------
+    def _recorded(self) -> dict | None:
+        """What the last finish() recorded (points, the shard's segment files), or None: the
+        collection was written since, or finished before such records were kept."""
+        try:
+            recorded = json.loads((self.folder / INDEX_MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded if isinstance(recorded, dict) and "points" in recorded else None
+
+    def _segment_files(self) -> list[str]:
+        """The files a finished segment cannot lose: its version and config, its id tracker
+        and its vector storage (the engine itself removes journals and the like on load)."""
+        shard = self.folder / "shard"
+        return sorted(
+            str(p.relative_to(shard))
+            for p in (shard / "segments").rglob("*")
+            if p.is_file()
+            and (p.name in SEGMENT_FILES or "vector_storage" in p.relative_to(shard).parts)
+        )
+
+    def _check_files(self, recorded: dict | None) -> None:
+        """Every segment file the finished collection had is still there (a deleted id tracker,
+        status or version file would otherwise leave the engine answering from part of it)."""
+        if recorded is None:
+            return
+        shard = self.folder / "shard"
+        missing = [name for name in recorded.get("files", []) if not (shard / name).is_file()]
+        if missing:
+            raise self._failure(
+                "open it",
+                FileNotFoundError(f"{len(missing)} of its files are missing: {missing[0]}"),
+            )
+
+    def _check_count(self, recorded: dict | None) -> None:
+        """The engine sees as many points as the finished collection recorded."""
+        if recorded is None:
+            return
+        seen = self._call("count points", self._shard.count, qe.CountRequest(exact=True))
+        if seen != recorded["points"]:
+            raise self._failure(
+                "open it",
+                ValueError(f"it holds {seen} of the {recorded['points']} points it recorded"),
+            )
 
     def exists(self) -> bool:
         return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()
@@ -279,7 +329,11 @@ class EdgeStore(Store):
         shard = self._open()
         self._call("build the index", shard.optimize)
         self._call("flush", shard.flush)
-        (self.folder / INDEX_MARKER).write_text("hnsw built\n")
+        points = self._call("count points", shard.count, qe.CountRequest(exact=True))
+        record = {"points": points, "files": self._segment_files()}
+        tmp = self.folder / (INDEX_MARKER + ".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.folder / INDEX_MARKER)  # the index built, and what it holds
 
     def flush(self) -> None:
         if self._shard is not None:

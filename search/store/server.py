@@ -77,7 +77,7 @@ class ServerStore(Store):
     def describe(self) -> str:
         return f"Qdrant at {self.url}"
 
-    def _failure(self, what: str, exc: Exception) -> Exception:
+    def _failure(self, what: str, exc: BaseException) -> BaseException:
         """Connection and auth failures and the server's error answers as one line; a busy or
         unreachable server is StoreUnavailable (worth another try)."""
         if isinstance(exc, UnexpectedResponse):

@@ -95,3 +95,42 @@ def test_a_locked_store_is_a_one_line_error(db):
             [BIN / "ingest", "info", "--store", str(db)], capture_output=True, text=True
         )
     assert locked.returncode == 2 and "in use by another process" in locked.stderr
+
+
+DAMAGE = [  # (file below a segment, what happens to it): each silently wrong before
+    ("mutable_id_tracker.mappings", "truncate"),
+    ("mutable_id_tracker.mappings", "delete"),
+    ("mutable_id_tracker.versions", "truncate"),
+    ("vector_storage/vectors/status.dat", "delete"),
+    ("vector_storage/vectors/status.dat", "truncate"),  # a Rust panic in the engine
+    ("version.info", "delete"),
+    ("vector_storage/vectors/chunk_0.mmap", "delete"),
+]
+
+
+@pytest.mark.parametrize(("name", "how"), DAMAGE)
+def test_a_store_that_is_not_whole_says_so_and_is_rebuilt_whole(
+    db, sample_root, name, how, one_line_error, search_cli, query_photo, ingest_tiny, tmp_path
+):
+    clean = tmp_path / "clean"
+    shutil.copytree(db, clean)
+    damaged = _segment_file(db, name)
+    if how == "truncate":
+        with open(damaged, "r+b") as fh:
+            fh.truncate(3)
+    else:
+        damaged.unlink()
+    one_line_error(search_cli(db, query_photo), "damaged", "--recreate")
+    one_line_error(runner.invoke(ingest_app, ["info", "--store", str(db), "--check"]), "damaged")
+    one_line_error(ingest_tiny(sample_root, str(db)), "damaged", "--recreate")  # never "present"
+    rebuilt = ingest_tiny(sample_root, str(db), "--recreate")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    with open_store(store_dir=str(db)) as fixed, open_store(store_dir=str(clean)) as good:
+        assert fixed.count() == good.count() > 0
+        from search.store import SearchParams, search
+
+        probe = next(good.scroll(4)).vectors
+        exact = SearchParams(exact=True)
+        assert [[h.id for h in hits] for hits in search(fixed, probe, 10, params=exact)] == [
+            [h.id for h in hits] for hits in search(good, probe, 10, params=exact)
+        ]
