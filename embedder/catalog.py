@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import pandas as pd
@@ -100,6 +101,7 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
     mtimes: list[int] = []
     where: list[int] = []
     folders: list[str] = []
+    skipped: list[tuple[str, str]] = []  # (path as shown, why): named like photos, not photos
     stack = [(top, "")]
     while stack:
         path, rel = stack.pop()
@@ -120,13 +122,21 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
             dot = name.rfind(".")
             if dot <= 0 or name[dot:].lower() not in IMAGE_SUFFIXES or name.startswith("._"):
                 continue  # not an image, or AppleDouble metadata beside a copied photo
+            text = folder_prefix + name
+            if not text.isascii() and (why := _unusable_name(text)):
+                skipped.append((_shown(text), why))
+                continue
             try:
                 stat = entry.stat()
-                sizes.append(stat.st_size)
-                mtimes.append(stat.st_mtime_ns)
             except OSError:  # a broken symlink: kept, so ingest reports it as a failure
                 sizes.append(-1)
                 mtimes.append(0)
+            else:
+                if not S_ISREG(stat.st_mode):  # a FIFO would hang every reader that opens it
+                    skipped.append((text, "not a regular file (a FIFO, socket or device)"))
+                    continue
+                sizes.append(stat.st_size)
+                mtimes.append(stat.st_mtime_ns)
             start = name[:8].lower()
             sources.append(
                 "consumer"
@@ -144,7 +154,23 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
         "mtime": mtimes,
         "folder": where,
         "folders": folders,
+        "skipped": skipped,
     }
+
+
+def _unusable_name(path: str) -> str | None:
+    """Why a path cannot be a photo's name (its bytes are not UTF-8: no point id, payload or
+    report can hold it), or None."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    return None
+
+
+def _shown(path: str) -> str:
+    """A path as a report shows it: bytes that are not UTF-8 escaped (\\xNN)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _labels(folders: list[str]) -> tuple[str, str, str]:
@@ -241,11 +267,15 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     Columns: path (relative to the dataset folder, "img/..." for DeepFashion), category,
     subcategory, item_id, source (consumer/shop/unknown), split (train/val/test/unknown),
     bbox x1..y2 (nullable), size and mtime (for change detection). Anno/ and Eval/ are optional.
+    Files named like photos that cannot be (not regular files, names that are not UTF-8) are
+    left out and listed in `table.attrs["skipped"]` as (path, reason).
     The walk costs one scandir per folder and one stat per file; labels are worked out once per
     folder, and the list files are joined to the table in pandas.
     """
     where = root if isinstance(root, DatasetRoot) else locate(root)
     found = _walk(str(where.images), where.prefix)
+    if found["skipped"]:
+        log.warning("%d file(s) named like photos are not photos", len(found["skipped"]))
     if not found["path"]:
         raise CatalogError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {where.images}")
     folders = [_labels(f.split("/")[:-1]) for f in found["folders"]]
@@ -277,6 +307,7 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
         if len(unlisted):
             log.info("%d item folders are not in %s", len(unlisted), where.lists / ITEM_FILE)
     log.info("catalog: %d images under %s", len(table), where.images)
+    table.attrs["skipped"] = found["skipped"]  # (path, why): for the run's failure report
     return table
 
 

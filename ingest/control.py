@@ -120,7 +120,6 @@ class Embedding:
     runtime: str = ""
     wall: float | None = None
 
-
 @dataclass(frozen=True)
 class IngestSettings:
     """How to run an ingest; batch size and readers left None take the model's device's

@@ -43,6 +43,7 @@ class Work:
     shard: tuple[int, int] | None = None
     limit: int | None = None
     seconds: float = 0.0  # reading the catalog: the walk, the labels, the ids
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) not photos
 
 
 @dataclass
@@ -176,12 +177,13 @@ def read_work(
     started = time.perf_counter()
     where = locate(root)
     catalog = read_catalog(where)
+    skipped = list(catalog.attrs.get("skipped", []))
     catalog["id"] = pd.array(point_ids(catalog["path"].tolist()), dtype=TEXT)
     if shard is not None:
         catalog = catalog[shard_mask(catalog["id"], shard)].reset_index(drop=True)
     if limit is not None:
         catalog = catalog.head(limit)
-    return Work(where.base, catalog, shard, limit, time.perf_counter() - started)
+    return Work(where.base, catalog, shard, limit, time.perf_counter() - started, skipped)
 
 
 def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Plan:

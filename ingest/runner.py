@@ -151,14 +151,15 @@ def run_ingest(
         seconds["index"] = time.perf_counter() - t0
     if not settings.image_base:  # the next plan reads this instead of every stored payload
         keep_state(store, plan.state_after({p for p, _ in done.failures}, settings.prune))
-    report = _write_report(done.failures, Path(settings.report)) if done.failures else None
+    failures = [*work.skipped, *done.failures]  # named like photos but not photos, first
+    report = _write_report(failures, Path(settings.report)) if failures else None
     return Summary(
         seen=len(plan.catalog),
         embedded=done.embedded,
         present=plan.present,
         changed=plan.changed,
         pruned=pruned,
-        failures=done.failures,
+        failures=failures,
         seconds=seconds,
         total_seconds=work.seconds + time.perf_counter() - started,
         report=report,

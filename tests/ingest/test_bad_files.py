@@ -157,3 +157,32 @@ def test_odd_annotation_lines_and_boxes_are_survived(dataset, tmp_path, ingest_t
         ],
     )
     assert huge.exit_code == 0, huge.output
+
+
+def test_a_fifo_and_a_name_that_is_not_utf8_are_reported_not_hung_on(dataset, tmp_path, tiny_args):
+    """A FIFO named like a photo would block every reader that opens it, and a name whose
+    bytes are not UTF-8 has no point id: both are failures in the report (the name shown
+    escaped), every other photo is stored, and a rerun ends the same way."""
+    import subprocess
+
+    folder = dataset / "img" / "TOPS" / "Odd" / "id_99999998"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "shop_99.jpg")
+    Image.new("RGB", (40, 60), "red").save(os.fsdecode(bytes(folder) + b"/shop_\xff\xfe.jpg"))
+    report = tmp_path / "failures.csv"
+    args = [BIN / "ingest", "run", "--root", dataset, "--store", tmp_path / "db", "--workers",
+            "0", "--no-progress", "--report", report, *tiny_args]  # fmt: skip
+    photos = len(read_catalog(dataset))
+    for attempt in range(2):
+        run = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "failed 2" in run.stdout and "Traceback" not in run.stderr
+        with open(report) as fh:
+            rows = {r["path"]: r["reason"] for r in csv.DictReader(fh)}
+        assert rows == {
+            "img/TOPS/Odd/id_99999998/shop_99.jpg": "not a regular file (a FIFO, socket or device)",
+            "img/TOPS/Odd/id_99999998/shop_\\xff\\xfe.jpg": "its name is not valid UTF-8",
+        }
+        with open_store(store_dir=str(tmp_path / "db")) as store:
+            assert store.count() == photos  # every photo that is one
+        assert f"embedded {photos if attempt == 0 else 0}" in run.stdout
