@@ -1,5 +1,6 @@
 """`python -m embedder …` (the way torchrun starts `embedder train` in each process)."""
 
 from embedder.cli import app
+from embedder.commands import run_app
 
-app(prog_name="embedder")
+run_app(app, prog_name="embedder")

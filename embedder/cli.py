@@ -18,6 +18,7 @@ from embedder.commands import (
     Verbose,
     clean_errors,
     echo,
+    run_app,
     setup_logging,
 )
 
@@ -314,3 +315,8 @@ def info(weights: Annotated[Path, typer.Argument(help="A .safetensors checkpoint
                 echo(f"{key}: {value}")
         for key, value in extra.items():
             echo(f"{key}: {value}")
+
+
+def console() -> None:
+    """Console script `embedder`: usage errors as one line (embedder.commands.run_app)."""
+    run_app(app)

@@ -187,3 +187,46 @@ recipe_options = option_set(
     calibration=(Calibration, None),
     compile=(Compile, False),
 )
+
+
+PLAIN = (  # click's and pydantic's wording → a user's
+    (r"Invalid value for '([^']+)'(?: / '[^']+')?: ", r"\1: "),
+    (r"Input should be greater than or equal to (\S+)", r"must be at least \1"),
+    (r"Input should be less than or equal to (\S+)", r"must be at most \1"),
+    (r"Input should be greater than (\S+)", r"must be more than \1"),
+    (r"Input should be a valid integer.*", "must be a whole number"),
+    (r"Input should be a valid number.*", "must be a number"),
+    (r"Value error, ", ""),
+)
+
+
+def plain_usage(message: str) -> str:
+    """A usage error in one plain line: the option, then what is wrong with it."""
+    import re
+
+    for pattern, replacement in PLAIN:
+        message = re.sub(pattern, replacement, message)
+    return " ".join(message.split())
+
+
+def run_app(app, args: list[str] | None = None, prog_name: str | None = None):
+    """A typer app as a console script: a usage error (a bad value, a missing option) is one
+    line `error: …` and exit 2, as every other error is, instead of click's box."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(args, prog_name=prog_name, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `ingest` alone: its help, as click would show it
+        exc.show()
+        sys.exit(0)
+    except UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        typer.echo(f"error: {plain_usage(exc.format_message())}{hint}", err=True)
+        sys.exit(2)
+    except ClickException as exc:
+        typer.echo(f"error: {plain_usage(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

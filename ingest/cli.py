@@ -14,6 +14,7 @@ from embedder.commands import (
     echo,
     option_set,
     recipe_options,
+    run_app,
     setup_logging,
 )
 from ingest.control import Engine
@@ -315,3 +316,8 @@ def info(
                 f"check: ok, {checked['points']} points read, vectors finite and unit length, "
                 f"payloads complete, index {index}"
             )
+
+
+def console() -> None:
+    """Console script `ingest`: usage errors as one line (embedder.commands.run_app)."""
+    run_app(app)

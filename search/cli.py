@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from embedder.commands import Ks, Verbose, clean_errors, echo, run_options, setup_logging
+from embedder.commands import (
+    Ks,
+    Verbose,
+    clean_errors,
+    echo,
+    run_app,
+    run_options,
+    setup_logging,
+)
 from search.options import StoreOptions, filter_options, store_options
 from search.service import MAX_TOP, Grouping
 
@@ -289,6 +297,6 @@ def main() -> None:
     """Console script: `search serve ...` runs the web app, `search evaluate ...` scores a
     collection, anything else is a search."""
     if (sub := SUBCOMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")) is not None:
-        sub(sys.argv[2:], prog_name=f"search {sys.argv[1]}")
+        run_app(sub, sys.argv[2:], prog_name=f"search {sys.argv[1]}")
     else:
-        app()
+        run_app(app)

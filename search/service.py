@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -166,12 +166,20 @@ def canonical_id(text: str) -> str:
     return text
 
 
-def check_filters(store: Store, filters: Filters) -> None:
-    """An unknown filter value is an error that lists the known ones, not an empty answer."""
+def check_filters(store: Store, filters: Filters) -> dict[str, str]:
+    """The filters as the collection spells its values (`tops` is TOPS, when only one stored
+    value matches regardless of case); an unknown value is an error that lists the known ones,
+    not an empty answer."""
+    spelled = {}
     for key, value in filters.items():
         known = store.facet(key)
         if value not in known:
-            raise UnknownValue(key, value, list(known))
+            alike = [k for k in known if k.casefold() == str(value).casefold()]
+            if len(alike) != 1:
+                raise UnknownValue(key, value, list(known))
+            value = alike[0]
+        spelled[key] = value
+    return spelled
 
 
 def dataset_points(
@@ -204,6 +212,8 @@ def check_query_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise BadImage(f"query {str(path)!r} is a folder, not an image file")
+    if path.exists() and not path.is_file():  # reading a FIFO or /dev/zero would never end
+        raise BadImage(f"query {str(path)!r} is not a regular file (a FIFO, device or socket)")
     if not path.is_file():
         raise FileNotFoundError(f"query image {str(path)!r} not found")
     if path.suffix.lower() not in QUERY_SUFFIXES:
@@ -333,8 +343,9 @@ class SearchService:
         return self._check_vectors(self._model()(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
-    def check(self, query: Query) -> None:
-        check_filters(self.store, query.filters)
+    def check(self, query: Query) -> Query:
+        """The query with its filter values as the collection spells them (see check_filters)."""
+        return replace(query, filters=check_filters(self.store, query.filters))
 
     def _answer(self, vectors: np.ndarray, query: Query, exclude: Sequence[str] = ()):
         return answer_vectors(self.store, vectors, query, exclude)
@@ -349,7 +360,7 @@ class SearchService:
         annotated box of dataset photos, else the whole photo. Everything is checked (files,
         filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
-        self.check(query)
+        query = self.check(query)
         known = dataset_points(self.store, paths, self.dataset)
         seconds: dict[str, float] = {}
         with timed(seconds, "model"):
@@ -381,7 +392,7 @@ class SearchService:
         return self.search_files(photos, query, [bbox] * len(photos) if bbox else None)
 
     def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
-        self.check(query)
+        query = self.check(query)
         seconds: dict[str, float] = {}
         with timed(seconds, "model"):
             vector = self.embed_upload(data, bbox)
@@ -414,7 +425,7 @@ class SearchService:
 
     def similar(self, point: str, query: Query) -> Answer:
         """ "More like this" for a stored photo: its own vector as the query, itself left out."""
-        self.check(query)
+        query = self.check(query)
         stored = self.point(point)
         seconds = {"model": 0.0}
         with timed(seconds, "store"):
@@ -441,7 +452,7 @@ class SearchService:
             raise ValueError(f"give at most {MAX_EXAMPLES} photos to look like and unlike")
         if set(positive) & set(negative):
             raise ValueError("a photo cannot be both liked and not it: give it in one list")
-        self.check(query)
+        query = self.check(query)
         seconds = {"model": 0.0}
         with timed(seconds, "store"):
             liked, disliked = self._stored(positive), self._stored(negative)

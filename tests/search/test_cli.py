@@ -199,3 +199,39 @@ def test_serve_that_cannot_start_says_why_in_one_line(tmp_path, ingested, live_s
     db, _ = ingested
     with live_server("--store", str(db)) as (_url, proc):
         one_line(started("--store", str(db)), f"in use by another process (pid {proc.pid})")
+
+
+def test_usage_errors_are_one_plain_line(ingested, query_photo, tmp_path):
+    """Through the console scripts: a bad value or a missing option is one `error:` line
+    in the user's words, exit 2 (not click's box, not pydantic's wording)."""
+    import subprocess
+
+    db, _ = ingested
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    for argv, words in (
+        (["search", query_photo, "--top", "0", "--store", db], "--top: must be at least 1"),
+        (["search", query_photo, "--top", "x", "--store", db], "--top: must be a whole number"),
+        (["search", query_photo, "--source", "foo", "--store", db], "'foo' is not one of"),
+        (["ingest", "run"], "Missing option '--root'"),
+        (["search", "serve", "--port", "-1"], "--port: must be at least 0"),
+        (["search", "/dev/null", "--store", db], "is not a regular file"),
+        (["search", str(tmp_path / "fifo.jpg"), "--store", db], "is not a regular file"),
+        (["search", str(tmp_path / "zero.jpg"), "--store", db], "is not a regular file"),
+    ):
+        run = subprocess.run(
+            [Path(sys.executable).parent / argv[0], *map(str, argv[1:])],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = (run.stdout + run.stderr).strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, (argv, run.stdout + run.stderr)
+        assert lines[0].startswith("error: ") and words in lines[0], (argv, lines[0])
+        assert "Input should" not in lines[0] and "Value error" not in lines[0]
+
+
+def test_a_filter_value_in_another_case_is_the_collections_own(ingested, query_photo):
+    db, _ = ingested
+    lower = runner.invoke(search_app, [query_photo, "--category", "tops", "--json", "--store", db])
+    assert lower.exit_code == 0, lower.output
+    results = json.loads(lower.stdout)[0]["results"]
+    assert results and {r["category"] for r in results} == {"TOPS"}
