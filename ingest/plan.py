@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from embedder.catalog import BOX, TEXT, bbox_of, locate, read_catalog
+from embedder.errors import describe_failure
 from search.store import Store, point_ids, schema
 from search.store.schema import CHANGE, LABELS
 
@@ -138,7 +139,9 @@ def _kept_state(store: Store) -> pd.DataFrame | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, sizes, mtimes = data["ids"], data["size"], data["mtime"]
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception as exc:  # truncated or garbled (BadZipFile, ValueError, ...): rebuilt
+        log.warning("discarding the damaged ingest state %s (%s)", path, describe_failure(exc))
+        path.unlink(missing_ok=True)
         return None
     if not len(ids) == len(sizes) == len(mtimes) == store.count():
         return None

@@ -100,3 +100,22 @@ def test_the_state_kept_beside_the_store_is_used_only_while_it_holds(
         np.savez(kept.with_name("x.npz"), ids=np.array([b"x"]), size=[1], mtime=[1])
         kept.with_name("x.npz").replace(kept)  # another count than the store's: ignored
         assert len(stored_state(store, ["size", "mtime"])) == len(from_file)
+
+
+def test_a_truncated_state_beside_the_store_is_discarded_and_rebuilt(
+    dataset, tmp_path, ingest_tiny
+):
+    """Truncated mid-write (a full disk, a kill), the kept state is a zip that cannot be read:
+    the next runs plan from the store, then keep a good one again."""
+    from ingest.plan import STATE
+
+    db = tmp_path / "db"
+    assert ingest_tiny(dataset, db).exit_code == 0
+    kept = next(db.rglob(STATE))
+    kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])
+    for _ in range(2):
+        again = ingest_tiny(dataset, db)
+        assert again.exit_code == 0, again.output
+        assert "embedded 0 (0 changed)" in again.output and "Traceback" not in again.output
+    with np.load(kept) as data:  # whole again
+        assert len(data["ids"]) == len(read_work(dataset).catalog)
