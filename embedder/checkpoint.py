@@ -36,6 +36,57 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+def file_digest(path: str | Path) -> str:
+    """weights_digest of a checkpoint file's tensors as they are on disk, read with NumPy (no
+    torch); kept in the model cache by the file's path, size and mtime, so that a start reads
+    the tensors once per version of the file."""
+    import numpy as np
+
+    from embedder.runtime import cache_dir
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    known = cache_dir() / "digests" / f"{key}.txt"
+    if known.is_file():
+        return known.read_text().strip()
+    h = hashlib.sha256()
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            for name in sorted(fh.keys()):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(fh.get_tensor(name)).reshape(-1).view(np.uint8))
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise WeightsError(
+            f"weights file {str(path)!r} cannot be read: {first_line(exc)}"
+        ) from None
+    digest = "sha256:" + h.hexdigest()[:32]
+    try:
+        known.parent.mkdir(parents=True, exist_ok=True)
+        known.write_text(digest)
+    except OSError:
+        pass  # a read-only cache: read the tensors again next time
+    return digest
+
+
+def read_verified(path: str | Path) -> tuple[ModelSpec, dict]:
+    """read_metadata, with the recorded identity checked against the tensors themselves: a
+    file whose tensors changed but whose metadata did not is refused, not taken for the model
+    it says it is (nor its cached exports)."""
+    spec, info = read_metadata(path)
+    check_identity(path, spec, file_digest(path))
+    return spec, info
+
+
+def check_identity(path: str | Path, spec: ModelSpec, actual: str) -> None:
+    """The one rule: a checkpoint's tensors are the identity its metadata records."""
+    if actual != spec.weights:
+        raise WeightsError(
+            f"weights file {str(path)!r} says it holds {spec.weights} but its tensors are "
+            f"{actual}: it was changed after `embedder train` wrote it; use the original"
+        )
+
+
 def save_checkpoint(model: torch.nn.Module, path: str | Path, **info) -> ModelSpec:
     """Write the model's parameters and spec (plus `info`: epoch, metrics, ...) to `path`."""
     from safetensors.torch import save_file

@@ -236,9 +236,22 @@ def embed_batches(
             if batch.pixels is not None
             else np.zeros((0, encoder.spec.out_dim), np.float32)
         )
-        yield Embedded(
-            batch.index, vectors, batch.failed, t1 - t0, time.perf_counter() - t2, t2 - t1
-        )
+        good = usable(vectors)
+        index, failed = batch.index, batch.failed
+        if not good.all():  # a damaged model's vector is a failure of that photo, never a point
+            failed = failed + [(i, NOT_FINITE) for i, ok in zip(index, good, strict=True) if not ok]
+            index, vectors = [i for i, ok in zip(index, good, strict=True) if ok], vectors[good]
+        yield Embedded(index, vectors, failed, t1 - t0, time.perf_counter() - t2, t2 - t1)
+
+
+NOT_FINITE = "the model gave a vector that is not finite (damaged weights?)"
+
+
+def usable(vectors: np.ndarray) -> np.ndarray:
+    """Which rows are vectors a collection may hold: finite and of a length that is not zero
+    (the models' outputs are unit length)."""
+    vectors = np.asarray(vectors, np.float32)
+    return np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
 
 
 def embed_files(

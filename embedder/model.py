@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.checkpoint import read_state
+from embedder.checkpoint import check_identity, read_state, weights_digest
 from embedder.errors import WeightsError, describe_failure, first_line
 from embedder.spec import DEFAULT_BACKBONE, DEFAULT_DIM, ModelSpec
 
@@ -107,6 +107,7 @@ def load_checkpoint(
 ) -> EmbeddingNet:
     """Rebuild the model recorded in a checkpoint and load its parameters."""
     spec, state = read_state(path)
+    check_identity(path, spec, weights_digest(state))
     for name, asked, have in (("dim", dim, spec.dim), ("img_size", img_size, spec.img_size)):
         if asked is not None and asked != have:
             raise ValueError(

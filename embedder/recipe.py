@@ -88,9 +88,9 @@ class ModelRecipe:
         """The model's spec: a checkpoint's from its header, a collection's from its record
         (neither needs torch); a backbone's from the model itself, which is kept for build()."""
         if self.weights is not None:
-            from embedder.checkpoint import read_metadata
+            from embedder.checkpoint import read_verified
 
-            spec, _ = read_metadata(self.weights)
+            spec, _ = read_verified(self.weights)
             if self.img_size is not None and self.img_size != spec.img_size:
                 raise ValueError(
                     f"--img-size {self.img_size} conflicts with {spec.img_size} recorded in "

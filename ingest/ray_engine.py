@@ -20,6 +20,7 @@ import pandas as pd
 
 from embedder.catalog import BOX
 from embedder.errors import UserError, first_line
+from embedder.inference import NOT_FINITE, usable
 from ingest.control import Embedding, IngestSettings, StopOnInterrupt, writing
 from ingest.plan import Plan, payload
 from search.store import Points, Store, StoreError, StoreUnavailable
@@ -142,7 +143,10 @@ class EmbedActor:
         vectors = np.zeros((len(good), self.dim), np.float32)
         if good.any():
             vectors[good] = self.encoder(batch["pixels"][good])
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+        damaged = good & ~usable(vectors)  # never a point: the row's reason says why
+        reasons = np.where(damaged, NOT_FINITE, batch["reason"]).astype(object)
+        out = {k: v for k, v in batch.items() if k not in ("pixels", "reason")}
+        out["reason"] = reasons
         out["vector"] = vectors
         out["model_s"] = np.full(len(good), (time.perf_counter() - t0) / max(1, len(good)))
         return out

@@ -100,3 +100,69 @@ def test_eval_transform_matches_torchvision(sample_root, name):
         ours = eval_transform(spec)(img)  # a NumPy array: no torch on the query path
         assert ours.dtype == np.uint8 and ours.shape == (3, spec.img_size, spec.img_size)
         assert torch.equal(torch.from_numpy(ours), reference(img))
+
+
+def _nan_weights(path):
+    """The checkpoint at `path` with one tensor made NaN and its metadata left as it was."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    state = load_file(str(path))
+    name = next(n for n, t in state.items() if t.is_floating_point() and t.numel() > 1)
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(path), metadata=metadata)
+
+
+def test_a_checkpoint_whose_tensors_changed_is_refused(
+    sample_root, tmp_path, tiny_model, one_line_error, query_photo
+):
+    """Its identity is its tensors' digest, not what its metadata says: NaN weights under
+    the old metadata are refused by ingest and by search, on torch and on OpenVINO alike."""
+    from typer.testing import CliRunner
+
+    from ingest.cli import app as ingest_app
+    from search.cli import app as search_app
+
+    weights = tmp_path / "w.safetensors"
+    save_checkpoint(tiny_model, weights)
+    db = str(tmp_path / "db")
+    run = ["run", "--root", str(sample_root), "--store", db, "--weights", str(weights),
+           "--workers", "0", "--no-progress"]  # fmt: skip
+    assert CliRunner().invoke(ingest_app, run).exit_code == 0  # exports it for OpenVINO too
+    _nan_weights(weights)
+    with pytest.raises(WeightsError, match="changed after"):
+        load_checkpoint(weights)
+    for runtime in ("torch", "openvino"):
+        ingest = CliRunner().invoke(ingest_app, [*run, "--runtime", runtime, "--recreate"])
+        one_line_error(ingest, "changed after `embedder train`")
+        found = CliRunner().invoke(search_app, [query_photo, "--store", db, "--runtime", runtime])
+        one_line_error(found, "changed after `embedder train`")
+
+
+def test_a_model_that_gives_nan_vectors_stores_none_of_them(sample_root, tmp_path, tiny_model):
+    """A vector that is not finite is a failure of its photo, never a stored point."""
+    from typer.testing import CliRunner
+
+    from ingest.cli import app as ingest_app
+    from search.store import open_store
+
+    broken = build_model("test_resnet", img_size=64, pretrained="none")
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    weights = tmp_path / "nan.safetensors"
+    save_checkpoint(broken, weights)  # a true digest of NaN tensors: it is what it says
+    db = str(tmp_path / "db")
+    result = CliRunner().invoke(
+        ingest_app,
+        ["run", "--root", str(sample_root), "--store", db, "--weights", str(weights),
+         "--workers", "0", "--no-progress", "--runtime", "torch", "--report",
+         str(tmp_path / "f.csv")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    photos = len(list(sample_root.rglob("*.jpg")))
+    assert f"embedded 0 (0 changed), already present 0, failed {photos}" in result.output
+    assert "not finite" in (tmp_path / "f.csv").read_text()
+    with open_store(store_dir=db) as store:
+        assert store.count() == 0
