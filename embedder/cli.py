@@ -280,9 +280,15 @@ def export(
         import time
 
         from embedder.recipe import ModelRecipe
+        from embedder.runtime import cache_dir, cache_unwritable
 
         if int8 and calibration is None:
             raise ValueError("--int8 needs --calibration DIR: photos of your own data")
+        if (why := cache_unwritable()) is not None:  # an export kept nowhere is no export
+            raise ValueError(
+                f"cannot write the model cache {str(cache_dir())!r} ({why.strerror or why}): "
+                f"set FASHION_RETRIEVAL_CACHE to a folder that can be written"
+            )
         started = time.perf_counter()
         recipe = ModelRecipe(
             weights=str(weights),

@@ -81,25 +81,32 @@ def scratch_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"fashion-retrieval-models-{os.getpid()}"
 
 
-def writable_dir() -> Path:
-    """The cache when it can be written, else (once warned) a folder of this process's own:
-    an unwritable cache or HOME costs a re-export at the next start, never the answer."""
+def cache_unwritable() -> OSError | None:
+    """Why the model cache cannot be written (a read-only disk, no HOME), or None."""
     try:
         cache_dir().mkdir(parents=True, exist_ok=True)
         probe = cache_dir() / f".probe-{os.getpid()}"
         probe.touch()
         probe.unlink()
-        return cache_dir()
     except OSError as exc:
-        scratch = scratch_dir()
-        if not scratch.is_dir():
-            import atexit
-            import shutil
+        return exc
+    return None
 
-            scratch.mkdir(mode=0o700)
-            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-            log.warning("cannot write the model cache (%s); exporting for this run only", exc)
-        return scratch
+
+def writable_dir() -> Path:
+    """The cache when it can be written, else (once warned) a folder of this process's own:
+    an unwritable cache or HOME costs a re-export at the next start, never the answer."""
+    if (exc := cache_unwritable()) is None:
+        return cache_dir()
+    scratch = scratch_dir()
+    if not scratch.is_dir():
+        import atexit
+        import shutil
+
+        scratch.mkdir(mode=0o700)
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        log.warning("cannot write the model cache (%s); exporting for this run only", exc)
+    return scratch
 
 
 def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Path:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from typer.testing import CliRunner
 
 from embedder import Encoder, embed_files, read_catalog
 from embedder.runtime import ExportError, exported_encoder, exported_path, load, quantize
+from ingest.cli import app as ingest_app
 from search.cli import app as search_app
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture()
@@ -172,3 +176,38 @@ def test_the_audit_sees_a_connection(tmp_path):
         [sys.executable, "-c", script, "search", "--help"], capture_output=True, text=True
     )
     assert "lookup localhost" in run.stdout.rsplit("REACHED ", 1)[1]
+
+
+def test_a_read_only_model_cache_costs_time_never_the_answer(
+    sample_root, tmp_path, tmpfs, tiny_model, one_line_error
+):
+    """Searching works with either runtime when the cache cannot be written (the model is
+    exported or traced for the run); `embedder export`, whose whole job is the cache, says
+    it cannot instead of printing a path that is gone when it exits."""
+    from embedder.checkpoint import save_checkpoint
+    from embedder.cli import app as embedder_app
+
+    weights = tmp_path / "w.safetensors"
+    save_checkpoint(tiny_model, weights)
+    db = str(tmp_path / "db")
+    ingest = CliRunner().invoke(
+        ingest_app,
+        ["run", "--root", str(sample_root), "--store", db, "--weights", str(weights),
+         "--workers", "0", "--no-progress"],
+    )  # fmt: skip
+    assert ingest.exit_code == 0, ingest.output
+    query = str(next(sample_root.rglob("comsumer_01.jpg")))
+    with tmpfs(tmp_path / "ro", "8m") as where:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        env = {**os.environ, "FASHION_RETRIEVAL_CACHE": str(where / "cache")}
+        for runtime in ("torch", "openvino"):
+            run = subprocess.run(
+                [BIN / "search", query, "--store", db, "--top", "3", "--json", "--runtime",
+                 runtime], capture_output=True, text=True, env=env, timeout=300,
+            )  # fmt: skip
+            assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+            assert len(json.loads(run.stdout)[0]["results"]) == 3
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FASHION_RETRIEVAL_CACHE", str(where / "cache"))
+            export = CliRunner().invoke(embedder_app, ["export", "--weights", str(weights)])
+        one_line_error(export, "cannot write the model cache", "FASHION_RETRIEVAL_CACHE")
