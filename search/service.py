@@ -401,12 +401,15 @@ class SearchService:
         return Answer("upload", results, seconds=seconds, vector=vector[0], asked=Asked.upload)
 
     def resolve(self, point: str) -> str:
-        """A point id, or a dataset path (relative to the dataset or a file under it) → id."""
+        """A point id, or a photo of the dataset: its path relative to the dataset, or the path
+        of its file (absolute, or relative to the working folder) → its id."""
         try:
             return str(uuid.UUID(point))
         except ValueError:
             pass
         rel = point
+        if not os.path.isabs(point) and Path(point).is_file():  # a file seen from here
+            point = str(Path(point).resolve())
         if self.dataset is not None and os.path.isabs(point):
             try:
                 rel = Path(point).resolve().relative_to(self.dataset.resolve()).as_posix()

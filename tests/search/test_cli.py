@@ -235,3 +235,22 @@ def test_a_filter_value_in_another_case_is_the_collections_own(ingested, query_p
     assert lower.exit_code == 0, lower.output
     results = json.loads(lower.stdout)[0]["results"]
     assert results and {r["category"] for r in results} == {"TOPS"}
+
+
+def test_like_takes_a_photo_path_relative_to_the_working_folder(
+    ingested, sample_root, tmp_path, monkeypatch
+):
+    db, _ = ingested
+    photo = next((sample_root / "img" / "DRESSES").rglob("shop_01.jpg"))
+    elsewhere = tmp_path / "a" / "b"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    relative = os.path.relpath(photo, elsewhere)  # ../../…/img/DRESSES/…/shop_01.jpg
+    assert relative.startswith("..")
+    by_relative = runner.invoke(search_app, ["--like", relative, "--json", "--store", str(db)])
+    by_id = runner.invoke(
+        search_app,
+        ["--like", point_id(photo.relative_to(sample_root).as_posix()), "--json", "--store", db],
+    )
+    assert by_relative.exit_code == 0, by_relative.output
+    assert json.loads(by_relative.stdout) == json.loads(by_id.stdout)
