@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -50,15 +53,69 @@ def create_backbone(name: str, pretrained: str) -> tuple[nn.Module, str]:
             torch.manual_seed(RANDOM_INIT_SEED)  # 'none' is reproducible: same model every run
             return timm.create_model(name, pretrained=False, num_classes=0), "none"
     full = name if pretrained == "default" or "." in name else f"{name}.{pretrained}"
-    try:
-        model = timm.create_model(full, pretrained=True, num_classes=0)
-    except Exception as exc:  # hub errors vary: offline, 404, auth, corrupt cache
-        raise WeightsError(
-            f"cannot load pretrained weights {full!r} ({describe_failure(exc)[:200]}); offline? "
-            f"pass --weights FILE.safetensors, or --pretrained none for an untrained model"
-        ) from None
+    model = _pretrained(full)
     tag = model.pretrained_cfg.get("tag") or ""
     return model, f"timm:{name.split('.')[0]}.{tag}" if tag else f"timm:{full}"
+
+
+HUB_WAIT = 3.0  # seconds to find out whether the model hub can be reached at all
+OFFLINE_ADVICE = "pass --weights FILE.safetensors, or --pretrained none for an untrained model"
+
+
+def _pretrained(full: str) -> nn.Module:
+    """timm's pretrained backbone: from the local cache alone first (no network, no wait);
+    else from the hub, once it answers at all: offline, that is one line at once, not a
+    minute of retries and warnings."""
+    from huggingface_hub import constants
+
+    def create():
+        return timm.create_model(full, pretrained=True, num_classes=0)
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        with _quiet_hub():
+            constants.HF_HUB_OFFLINE = True
+            return create()
+    except Exception:  # not cached (or a damaged cache entry): the hub may have it
+        pass
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+    host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
+    if offline or not _reachable(constants.ENDPOINT):
+        raise WeightsError(
+            f"cannot load pretrained weights {full!r}: they are not in the local cache and "
+            f"{host} cannot be reached (offline?); {OFFLINE_ADVICE}"
+        )
+    try:
+        with _quiet_hub():
+            return create()
+    except Exception as exc:  # hub errors vary: 404, auth, a corrupt download
+        raise WeightsError(
+            f"cannot load pretrained weights {full!r} ({describe_failure(exc)[:200]}); "
+            f"{OFFLINE_ADVICE}"
+        ) from None
+
+
+def _reachable(endpoint: str, timeout: float = HUB_WAIT) -> bool:
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except (OSError, TypeError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """The hub client's own retry warnings are not this command's output."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_model(

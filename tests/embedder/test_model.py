@@ -166,3 +166,27 @@ def test_a_model_that_gives_nan_vectors_stores_none_of_them(sample_root, tmp_pat
     assert "not finite" in (tmp_path / "f.csv").read_text()
     with open_store(store_dir=db) as store:
         assert store.count() == 0
+
+
+def test_offline_the_pretrained_default_fails_at_once_in_one_line(sample_root, tmp_path):
+    """No cached weights and a hub that cannot be reached: one line with the whole advice,
+    in seconds (it took a minute of retries and 44 warning lines)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**__import__("os").environ, "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
+    started = time.monotonic()
+    run = subprocess.run(
+        [Path(sys.executable).parent / "ingest", "run", "--root", sample_root, "--store",
+         tmp_path / "db", "--backbone", "test_resnet", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stdout + run.stderr
+    assert "127.0.0.1 cannot be reached" in lines[0]
+    assert lines[0].endswith("pass --weights FILE.safetensors, or --pretrained none for an "
+                             "untrained model")  # fmt: skip
+    assert time.monotonic() - started < 30
