@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SHARD_BYTES = 200_000_000  # a new shard's memory-mapped files (WAL, storages), mostly sparse
 POINT_BYTES = 2048  # per point besides its vector: payload, indexes, WAL
+# the engine writes its WAL (32 MB segments, two open) through memory maps even to open a
+# shard: on a fuller disk a write there is a SIGBUS that kills the process with no message
+WAL_BYTES = 64_000_000
 INDEX_MARKER = "index.complete"  # written after the HNSW build; removed by the next write
 SIDECARS = "sidecars"  # files derived from the points (see Store.sidecar); removed by writes
 SEGMENT_FILES = ("version.info", "segment.json", "mutable_id_tracker.mappings",
@@ -98,7 +101,12 @@ class EdgeStore(Store):
             return super()._call(what, fn, *args, **kwargs)
 
     def _failure(self, what: str, exc: BaseException) -> StoreError:
-        """Anything the engine raises means a damaged or unreadable shard."""
+        """Anything the engine raises means a damaged or unreadable shard, unless the disk is
+        full (then nothing needs rebuilding: space does)."""
+        try:
+            self._require_space(self.folder, WAL_BYTES, f"{self.describe()} to {what}")
+        except StoreError as full:
+            return full
         return StoreError(
             f"{self.describe()} collection {self.collection!r} in {str(self.folder)!r} is "
             f"damaged or unreadable (to {what}: {first_line(exc)[:160]}); rebuild it with "
@@ -163,6 +171,7 @@ class EdgeStore(Store):
                 self._copy = tempfile.mkdtemp(prefix="fashion-retrieval-ro-")
                 _sparse_copy(Path(shard), Path(self._copy) / "shard")
                 shard = str(Path(self._copy) / "shard")
+            self._require_space(shard, WAL_BYTES, f"opening {self.describe()}")
             self._shard = self._call("load the shard", qe.EdgeShard.load, shard)
             self._check_count(recorded)
         return self._shard
@@ -309,11 +318,19 @@ class EdgeStore(Store):
     def index_complete(self) -> bool:
         return (self.folder / INDEX_MARKER).is_file()
 
+    @staticmethod
+    def _require_space(where, need: int, what: str) -> None:
+        """require_free_space, saying that nothing needs rebuilding (space does)."""
+        try:
+            require_free_space(where, need, what)
+        except StoreError as full:
+            raise StoreError(f"{full} (the collection is not damaged: free some space)") from None
+
     def check_space(self, points: int) -> None:
         dim = self.metadata()["dim"] if self.exists() else 512
         need = points * (3 * 4 * dim + POINT_BYTES)  # vector, its copy in the index and WAL
         if points:
-            require_free_space(self.folder, need, f"{points:,} points")
+            self._require_space(self.folder, need + WAL_BYTES, f"{points:,} points")
 
     def _writing(self) -> None:
         """Before a write: the index is no longer complete until the next finish(), and what
@@ -369,6 +386,7 @@ class EdgeStore(Store):
         return {str(rec.id): rec.payload or {} for rec in records}
 
     def _upsert(self, points: Points) -> None:
+        self.check_space(len(points))  # each batch: another writer may have filled the disk
         batch = edge_points(points)
         self._writing()
         self._call("write points", self._open().update, qe.UpdateOperation.upsert_points(batch))

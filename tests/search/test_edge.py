@@ -134,3 +134,40 @@ def test_a_store_that_is_not_whole_says_so_and_is_rebuilt_whole(
         assert [[h.id for h in hits] for hits in search(fixed, probe, 10, params=exact)] == [
             [h.id for h in hits] for hits in search(good, probe, 10, params=exact)
         ]
+
+
+@pytest.mark.parametrize("free_kb", [256, 4096])
+def test_a_nearly_full_disk_under_a_store_is_no_space_never_a_bus_error(
+    db, tmp_path, tmpfs, free_kb, sample_root, tiny_args, query_photo, store_count
+):
+    """The engine writes its WAL through memory maps even to open a shard: on a nearly full
+    disk that was a SIGBUS (exit 135, no message), and `search` called the store damaged.
+    Now each command says "no space" in one line, advises no --recreate, and once space is
+    free the same store answers whole."""
+    points = store_count(db)
+    with tmpfs(tmp_path / "small", "200m") as disk:  # room for the store once it is free
+        subprocess.run(["cp", "-r", "--sparse=always", str(db), str(disk / "db")], check=True)
+        fill = disk / "fill"
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - free_kb * 1024
+        with open(fill, "wb") as fh:
+            fh.write(b"\0" * max(0, free))
+        for argv in (
+            ["search", query_photo, "--store", disk / "db", "--top", "2"],
+            ["ingest", "run", "--root", sample_root, "--store", disk / "db", "--workers", "0",
+             "--no-progress", *tiny_args],
+            ["ingest", "info", "--store", disk / "db"],
+        ):  # fmt: skip
+            run = subprocess.run(
+                [BIN / argv[0], *map(str, argv[1:])], capture_output=True, text=True, timeout=300
+            )
+            lines = run.stderr.strip().splitlines()
+            assert run.returncode == 2, (argv, run.returncode, run.stderr)  # not 135
+            assert lines and lines[-1].startswith("error: no space left on"), run.stderr
+            assert "--recreate" not in run.stderr and "not damaged" in lines[-1]
+        fill.unlink()
+        again = subprocess.run(
+            [BIN / "search", query_photo, "--store", disk / "db", "--top", "2"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert store_count(disk / "db") == points
