@@ -6,8 +6,11 @@ answers a query with Pillow, NumPy and its runtime alone."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +33,49 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+READ_DEADLINE = 60.0  # seconds for one file to be read and decoded
+
+
+class ReadTooSlow(TimeoutError):
+    """A file that did not finish reading in time (a hung network disk, a FIFO)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """ReadTooSlow when the block takes longer than `seconds` (a read blocked in the kernel
+    is interrupted); a no-op off the main thread, where no signal arrives."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def late(_signum, _frame):
+        raise ReadTooSlow(f"the file did not finish reading within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class ImageFiles:
     """Reader: file i → (i, uint8 CHW array, "") or (i, None, reason) when it cannot be
-    decoded (a map-style dataset for torch's DataLoader, or read in order in-process)."""
+    decoded, or was not read within `read_deadline` seconds (a map-style dataset for torch's
+    DataLoader, or read in order in-process)."""
 
     def __init__(
-        self, paths: Sequence[str | Path], boxes: Sequence[Box | None] | None, spec: ModelSpec
+        self,
+        paths: Sequence[str | Path],
+        boxes: Sequence[Box | None] | None,
+        spec: ModelSpec,
+        read_deadline: float | None = None,
     ):
         self.paths, self.boxes, self.spec = list(paths), boxes, spec
         self.transform = eval_transform(spec)
         self.min_side = int(spec.img_size / spec.crop_pct)
+        self.read_deadline = READ_DEADLINE if read_deadline is None else read_deadline
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,8 +83,10 @@ class ImageFiles:
     def __getitem__(self, i: int):
         box = self.boxes[i] if self.boxes is not None else None
         try:
-            return i, self.transform(load_image(self.paths[i], box, self.min_side)), ""
-        except Exception as exc:  # every undecodable file becomes a reported failure
+            with deadline(self.read_deadline):
+                image = load_image(self.paths[i], box, self.min_side)
+            return i, self.transform(image), ""
+        except Exception as exc:  # every undecodable or stuck file becomes a reported failure
             return i, None, describe_failure(exc)
 
 
