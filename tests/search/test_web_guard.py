@@ -97,6 +97,28 @@ def _response(sock: socket.socket) -> bytes:
     return data
 
 
+def _chunked_until_answered(sock: socket.socket, body: bytes) -> tuple[int, bytes]:
+    """Send `body` in 64 KiB chunks until the server answers (or it is all sent); returns
+    (bytes sent, the answer's first bytes) and closes the socket."""
+    sent, answer = 0, b""
+    sock.settimeout(0.05)
+    while sent < len(body) and not answer:
+        piece = body[sent : sent + 65536]
+        try:
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        try:
+            answer = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            pass
+        except ConnectionResetError:
+            break
+    sock.close()
+    return sent, answer
+
+
 def test_a_chunked_body_stops_being_read_at_the_cap(client, served):
     url = served[0]
     consumed = _metric(client, "http_request_body_bytes_total")
@@ -110,23 +132,7 @@ def test_a_chunked_body_stops_being_read_at_the_cap(client, served):
         b"Content-Type: image/jpeg\r\n\r\n"
     )
     sock = _raw(url, head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
-    chunk = b"x" * 65536  # the photo's bytes, without end
-    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
-    sent, answer = 0, b""
-    sock.settimeout(0.05)
-    while sent < 60_000_000 and not answer:  # 60 MB, unless the server answers first
-        try:
-            sock.sendall(frame)
-            sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
-        try:
-            answer = sock.recv(65536)
-        except (TimeoutError, BlockingIOError):
-            pass
-        except ConnectionResetError:
-            break
-    sock.close()
+    sent, answer = _chunked_until_answered(sock, b"x" * 60_000_000)  # the photo, 60 MB
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     read = _metric(client, "http_request_body_bytes_total") - consumed
     cap = CAP_MB * 1e6 + 65536  # the photo and its form fields (BodyLimit.FORM_SLACK)
@@ -469,23 +475,7 @@ def test_a_20_mb_json_body_is_refused_before_it_is_parsed(open_server):
         b"POST /api/recommend HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
-    sock = _raw(url, chunked)
-    sock.settimeout(0.05)
-    sent, answer = 0, b""
-    while sent < len(body) and not answer:
-        piece = body[sent : sent + 65536]
-        try:
-            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            sent += len(piece)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
-        try:
-            answer = sock.recv(65536)
-        except (TimeoutError, BlockingIOError):
-            pass
-        except ConnectionResetError:
-            break
-    sock.close()
+    sent, answer = _chunked_until_answered(_raw(url, chunked), body)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < len(body) // 10  # it stopped reading long before the end
     assert (_rss_kb(proc.pid) - before) / 1024 < 50  # MB
@@ -562,7 +552,7 @@ def test_a_cookie_keyed_request_from_another_origin_is_refused(served):
         assert answer.status_code != 403  # the Bearer key is no cookie a page can borrow
 
 
-def test_the_api_is_what_its_openapi_description_says(open_server):
+def test_the_api_is_what_its_openapi_description_says(open_server, tmp_path):
     """Schemathesis, every check on, against the live server's /openapi.json: statuses,
     error bodies, content types and bounds as documented (a bounded budget: 50 examples an
     operation, a fixed seed). tests/search/schemathesis.toml names the rules JSON Schema
@@ -577,6 +567,7 @@ def test_the_api_is_what_its_openapi_description_says(open_server):
         [st, "--config-file", config, "run", f"{url}/openapi.json", "--checks", "all",
          "--max-examples", "50", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,  # its own cache folder goes there, not into the checkout
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
