@@ -83,6 +83,34 @@ class ModelRecipe:
             **how,
         )
 
+    def against(self, metadata: dict) -> ModelRecipe:
+        """This recipe for a collection that already exists: when the collection records the
+        model this recipe names (a timm backbone, its weights' tag, the image size), its spec
+        comes from that record, so a rerun with nothing to embed never builds the model nor
+        imports torch; the model, when something is embedded, is checked against the record."""
+        identity = metadata.get("model") or {}
+        if self.weights is not None or not metadata.get("model_spec"):
+            return self
+        origin = str(identity.get("weights", ""))
+        if self.pretrained == "none":
+            same_weights = origin == "none"
+        elif self.pretrained == "default":  # timm's default tag, whatever it is named
+            same_weights = origin.startswith(f"timm:{self.backbone}.")
+        else:
+            same_weights = origin == f"timm:{self.backbone}.{self.pretrained}"
+        size = identity.get("img_size")
+        if (
+            identity.get("backbone") == self.backbone
+            and same_weights
+            and self.img_size
+            in (
+                None,
+                size,
+            )
+        ):
+            return self.with_(record=metadata)
+        return self
+
     @property
     def spec(self) -> ModelSpec:
         """The model's spec: a checkpoint's from its header, a collection's from its record

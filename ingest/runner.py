@@ -88,8 +88,10 @@ def ingest(
     check_writable(Path(settings.report), "the failure report (--report)")
     work = read_work(root, limit=limit, shard=shard)
     recipe = recipe if recipe.calibration else recipe.with_(calibration=str(work.base))
-    spec = recipe.spec  # a checkpoint's or a collection's needs no torch
     with open_store() as store:
+        if store.exists() and not recreate:
+            recipe = recipe.against(store.metadata())
+        spec = recipe.spec  # a checkpoint's or a collection's record: no torch
         ensure_collection(
             store,
             spec,

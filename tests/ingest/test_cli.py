@@ -155,3 +155,29 @@ def test_both_runtimes_make_the_same_collection(sample_root, tmp_path, ingest_ti
     assert ids[0] == ids[1]
     refused = ingest_tiny(sample_root, str(tmp_path / "x"), "--runtime", "torch", "--int8")
     assert refused.exit_code == 2 and "--int8 runs on OpenVINO" in refused.output
+
+
+def test_a_rerun_with_nothing_to_embed_never_imports_torch(sample_root, tmp_path, ingest_tiny):
+    """A collection made from a timm name (no weights file): its record gives the model's
+    spec, so the rerun plans, finds nothing to do and ends without torch or timm."""
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "db")
+    assert ingest_tiny(sample_root, db).exit_code == 0
+    args = ["run", "--root", str(sample_root), "--store", db, "--workers", "0",
+            "--no-progress", "--backbone", "test_resnet", "--img-size", "64",
+            "--pretrained", "none"]  # fmt: skip
+    script = (
+        "import sys; from ingest.cli import app\n"
+        "try:\n"
+        f"    app({args!r}, standalone_mode=False)\n"
+        "finally:\n"
+        "    print('TORCH', 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "embedded 0 (0 changed)" in run.stdout
+    assert run.stdout.rsplit("TORCH", 1)[1].split() == ["False", "False"]
+    other = ingest_tiny(sample_root, db, "--img-size", "96")  # another model: still refused
+    assert other.exit_code == 2 and "another model" in other.output
