@@ -85,7 +85,7 @@ def filter_options():
         field.name: (
             Annotated[
                 schema.CHOICES.get(field.name, str) | None,
-                typer.Option(help=f"Only this {field.name}: {field.description}"),
+                typer.Option(help=field.filter_help),
             ],
             None,
         )

@@ -28,6 +28,11 @@ class PayloadField:
     choices: tuple[str, ...] = ()  # a filter's only values (else any stored value)
     column: bool = False  # a column of the terminal's result table
 
+    @property
+    def filter_help(self) -> str:
+        """How a filter is described to users, as a CLI option and as an API parameter."""
+        return f"Only this {self.name}: {self.description}"
+
 
 FIELDS: tuple[PayloadField, ...] = (
     PayloadField(

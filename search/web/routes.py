@@ -146,7 +146,7 @@ def _filter_type(field: schema.PayloadField, nullable: bool = False):
 def _filter_rules(field: schema.PayloadField) -> dict:
     """A filter parameter's documented bounds: a free-text value at most 200 characters."""
     limit = {} if field.name in schema.CHOICES else {"max_length": 200}
-    return {**limit, "description": f"Only this {field.name}: {field.description}"}
+    return {**limit, "description": field.filter_help}
 
 
 def query_params(kind) -> object:
