@@ -1,99 +1,133 @@
-"""Embedding throughput of the ingest pipeline against two baselines, in one process.
+"""`ingest run` on a CPU against the exported model's own rate (OpenVINO's benchmark_app on the
+very file ingest exported), in one run, with where each millisecond of a photo goes.
 
-    python benchmarks/embed_pipeline.py                 # CPU: resnet50 224px, 2 threads
-    python benchmarks/embed_pipeline.py --device cuda --batch-size 256 --workers 8 --n 4096
+    python benchmarks/embed_pipeline.py                          # resnet50 224 px, 2,016 photos
+    python benchmarks/embed_pipeline.py --backbone resnet18 --img-size 128 --workers 2
 
-Prints img/s of (a) a reference-style loop (PIL, one image at a time, fp32, one forward per
-image), (b) the bare model on pre-loaded tensors with the pipeline's settings (bf16 autocast
-where supported, channels_last, batched) and (c) `ingest run`'s real path (DataLoader decode
-workers → model → background upserts into an embedded store), with ratios (c)/(b) and (c)/(a).
+Prints (a) benchmark_app's throughput on the exported model (THROUGHPUT hint, batch 32),
+(b) the steady rate of the whole `ingest run` command (the photos of all of the tree less those
+of a quarter of it, over the difference of the two runs' wall times: start-up, export and the
+index step cancel out), the ratio (b)/(a) (target >= 0.8), and one photo's cost stage by stage
+on one core: read, decode, resize and crop, batch, model (per photo at batch 32), write.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _collection import timed_ingest  # benchmarks/ is on the path when run as a script
+from _machine import cpu_name
 
-from embedder.catalog import read_catalog
-from embedder.inference import Encoder
-from embedder.model import build_model
-from embedder.transforms import eval_transform, load_image
-from ingest.sample import write_sample
+BIN = Path(sys.executable).parent
 
 
-def reference(model, files: list[Path]) -> float:
-    """Open each image with PIL, fp32 NCHW, one forward per image."""
-    tf = eval_transform(model.spec)
-    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.spec.std).view(1, 3, 1, 1)
-    model = model.eval().to(memory_format=torch.contiguous_format)
+def app_rate(model: Path, size: int, batch: int, seconds: int) -> float:
+    """benchmark_app's images/s (THROUGHPUT hint, `batch` per request)."""
+    out = subprocess.run(
+        [BIN / "benchmark_app", "-m", model, "-hint", "throughput", "-b", str(batch)]
+        + ["-shape", f"[{batch},3,{size},{size}]", "-t", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
+
+
+def ingest_seconds(root: Path, store: Path, model: list[str], limit: int, workers) -> float:
+    args = [BIN / "ingest", "run", "--root", root, "--store", store, "--no-progress"]
+    args += [*model, "--limit", str(limit), "--report", store.with_suffix(".csv")]
+    args += ["--workers", str(workers)] if workers is not None else []
     started = time.perf_counter()
-    with torch.inference_mode():
-        for path in files:
-            x = (torch.from_numpy(tf(load_image(path))).unsqueeze(0).float() / 255 - mean) / std
-            model(x)
-    return len(files) / (time.perf_counter() - started)
+    subprocess.run(args, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
-def bare(encoder: Encoder, files: list[Path], batch: int) -> float:
-    """The model alone on pre-decoded uint8 batches: the ceiling for the pipeline."""
-    tf = eval_transform(encoder.spec)
-    pixels = torch.from_numpy(np.stack([tf(load_image(p)) for p in files]))
-    encoder(pixels[:batch])  # warm-up
-    started = time.perf_counter()
-    for start in range(0, len(pixels), batch):
-        encoder(pixels[start : start + batch])
-    return len(pixels) / (time.perf_counter() - started)
+def stages(encoder, files: list[str], boxes, tmp: str) -> dict[str, float]:
+    """ms per photo of each stage, on one core (the model: per photo of a batch of 32)."""
+    from embedder.reader import ImageFiles
+    from embedder.transforms import load_image
+    from search.store import Points, open_store
 
-
-def pipeline(encoder: Encoder, root: Path, batch: int, workers: int, tmp: str) -> tuple:
-    wall, summary = timed_ingest(encoder, root, tmp, batch_size=batch, workers=workers)
-    return summary.embedded / wall, summary
+    reader = ImageFiles(files, boxes, encoder.spec)
+    out, t = {}, time.perf_counter()
+    for path in files:
+        Path(path).read_bytes()
+    out["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    images = [load_image(p, b, reader.min_side) for p, b in zip(files, boxes, strict=True)]
+    out["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pixels = [reader.transform(image) for image in images]
+    out["resize+crop"] = time.perf_counter() - t
+    t = time.perf_counter()
+    batches = [np.stack(pixels[s : s + 32]) for s in range(0, len(pixels) - 31, 32)]
+    out["batch"] = time.perf_counter() - t
+    encoder(batches[0])
+    t = time.perf_counter()
+    vectors = [encoder(b) for b in batches]
+    out["model (both cores)"] = (time.perf_counter() - t) * len(files) / (32 * len(batches))
+    ids = [f"{n:08x}-0000-5000-8000-000000000000" for n in range(len(files))]
+    flat = np.concatenate(vectors)
+    with open_store(store_dir=tempfile.mkdtemp(dir=tmp), collection="w") as store:
+        store.create(flat.shape[1], {})  # (a new folder each call)
+        t = time.perf_counter()
+        for s in range(0, len(flat), 32):
+            part = range(s, min(s + 32, len(flat)))
+            store.upsert(Points([ids[i] for i in part], flat[s : s + 32], [{"n": i} for i in part]))
+        store.flush()
+        out["write"] = (time.perf_counter() - t) * len(files) / len(flat)
+    return {k: 1000 * v / len(files) for k, v in out.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=256, help="images in the pipeline run")
-    parser.add_argument("--reference-n", type=int, default=48)
+    parser.add_argument("--n", type=int, default=2016, help="photos in the tree")
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile (b) and (c)")
+    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="reader processes [ingest's]")
+    parser.add_argument("--seconds", type=int, default=15, help="benchmark_app's run")
     args = parser.parse_args()
+
+    from embedder.catalog import bbox_of, read_catalog
+    from embedder.recipe import ModelRecipe
+    from ingest.sample import write_sample
+
+    print(cpu_name())
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_sample(f"{tmp}/sample", items=max(8, args.n // 3), seed=0)
-        files = [root / p for p in read_catalog(root)["path"]][: args.n]
-        for extra in Path(root, "img").rglob("*.jpg"):  # keep exactly n images on disk
-            if extra not in set(files):
-                extra.unlink()
-        model = build_model(args.backbone, pretrained="none")
-        encoder = Encoder(model, args.device, "auto", compile=args.compile)
-        print(
-            f"{args.backbone} {model.spec.img_size}px on {encoder.device} "
-            f"({'bf16' if encoder.dtype else 'fp32'}{', compiled' if args.compile else ''}), "
-            f"torch threads {torch.get_num_threads()},"
-            f" batch {args.batch_size}, {args.workers} decode worker(s), {len(files)} images"
-        )
-        ref = (
-            reference(build_model(args.backbone, pretrained="none"), files[: args.reference_n])
-            if encoder.device.type == "cpu"
-            else np.nan
-        )
-        ceiling = bare(encoder, files, args.batch_size)
-        rate, summary = pipeline(encoder, root, args.batch_size, args.workers, tmp)
-        print(f"(a) reference loop (PIL, fp32, 1 image/forward): {ref:8.1f} img/s")
-        print(f"(b) bare model, pre-loaded tensors:               {ceiling:8.1f} img/s")
-        print(f"(c) ingest pipeline, wall clock incl. upserts:    {rate:8.1f} img/s")
-        print(f"ratio (c)/(b) = {rate / ceiling:.2f}   (target >= 0.85)")
-        print(f"ratio (c)/(a) = {rate / ref:.2f}   (target >= 4)")
-        print("ingest stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items()))
+        root = write_sample(f"{tmp}/sample", items=args.n // 3 + 10, seed=0)
+        catalog = read_catalog(root)
+        for extra in catalog["path"].iloc[args.n :]:  # exactly n photos in the tree
+            (root / extra).unlink()
+        catalog = catalog.iloc[: args.n]
+        model = ["--backbone", args.backbone, "--pretrained", "none"]
+        model += ["--img-size", str(args.img_size)] if args.img_size else []
+        recipe = ModelRecipe(args.backbone, img_size=args.img_size, pretrained="none")
+        encoder = recipe.build()  # exported (and cached) as ingest exports it
+        size = encoder.spec.img_size
+        print(f"{args.backbone} {size}px, {encoder.describe()}, {len(catalog)} photos")
+        app = app_rate(encoder.path, size, 32, args.seconds)
+        quarter = len(catalog) // 4
+        runs = {}
+        for limit in (quarter, len(catalog)):
+            runs[limit] = ingest_seconds(root, Path(tmp, f"db{limit}"), model, limit, args.workers)
+        steady = (len(catalog) - quarter) / (runs[len(catalog)] - runs[quarter])
+        files = [str(root / p) for p in catalog["path"].iloc[:512]]
+        boxes = [bbox_of(row) for row in catalog.iloc[:512].itertuples()]
+        cost = stages(encoder, files, boxes, tmp)
+    print(f"(a) benchmark_app, THROUGHPUT hint, batch 32: {app:8.1f} img/s")
+    print(
+        f"(b) ingest run, steady rate:                  {steady:8.1f} img/s "
+        f"({quarter} photos in {runs[quarter]:.1f} s, {len(catalog)} in "
+        f"{runs[len(catalog)]:.1f} s, readers {args.workers or 'default'})"
+    )
+    print(f"ratio (b)/(a) = {steady / app:.2f}   (target >= 0.8)")
+    print("ms per photo: " + ", ".join(f"{k} {v:.3f}" for k, v in cost.items()))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -250,30 +251,37 @@ class ExportedEncoder:
             config["INFERENCE_PRECISION_HINT"] = "f32" if precision is Precision.fp32 else "bf16"
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # one request per stream, started together and waited for in turn (no Python callbacks)
-        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        # one request per stream and one more, queued behind them: a stream that finishes
+        # starts the next batch at once, while Python collects the last one (no callbacks)
+        self.depth = self.streams + 1 if throughput else 1
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.depth)]
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for request in self.requests:
+            self._idle.put(request)
+
+    def submit(self, pixels) -> Running:
+        """Start embedding a batch (its pixels copied in: the caller may reuse them at once);
+        `.result()` waits for its unit vectors. Waits while `depth` batches are running."""
+        x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+        request = self._idle.get()
+        try:
+            with signal_stack_kept():
+                request.start_async({0: x})
+        except BaseException:
+            self._idle.put(request)
+            raise
+        return Running(self, request)
 
     def __call__(self, pixels) -> np.ndarray:
         """uint8 NCHW pixels → unit vectors (normalised again here: int8 arithmetic leaves the
-        graph's own normalisation a few per cent off)."""
-        out = self._infer(pixels)
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+        graph's own normalisation a few per cent off), the batch split over the streams."""
+        return unit(self._infer(pixels))
 
     def _infer(self, pixels) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
-        parts = min(len(x), self.streams)
-        with self._lock, signal_stack_kept():
-            if parts <= 1:
-                return np.array(self.requests[0].infer({0: x})[0], np.float32)
-            chunks = np.array_split(x, parts)
-            running = self.requests[:parts]
-            for request, chunk in zip(running, chunks, strict=True):
-                request.start_async({0: chunk})
-            out = []
-            for request in running:
-                request.wait()
-                out.append(np.array(request.get_output_tensor(0).data, np.float32))
-        return np.concatenate(out)
+        with self._lock:  # one caller's chunks at a time: callers never hold requests crosswise
+            running = [self.submit(part) for part in np.array_split(x, min(len(x), self.streams))]
+            return np.concatenate([run.output() for run in running])
 
     def describe(self) -> str:
         """Where and how the model runs, for reports: "cpu (OpenVINO bf16)"."""
@@ -290,6 +298,30 @@ class ExportedEncoder:
             raise ValueError(f"it gives output of shape {out.shape} or non-finite values")
         if not np.allclose(norms, 1.0, atol=0.2 if self.int8 else UNIT):
             raise ValueError("its vectors are not unit length")
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+
+
+class Running:
+    """A batch running on one of an ExportedEncoder's requests."""
+
+    def __init__(self, encoder: ExportedEncoder, request):
+        self.encoder, self.request = encoder, request
+
+    def output(self) -> np.ndarray:
+        """The model's raw output (waited for); the request goes back to the pool."""
+        try:
+            with signal_stack_kept():
+                self.request.wait()
+            return np.array(self.request.get_output_tensor(0).data, np.float32)
+        finally:
+            self.encoder._idle.put(self.request)
+
+    def result(self) -> np.ndarray:
+        return unit(self.output())
 
 
 def load(
@@ -466,7 +498,7 @@ def calibration_photos(
     paths: Sequence[str], boxes: Sequence | None, spec: ModelSpec, count: int = 300
 ) -> list[np.ndarray]:
     """Up to `count` photos (seeded sample) decoded as the model sees them; unreadable skipped."""
-    from embedder.inference import ImageFiles
+    from embedder.reader import ImageFiles
 
     rng = np.random.default_rng(0)
     chosen = rng.permutation(len(paths))[:count] if len(paths) > count else range(len(paths))

@@ -64,7 +64,8 @@ def _load(path, bbox, min_side, strict_box: bool = False) -> Image.Image:
     with Image.open(path, formats=IMAGE_FORMATS) as img:
         stored = img.size
         check_aspect(*stored)
-        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
+        orientation = img.getexif().get(0x0112, 1)
+        turned = orientation in (5, 6, 7, 8)  # EXIF orientation swaps axes
         full = (stored[1], stored[0]) if turned else stored  # the upright photo's size
         box = clip_box(bbox, *full) if bbox is not None else None
         if bbox is not None and box is None:
@@ -79,7 +80,8 @@ def _load(path, bbox, min_side, strict_box: bool = False) -> Image.Image:
             if box is not None:  # decode the box, not the photo, at min_side or more
                 side *= max(full) / min(box[2] - box[0], box[3] - box[1])
             img.draft("RGB", (int(side), int(side)))
-        img = ImageOps.exif_transpose(img)
+        if orientation != 1:  # (exif_transpose copies even an upright photo)
+            img = ImageOps.exif_transpose(img)
         rgb = img.convert("RGB") if img.mode != "I;16" else _from_16bit(img)
     if box is not None:
         scale = (rgb.width / full[0], rgb.height / full[1])

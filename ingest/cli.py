@@ -98,8 +98,8 @@ settings_options = option_set(
             int | None,
             typer.Option(
                 min=0,
-                help="Reader processes, overlapping decode with the model [default: 1 on CPU, "
-                "up to 8 on CUDA].",
+                help="Reader processes, decoding beside the model [default: a quarter of the "
+                "cores on CPU, at least 1; up to 8 on CUDA].",
             ),
         ],
         None,

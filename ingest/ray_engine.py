@@ -107,7 +107,7 @@ def work_rows(plan: Plan, image_base: str | None) -> pd.DataFrame:
 def decode_batch(batch: dict, spec) -> dict:
     """Ray task body: files → uint8 CHW pixels by the local engine's reader (ImageFiles), a
     reason per file that cannot be read (its pixels left zero)."""
-    from embedder.inference import ImageFiles
+    from embedder.reader import ImageFiles
 
     t0 = time.perf_counter()
     boxes = np.stack([batch[name] for name in BOX], axis=1).tolist()

@@ -6,7 +6,7 @@ import time
 import pytest
 from PIL import Image
 
-import embedder.inference as inference
+import embedder.reader as reader
 from embedder.inference import embed_batches
 
 
@@ -16,7 +16,7 @@ def test_a_read_that_never_finishes_is_reported_and_the_rest_embedded(
 ):
     """A FIFO stands for a hung network disk: opening it blocks in the kernel until the
     deadline interrupts it, in this process and in a reader process alike."""
-    monkeypatch.setattr(inference, "READ_DEADLINE", 1.0)
+    monkeypatch.setattr(reader, "READ_DEADLINE", 1.0)
     good = []
     for n in range(3):
         Image.new("RGB", (48, 64), (40 * n, 90, 160)).save(tmp_path / f"{n}.jpg")
