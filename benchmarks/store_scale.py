@@ -1,14 +1,17 @@
 """The stores at DeepFashion scale: 226,980 × 512 vectors with realistic payloads.
 
-    python benchmarks/store_scale.py                      # full scale (~10 min on 2 cores)
-    python benchmarks/store_scale.py --n 50000 --quantize # a variant, smaller
+    python benchmarks/store_scale.py                        # full scale (~6 min on 2 cores)
+    python benchmarks/store_scale.py --n 50000 --no-quantize --segment-points 0  # a variant
 
 Vectors are clustered like item embeddings (about 4.5 photos per item around an item centre);
-queries are new noisy views of random items, as consumer photos are. Reports, in one process:
-upsert time, HNSW build time (vs --embed-rate img/s of embedding the same count), reopen time,
-p50/p95 latency of unfiltered and category-filtered top-20 for several search-time ef values
-with recall@20 against exact search, and the same queries through numpy brute force and
-qdrant-client's local mode (on the first --local-n points: it holds everything in Python).
+queries are new noisy views of random items, as consumer photos are. Loads the points as
+`ingest run` does (its writer: segments indexed while points arrive), then reports, for the
+chosen settings (by default ingest's: int8 quantization with rescoring, segments of 50,000) and
+for the baseline (float, one build after the last batch) in the same process: the loading
+time, the index step after the last batch (the time until the collection is searchable and
+fully indexed), reopen time, p50/p95 latency of unfiltered and category-filtered top-20 for
+several search-time ef values with recall@20 against exact search; and the same queries
+through numpy brute force and qdrant-client's local mode (on the first --local-n points).
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import argparse
 import resource
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
+from _machine import cpu_name
 
 from search.store import (
     APPROXIMATE,
+    SEGMENT_POINTS,
     IndexSettings,
     Points,
     SearchParams,
@@ -99,73 +105,91 @@ def latency(store, queries, k, truth, position, filters=None, params=APPROXIMATE
     return np.percentile(walls, 50), np.percentile(walls, 95), float(np.mean(recall))
 
 
+def measure(label, settings, dim, vectors, payloads, ids, position, queries, top_queries, efs):
+    """Load through ingest's writer (segments indexed while points arrive, as ingest does),
+    then the index step after the last batch (finish), then top-20 latency and recall."""
+    from ingest.writer import Writer
+
+    k, tops = 20, {"category": "TOPS"}
+    truth, truth_tops = queries[1], top_queries[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_store(store_dir=tmp, collection="bench") as store:
+            store.create(dim, {"model": {}}, settings)
+            started = time.perf_counter()
+            writer = Writer(store)
+            for s in range(0, len(vectors), 256):
+                writer(Points(ids[s : s + 256], vectors[s : s + 256], payloads[s : s + 256]))
+            writer.close()
+            store.flush()
+            load = time.perf_counter() - started
+            t0 = time.perf_counter()
+            store.finish()
+            step = time.perf_counter() - t0
+        print(
+            f"{label}: loading {load:.1f} s (of it indexing segments while points arrive "
+            f"{writer.indexing:.1f} s), INDEX STEP AFTER THE LAST BATCH {step:.1f} s"
+        )
+        t0 = time.perf_counter()
+        store = open_store(store_dir=tmp, collection="bench")
+        store.count()
+        print(f"  reopen: {time.perf_counter() - t0:.2f} s")
+        for ef in efs:
+            params = SearchParams(hnsw_ef=ef)
+            p50, p95, rec = latency(store, queries[0], k, truth, position, params=params)
+            f50, f95, frec = latency(
+                store, top_queries[0], k, truth_tops, position, tops, params, 4
+            )
+            print(
+                f"  hnsw_ef {ef:4d}: top-20 p50 {p50:5.2f} ms p95 {p95:5.2f} ms recall {rec:.3f}"
+                f" | TOPS-filtered p50 {f50:5.2f} ms p95 {f95:5.2f} ms recall {frec:.3f}"
+            )
+        store.close()
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=226_980)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construct", type=int, default=100)
-    parser.add_argument("--efs", default="128,256,384,512")
-    parser.add_argument("--quantize", action="store_true")
+    parser.add_argument("--efs", default="128,256,512")
+    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--segment-points", type=int, default=SEGMENT_POINTS)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the old settings")
     parser.add_argument("--local-n", type=int, default=20_000)
-    parser.add_argument(
-        "--embed-rate",
-        type=float,
-        default=48.0,
-        help="measured ingest img/s, for the HNSW share of the whole job",
-    )
     args = parser.parse_args()
     k = 20
+    print(cpu_name())
     vectors, payloads, queries, top_queries = data(args.n, args.dim)
     ids = [point_id(p["path"] + str(i)) for i, p in enumerate(payloads)]
     position = {pid: i for i, pid in enumerate(ids)}
     truth = exact(vectors, payloads, queries, k)
     truth_tops = exact(vectors, payloads, top_queries, k, "TOPS")
-    tops = {"category": "TOPS"}
     t0 = time.perf_counter()
     exact(vectors, payloads, queries[:50], k)
     numpy_ms = (time.perf_counter() - t0) / 50 * 1000
-    print(
-        f"{args.n} x {args.dim} vectors, m={args.m} ef_construct={args.ef_construct}"
-        f"{', int8 quantization + rescoring' if args.quantize else ''}"
+    print(f"{args.n} x {args.dim} vectors, m={args.m} ef_construct={args.ef_construct}")
+    print(f"numpy brute force: {numpy_ms:.1f} ms per top-20 query")
+    efs = [int(v) for v in args.efs.split(",")]
+    common = (args.dim, vectors, payloads, ids, position, (queries, truth))
+    common += ((top_queries, truth_tops), efs)
+    chosen = IndexSettings(
+        m=args.m,
+        ef_construct=args.ef_construct,
+        quantization=args.quantize,
+        segment_points=args.segment_points,
     )
-    print(f"numpy brute force (the baseline): {numpy_ms:.1f} ms per top-20 query")
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = IndexSettings(
-            m=args.m, ef_construct=args.ef_construct, quantization=args.quantize
-        )
-        with open_store(store_dir=tmp, collection="bench") as store:
-            store.create(args.dim, {"model": {}}, settings)
-            upsert = fill(store, vectors, payloads, ids)
-            t0 = time.perf_counter()
-            store.finish()
-            build = time.perf_counter() - t0
-        embed = args.n / args.embed_rate
-        print(
-            f"embedded store: upsert {upsert:.1f} s (target <= 15 s), HNSW build {build:.1f} s"
-            f" = {build / embed:.1%} of embedding {args.n} images at {args.embed_rate} img/s"
-            f" (target <= 25%)"
-        )
-        t0 = time.perf_counter()
-        store = open_store(store_dir=tmp, collection="bench")
-        store.count()
-        print(f"reopen: {time.perf_counter() - t0:.2f} s")
-        for ef in [int(v) for v in args.efs.split(",")]:
-            params = SearchParams(hnsw_ef=ef)
-            p50, p95, rec = latency(store, queries, k, truth, position, params=params)
-            f50, f95, frec = latency(store, top_queries, k, truth_tops, position, tops, params, 4)
-            r50, _, rrec = latency(store, top_queries, k, truth_tops, position, tops, params, 1)
-            print(
-                f"  hnsw_ef {ef:4d}: top-20 p50 {p50:5.2f} ms p95 {p95:5.2f} ms recall {rec:.3f}"
-                f" ({numpy_ms / p50:.0f}x numpy) | TOPS-filtered p50 {f50:5.2f} ms p95 "
-                f"{f95:5.2f} ms recall {frec:.3f} (Qdrant's filtered traversal alone: p50 "
-                f"{r50:5.2f} ms recall {rrec:.3f})"
-            )
-        e50, _, erec = latency(
-            store, queries[:50], k, truth[:50], position, params=SearchParams(exact=True)
-        )
-        print(f"  exact search in the shard: p50 {e50:.1f} ms, recall {erec:.3f}")
-        store.close()
+    label = (
+        f"{'int8 quantization + rescoring' if args.quantize else 'float'}, "
+        f"segments of {args.segment_points} indexed while loading"
+    )
+    step = measure(label, chosen, *common)
+    if not args.no_baseline:
+        old = IndexSettings(m=args.m, ef_construct=args.ef_construct, quantization=False)
+        old = replace(old, segment_points=0)
+        base = measure("baseline: float, one build after the last batch", old, *common)
+        print(f"index step: {step:.1f} s against {base:.1f} s ({base / step:.1f}x faster)")
     n = min(args.local_n, args.n)
     local_truth = exact(vectors[:n], payloads[:n], queries, k)
     with tempfile.TemporaryDirectory() as tmp:

@@ -306,7 +306,7 @@ def _write_in_driver(embedded, store: Store, settings, total: int) -> Embedding:
             model += float(part["model_s"].sum())
             bar.update(len(part["id"]))
             stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-    seconds = {"decode": decode, "model": model, "write": writer.seconds}
+    seconds = {"decode": decode, "model": model, **writer.stages()}
     return Embedding(writer.stored, failures, seconds)
 
 

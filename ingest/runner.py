@@ -213,7 +213,7 @@ def _embed(store: Store, encoder, plan: Plan, settings: IngestSettings) -> Embed
             decode += part.seconds_decode
             bar.update(len(part.index) + len(part.failed))
             stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
-    seconds = {"read": read, "model": model, "write": writer.seconds}
+    seconds = {"read": read, "model": model, **writer.stages()}
     if settings.decode is Decode.device:
         seconds["decode"] = decode
     return Embedding(writer.stored, failures, seconds, runtime)

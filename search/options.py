@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from embedder.commands import option_set
-from search.store import schema
+from search.store import SEGMENT_POINTS, schema
 from search.store.schema import DEFAULT_COLLECTION
 
 StoreDir = Annotated[
@@ -108,10 +108,24 @@ index_options = option_set(
         Annotated[
             bool,
             typer.Option(
-                "--quantize", help="int8 scalar quantization (with rescoring) on a new collection."
+                "--quantize/--no-quantize",
+                help="int8 scalar quantization (with rescoring) on a new collection: a third of "
+                "the index build, faster queries at the same recall (the README's store table).",
             ),
         ],
-        False,
+        True,
+    ),
+    segment_points=(
+        Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Embedded store: while points arrive, index each segment of this many "
+                "points, so the collection is searchable seconds after the last photo "
+                "(0: one build of everything after it).",
+            ),
+        ],
+        SEGMENT_POINTS,
     ),
     m=(Annotated[int, typer.Option("--hnsw-m", help="HNSW m of a new collection.")], 16),
     ef_construct=(Annotated[int, typer.Option(help="HNSW ef_construct of a new collection.")], 100),

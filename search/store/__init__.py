@@ -7,6 +7,7 @@ point ids (ids), free-space checks (disk), and opening a store from options (ope
 from search.store.base import (
     APPROXIMATE,
     NOTHING,
+    SEGMENT_POINTS,
     Exclude,
     Filters,
     Group,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_STORE_DIR",
     "NOTHING",
     "POINT_NAMESPACE",
+    "SEGMENT_POINTS",
     "Exclude",
     "Filters",
     "Group",

@@ -20,6 +20,7 @@ from search.store.schema import GROUP, INDEXED
 
 Filters = Mapping[str, "str | Sequence[str]"]  # field → value, or any of several values
 RETRIEVE_CHUNK = 1000  # ids per retrieve request
+SEGMENT_POINTS = 50_000  # points per segment indexed while a bulk load goes on (0: at the end)
 RESCORE_OVERSAMPLING = 2.0  # quantized search: candidates rescored with the original vectors
 
 
@@ -185,12 +186,15 @@ class IndexSettings:
     m: int = 16
     ef_construct: int = 100
     hnsw_ef: int | None = 512  # search-time ef (the README's store table: recall and latency)
-    quantization: bool = False  # int8 scalar quantization with rescoring
+    quantization: bool = True  # int8 scalar quantization with rescoring (the README's table)
+    segment_points: int = SEGMENT_POINTS  # embedded: index each segment of this many as it fills
     shard_number: int | None = None  # server only
     replication_factor: int | None = None  # server only
     write_consistency: int | None = None  # server only: replicas that acknowledge a write
 
     def __post_init__(self) -> None:
+        if self.segment_points < 0:
+            raise ValueError("--segment-points must be 0 (index at the end) or more")
         if self.write_consistency and self.write_consistency > (self.replication_factor or 1):
             raise ValueError(
                 f"--write-consistency {self.write_consistency} is more than the "
@@ -204,6 +208,7 @@ class IndexSettings:
             "ef_construct": self.ef_construct,
             "hnsw_ef": self.hnsw_ef,
             "quantization": self.quantization,
+            "segment_points": self.segment_points,
         }
 
     @classmethod
@@ -214,6 +219,7 @@ class IndexSettings:
             ef_construct=index.get("ef_construct", 100),
             hnsw_ef=index.get("hnsw_ef"),
             quantization=bool(index.get("quantization")),
+            segment_points=int(index.get("segment_points", 0)),
         )
 
 
@@ -402,6 +408,16 @@ class Store(ABC):
         self.close()
 
     # what a bulk writer (ingest, restore) needs to know of where the collection lives ----------
+    def segment_points(self) -> int:
+        """Points after which a bulk writer calls index_loaded() (0: never; a server indexes
+        by itself once finish() turns its indexing on)."""
+        return 0
+
+    def index_loaded(self) -> None:
+        """During a bulk load: index what has been loaded so far (the segment that filled), so
+        that finish() after the last batch indexes one segment, not the collection."""
+        return None  # a store whose segment_points() is 0 is never asked
+
     def check_space(self, points: int) -> None:
         """Before writing `points` new points: StoreError when the disk cannot hold them."""
         return None  # a server manages (and reports) its own disk

@@ -49,6 +49,8 @@ INDEX_MARKER = "index.complete"  # written after the HNSW build; removed by the 
 SIDECARS = "sidecars"  # files derived from the points (see Store.sidecar); removed by writes
 SEGMENT_FILES = ("version.info", "segment.json", "mutable_id_tracker.mappings",
                  "mutable_id_tracker.versions")  # fmt: skip
+MAX_SEGMENTS = 16  # the optimizer merges segments only past this many
+INDEXING_THRESHOLD_KB = 10_000  # Qdrant's: smaller segments are searched without an index
 LOCK_WAIT = 5.0  # seconds to wait for a lock left by a process that has just exited
 
 
@@ -75,6 +77,16 @@ def _sparse_copy(src: Path, dst: Path, chunk: int = 1 << 20) -> None:
                     else:
                         fout.write(block)
                 fout.truncate()
+
+
+def _optimizers(dim: int, segment_points: int) -> qe.EdgeOptimizersConfig:
+    """Segments indexed while points arrive stay as they were built (no merge rebuilds them),
+    and a segment of `segment_points` is large enough to be indexed when it fills."""
+    full = segment_points * dim * 4 // 1024  # a full segment's vectors, KB
+    return qe.EdgeOptimizersConfig(
+        default_segment_number=MAX_SEGMENTS,
+        indexing_threshold=max(1, min(INDEXING_THRESHOLD_KB, full)) if segment_points else None,
+    )
 
 
 class EdgeStore(Store):
@@ -240,6 +252,7 @@ class EdgeStore(Store):
                 m=settings.m, ef_construct=settings.ef_construct, full_scan_threshold=10_000
             ),
             quantization_config=quant,
+            optimizers=_optimizers(dim, settings.segment_points),
         )
         shutil.rmtree(self.folder / "shard", ignore_errors=True)  # leftovers of a failed create
         self._shard = qe.EdgeShard.create(str(self.folder / "shard"), config)
@@ -341,6 +354,12 @@ class EdgeStore(Store):
 
     def sidecar(self, name: str) -> Path:
         return self.folder / SIDECARS / name
+
+    def segment_points(self) -> int:
+        return int(self.metadata().get("index", {}).get("segment_points", 0))
+
+    def index_loaded(self) -> None:
+        self._call("index a loaded segment", self._open().optimize)
 
     def finish(self) -> None:
         shard = self._open()

@@ -252,3 +252,37 @@ def test_both_stores_recommend_alike_and_as_the_rule_says(filled, store_contents
         assert disliked not in {h.payload["item_id"] for h in hits}, kind
         (groups,) = search_groups(store, query, 5, exclude=Exclude(items=(disliked,)))
         assert disliked not in {g.id for g in groups}, kind
+
+
+def test_a_bulk_load_indexes_its_segments_as_they_fill(tmp_path):
+    """Through ingest's writer, an embedded collection indexes each segment of
+    `segment_points` as it fills, so the step after the last batch indexes one segment; it
+    answers as a collection indexed once at the end does. A server indexes by itself."""
+    from ingest.writer import Writer
+    from search.store import IndexSettings, Points
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(400, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_OID, str(n))) for n in range(400)]
+    payloads = [{"item_id": f"id_{n:03d}", "category": "TOPS"} for n in range(400)]
+    answers, segments = {}, {}
+    for every in (0, 100):
+        with open_store(store_dir=str(tmp_path / f"every-{every}"), collection="c") as store:
+            store.create(32, {}, IndexSettings(segment_points=every))
+            assert store.segment_points() == every
+            writer = Writer(store)
+            for s in range(0, 400, 25):
+                writer(Points(ids[s : s + 25], vectors[s : s + 25], payloads[s : s + 25]))
+            writer.close()
+            assert (writer.indexing > 0) == (every > 0)
+            assert ("segments" in writer.stages()) == (every > 0)
+            store.finish()
+            segments[every] = store._open().info().segments_count
+            answers[every] = [[h.id for h in hits] for hits in search(store, vectors[:20], 10)]
+    assert segments[100] >= 4 > segments[0]
+    assert answers[100] == answers[0]
+    assert [a[0] for a in answers[100]] == ids[:20]  # each vector finds itself first
+    with open_store(url=f"file:{tmp_path / 'local'}", collection="c") as server:
+        server.create(32, {}, IndexSettings(segment_points=100))
+        assert server.segment_points() == 0
