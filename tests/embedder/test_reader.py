@@ -59,3 +59,32 @@ def test_an_upright_photo_needs_no_exif_copy_and_a_turned_one_is_turned(tmp_path
     photo.save(tmp_path / "turned.jpg", exif=exif)
     assert load_image(tmp_path / "upright.jpg").size == (40, 60)
     assert load_image(tmp_path / "turned.jpg").size == (60, 40)
+
+
+def test_a_reader_process_killed_mid_run_is_a_one_line_error(sample_root, tiny_model):
+    """A reader killed from outside (the kernel's OOM killer) stops the run with ReaderDied,
+    whose message says what happened and that a rerun continues; the batches read before it
+    came out whole."""
+    import os
+    import signal
+    from pathlib import Path
+
+    import pytest
+
+    from embedder import Encoder
+    from embedder.reader import ReaderDied
+
+    paths, boxes = _photos(sample_root, 400)
+    paths = (paths * 4)[:400]  # enough batches that the run is still going when one dies
+    boxes = (boxes * 4)[:400]
+    seen = []
+    with pytest.raises(ReaderDied, match="a reader process died .* rerun to continue"):
+        for part in embed_batches(Encoder(tiny_model, "cpu"), paths, boxes, batch_size=4):
+            seen.append(len(part.index))
+            if len(seen) == 2:
+                me = Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+                children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text()
+                for pid in children.split():  # the forked readers, not the resource tracker
+                    if Path(f"/proc/{pid}/cmdline").read_bytes() == me:
+                        os.kill(int(pid), signal.SIGKILL)
+    assert seen[:2] == [4, 4] and sum(seen) < 400
