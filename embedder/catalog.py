@@ -204,7 +204,7 @@ def _read_table(path: Path, fields: int) -> pd.DataFrame:
         names=range(MAX_FIELDS),  # room for extra fields, as `line.split()` had
         index_col=False,
         skiprows=head,
-        dtype=str,
+        dtype=object,  # Python strings: no Arrow array to convert back
         quoting=csv.QUOTE_NONE,
         on_bad_lines="skip",
         encoding_errors="replace",
