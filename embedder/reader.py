@@ -137,30 +137,28 @@ def die_with_parent(_worker: int = 0) -> None:
 
 # --- reader processes writing into shared memory ---------------------------------------------
 
-_slots: np.ndarray | None = None  # in a reader process: the shared batch slots
-_files: ImageFiles | None = None
+_reader: dict = {}  # in a reader process: the shared slots, the model's spec, the deadline
 
 
 def _start_reader(name: str, shape: tuple, spec: ModelSpec, read_deadline: float) -> None:
-    global _slots, _files
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    memory = shared_memory.SharedMemory(name=name)
-    _slots = np.ndarray(shape, np.uint8, buffer=memory.buf)
-    _files = ImageFiles([], None, spec, read_deadline)
-    _start_reader.memory = memory  # kept open for the process's life
+    memory = shared_memory.SharedMemory(name=name)  # kept open for the process's life
+    slots = np.ndarray(shape, np.uint8, buffer=memory.buf)
+    _reader.update(memory=memory, slots=slots, spec=spec, deadline=read_deadline)
 
 
 def _read_into(slot: int, paths: list, boxes: list | None) -> tuple[list[int], list]:
     """Decode `paths` into rows 0.. of `slot`: (rows written, [(row, reason)] that failed)."""
-    _files.paths, _files.boxes = paths, boxes
+    files = ImageFiles(paths, boxes, _reader["spec"], _reader["deadline"])
+    slots = _reader["slots"]
     good, failed = [], []
     for row in range(len(paths)):
-        _, pixels, reason = _files[row]
+        _, pixels, reason = files[row]
         if pixels is None:
             failed.append((row, reason))
         else:
-            _slots[slot, len(good)] = pixels
+            slots[slot, len(good)] = pixels
             good.append(row)
     return good, failed
 

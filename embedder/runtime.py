@@ -270,7 +270,7 @@ class ExportedEncoder:
         except BaseException:
             self._idle.put(request)
             raise
-        return Running(self, request)
+        return Running(request, self._idle)
 
     def __call__(self, pixels) -> np.ndarray:
         """uint8 NCHW pixels → unit vectors (normalised again here: int8 arithmetic leaves the
@@ -308,8 +308,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 class Running:
     """A batch running on one of an ExportedEncoder's requests."""
 
-    def __init__(self, encoder: ExportedEncoder, request):
-        self.encoder, self.request = encoder, request
+    def __init__(self, request, idle: queue.SimpleQueue):
+        self.request, self.idle = request, idle  # the pool the request goes back to
 
     def output(self) -> np.ndarray:
         """The model's raw output (waited for); the request goes back to the pool."""
@@ -318,7 +318,7 @@ class Running:
                 self.request.wait()
             return np.array(self.request.get_output_tensor(0).data, np.float32)
         finally:
-            self.encoder._idle.put(self.request)
+            self.idle.put(self.request)
 
     def result(self) -> np.ndarray:
         return unit(self.output())

@@ -356,7 +356,7 @@ class EdgeStore(Store):
         return self.folder / SIDECARS / name
 
     def segment_points(self) -> int:
-        return int(self.metadata().get("index", {}).get("segment_points", 0))
+        return IndexSettings.from_recorded(self.metadata().get("index", {})).segment_points
 
     def index_loaded(self) -> None:
         self._call("index a loaded segment", self._open().optimize)
