@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from embedder.errors import UserError
+from embedder.storage import LOCAL, Storage, errors, listing, split
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,16 @@ class CatalogError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DatasetRoot:
-    """Where a dataset lives: catalog paths are relative to `base` (so `base / path` is the
+    """Where a dataset lives: catalog paths are relative to `base` (so `file(path)` is the
     file), `images` is the image tree, `lists` the folder holding Anno/ and Eval/. They differ
     for the `Img/img/` layout: base `Img/`, images `Img/img/`, lists the dataset folder, so that
-    paths read "img/...", as the list files write them."""
+    paths read "img/...", as the list files write them. Paths are strings in `storage` (the
+    local disk, or an object store's bucket/prefix)."""
 
-    base: Path
-    images: Path
-    lists: Path | None = None
+    base: str
+    images: str
+    lists: str | None = None
+    storage: Storage = LOCAL
 
     def __post_init__(self) -> None:
         if self.lists is None:
@@ -64,26 +67,81 @@ class DatasetRoot:
     @property
     def prefix(self) -> str:
         """How catalog paths start, relative to `base` ("img/" for DeepFashion, "" otherwise)."""
-        rel = os.path.relpath(self.images, self.base)
-        return "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        rel = self.images[len(self.base) :].strip("/")
+        return rel + "/" if rel else ""
+
+    def file(self, path: str) -> str:
+        """The file of a catalog path (base/path), in `storage`."""
+        return f"{self.base}/{path}"
+
+    def url(self, path: str | None = None) -> str:
+        """The dataset folder (or one of its files) as a user writes it."""
+        return self.storage.url(self.base if path is None else self.file(path))
+
+    def source(self, path: str):
+        """What Pillow opens for a catalog path (embedder.storage.Storage.source)."""
+        return self.storage.source(self.file(path))
+
+    def list_file(self, name: str):
+        """One of the list files (Anno/..., Eval/...) open as text, or None when absent."""
+        return self.storage.open_text(f"{self.lists}/{name}")
 
 
-def locate(root: str | Path) -> DatasetRoot:
-    """Accept the dataset folder, its `img/` folder (or `Img/img/`), or any folder of images."""
-    root = Path(root).expanduser()
+def locate(root: str | Path | DatasetRoot, options: dict | None = None) -> DatasetRoot:
+    """Accept the dataset folder, its `img/` folder (or `Img/img/`), or any folder of images;
+    on the local disk or in an object store (s3://bucket/prefix, any fsspec URL, with its
+    `options`). A DatasetRoot is already located: returned as it is."""
+    if isinstance(root, DatasetRoot):
+        return root
+    storage, path = split(str(root), options)
+    if not storage.local:
+        return _locate_remote(storage, path, str(root))
+    root = Path(path).expanduser()
     if not root.exists():
         raise CatalogError(f"root {str(root)!r} does not exist")
     if not root.is_dir():
         raise CatalogError(f"root {str(root)!r} is not a folder")
     root = root.resolve()
-    if (root / "img").is_dir():
-        return DatasetRoot(base=root, images=root / "img")
-    if (root / "Img" / "img").is_dir():
-        return DatasetRoot(base=root / "Img", images=root / "Img" / "img", lists=root)
-    if root.name == "img":
-        nested = root.parent.name == "Img"
-        return DatasetRoot(root.parent, root, root.parent.parent if nested else root.parent)
+    return _layout(str(root), lambda name: (root / name).is_dir(), root.name, root.parent.name)
+
+
+def _layout(root: str, has_folder, name: str, parent: str) -> DatasetRoot:
+    """The DeepFashion layouts, given a test for a folder below root."""
+    if has_folder("img"):
+        return DatasetRoot(base=root, images=f"{root}/img")
+    if has_folder("Img/img"):
+        return DatasetRoot(base=f"{root}/Img", images=f"{root}/Img/img", lists=root)
+    up = root.rsplit("/", 1)[0] if "/" in root else root
+    if name == "img":
+        nested = parent == "Img"
+        return DatasetRoot(up, root, up.rsplit("/", 1)[0] if nested else up)
     return DatasetRoot(base=root, images=root)
+
+
+def _locate_remote(storage: Storage, path: str, shown: str) -> DatasetRoot:
+    """One listing of the root's top level (a missing bucket or prefix, refused credentials,
+    an endpoint that does not answer: each one line), then the layout."""
+    if not path:
+        raise CatalogError(f"root {shown!r} names no bucket")
+    with errors(storage, path):
+        entries = storage.fs.ls(path, detail=True)
+        top = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
+        if not top:
+            raise CatalogError(f"root {shown!r} holds nothing")
+        folders = {n for n, e in top.items() if e.get("type") == "directory"}
+        nested = "Img" in folders and any(
+            e["name"].rstrip("/").endswith("/img")
+            for e in storage.fs.ls(f"{path}/Img", detail=True)
+            if e.get("type") == "directory"
+        )
+    parts = path.split("/")
+    found = _layout(
+        path,
+        lambda name: name in folders if name == "img" else nested,
+        parts[-1],
+        parts[-2] if len(parts) > 1 else "",
+    )
+    return DatasetRoot(found.base, found.images, found.lists, storage)
 
 
 CONSUMER_PREFIXES = ("comsumer", "consumer")  # the dataset's own spelling, and the usual one
@@ -137,14 +195,7 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
                     continue
                 sizes.append(stat.st_size)
                 mtimes.append(stat.st_mtime_ns)
-            start = name[:8].lower()
-            sources.append(
-                "consumer"
-                if start.startswith(CONSUMER_PREFIXES)
-                else "shop"
-                if start.startswith("shop")
-                else UNKNOWN
-            )
+            sources.append(_source(name))
             rels.append(folder_prefix + name)
             where.append(index)
     return {
@@ -156,6 +207,45 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
         "folders": folders,
         "skipped": skipped,
     }
+
+
+def _walk_remote(where: DatasetRoot) -> dict[str, list]:
+    """_walk's answer for an object store: one listing of every key below the image tree
+    (sizes and change stamps from the listing, no request per photo)."""
+    prefix = where.prefix
+    rels: list[str] = []
+    sources: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    where_: list[int] = []
+    folders: dict[str, int] = {}
+    for rel, size, changed in sorted(listing(where.storage, where.images)):
+        folder, _, name = rel.rpartition("/")
+        dot = name.rfind(".")
+        if dot <= 0 or name[dot:].lower() not in IMAGE_SUFFIXES or name.startswith("._"):
+            continue
+        rels.append(prefix + rel)
+        sources.append(_source(name))
+        sizes.append(size)
+        mtimes.append(changed)
+        where_.append(folders.setdefault(folder + "/" if folder else "", len(folders)))
+    return {
+        "path": rels,
+        "source": sources,
+        "size": sizes,
+        "mtime": mtimes,
+        "folder": where_,
+        "folders": list(folders),
+        "skipped": [],
+    }
+
+
+def _source(name: str) -> str:
+    """consumer / shop / unknown, from a photo's file name."""
+    start = name[:8].lower()
+    if start.startswith(CONSUMER_PREFIXES):
+        return "consumer"
+    return "shop" if start.startswith("shop") else UNKNOWN
 
 
 def _unusable_name(path: str) -> str | None:
@@ -188,17 +278,23 @@ def _labels(folders: list[str]) -> tuple[str, str, str]:
 MAX_FIELDS = 16  # fields a list-file line may have; a longer line is skipped
 
 
-def _read_table(path: Path, fields: int) -> pd.DataFrame:
+def _read_table(where: DatasetRoot, name: str, fields: int) -> pd.DataFrame:
     """Rows of a DeepFashion list file (line 1 a count, line 2 a header) as strings in columns
     0 .. fields - 1, parsed by pandas' C reader; lines with fewer fields are skipped, of lines
     with more (up to MAX_FIELDS) the first `fields` are kept; empty if the file is absent."""
-    if not path.is_file():
+    fh = where.list_file(name)
+    if fh is None:
         return pd.DataFrame(columns=range(fields), dtype=object)
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with fh:
         first = [fh.readline().split() for _ in range(2)]
+        fh.seek(0)
+        return _parse_table(fh, first, fields)
+
+
+def _parse_table(fh, first: list[list[str]], fields: int) -> pd.DataFrame:
     head = [n for n, f in enumerate(first) if len(f) <= 1 or not f[0].startswith("img/")]
     rows = pd.read_csv(
-        path,
+        fh,
         sep=r"\s+",
         header=None,
         names=range(MAX_FIELDS),  # room for extra fields, as `line.split()` had
@@ -217,18 +313,18 @@ def read_items(root: str | Path | DatasetRoot) -> list[str]:
     """The item ids of Anno/list_item_consumer2shop.txt ([] if absent): ONE header line (the
     count), then one id a line; the numbering has gaps."""
     where = root if isinstance(root, DatasetRoot) else locate(root)
-    path = where.lists / ITEM_FILE
-    if not path.is_file():
+    fh = where.list_file(ITEM_FILE)
+    if fh is None:
         return []
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with fh:
         lines = [line.split() for line in fh]
     return [f[0] for n, f in enumerate(lines) if f and not (n == 0 and f[0].isdigit())]
 
 
-def read_pairs(root: str | Path) -> pd.DataFrame:
+def read_pairs(root: str | Path | DatasetRoot) -> pd.DataFrame:
     """Consumer/shop pairs from Eval/list_eval_partition.txt: consumer, shop, item_id, split."""
-    where = locate(root)
-    rows = _read_table(where.lists / EVAL_FILE, 4)
+    where = root if isinstance(root, DatasetRoot) else locate(root)
+    rows = _read_table(where, EVAL_FILE, 4)
     rows.columns = ["consumer", "shop", "item_id", "split"]
     return rows.reset_index(drop=True).astype(TEXT)
 
@@ -236,7 +332,7 @@ def read_pairs(root: str | Path) -> pd.DataFrame:
 def _splits(where: DatasetRoot) -> pd.Series:
     """path → split from Eval/list_eval_partition.txt; a photo in several pairs keeps the
     split of its first pair."""
-    rows = _read_table(where.lists / EVAL_FILE, 4)
+    rows = _read_table(where, EVAL_FILE, 4)
     paths = rows[[0, 1]].to_numpy().ravel()  # consumer, shop, consumer, shop, ...
     splits = pd.Series(np.repeat(rows[3].to_numpy(), 2), index=paths, dtype=object)
     return splits[~splits.index.duplicated(keep="first")]
@@ -250,12 +346,12 @@ def _bboxes(where: DatasetRoot) -> pd.DataFrame:
     """path → x1 y1 x2 y2 from the Anno file (the last line of a path wins); lines whose
     numbers are not finite, sane numbers are skipped and counted in a warning (a box outside
     its photo is kept: it is clipped to the photo when the photo is read)."""
-    rows = _read_table(where.lists / BBOX_FILE, 7)
+    rows = _read_table(where, BBOX_FILE, 7)
     text = rows[[3, 4, 5, 6]].to_numpy().ravel()
     values = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(np.float64).reshape(-1, 4)
     good = (np.isfinite(values) & (np.abs(values) <= MAX_COORDINATE)).all(axis=1)
     if skipped := int((~good).sum()):
-        log.warning("skipped %d malformed line(s) in %s", skipped, where.lists / BBOX_FILE)
+        log.warning("skipped %d malformed line(s) in %s", skipped, f"{where.lists}/{BBOX_FILE}")
     paths = pd.Index(rows[0].to_numpy())[good]
     boxes = pd.DataFrame(np.trunc(values[good]).astype(np.int64), index=paths, columns=BOX)
     return boxes[~boxes.index.duplicated(keep="last")]
@@ -273,11 +369,14 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     folder, and the list files are joined to the table in pandas.
     """
     where = root if isinstance(root, DatasetRoot) else locate(root)
-    found = _walk(str(where.images), where.prefix)
+    found = _walk(where.images, where.prefix) if where.storage.local else _walk_remote(where)
     if found["skipped"]:
         log.warning("%d file(s) named like photos are not photos", len(found["skipped"]))
     if not found["path"]:
-        raise CatalogError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {where.images}")
+        raise CatalogError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+            f"{where.storage.url(where.images)}"
+        )
     folders = [_labels(f.split("/")[:-1]) for f in found["folders"]]
     labels = np.array(folders, dtype=object)[found["folder"]]
     table = pd.DataFrame(
@@ -305,8 +404,8 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     if items:
         unlisted = table.loc[~table["item_id"].isin(items + [UNKNOWN]), "item_id"].unique()
         if len(unlisted):
-            log.info("%d item folders are not in %s", len(unlisted), where.lists / ITEM_FILE)
-    log.info("catalog: %d images under %s", len(table), where.images)
+            log.info("%d item folders are not in %s", len(unlisted), f"{where.lists}/{ITEM_FILE}")
+    log.info("catalog: %d images under %s", len(table), where.storage.url(where.images))
     table.attrs["skipped"] = found["skipped"]  # (path, why): for the run's failure report
     return table
 

@@ -10,13 +10,16 @@ import typer
 
 from embedder.choices import MapMethod, Mode
 from embedder.commands import (
+    DataRoot,
     Device,
     Int8,
     Ks,
     Precision,
     Runtime,
+    StorageOption,
     Verbose,
     clean_errors,
+    dataset_root,
     echo,
     run_app,
     setup_logging,
@@ -28,7 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, evaluate and inspect the garment embedding model.",
 )
-Root = Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")]
+Root = DataRoot
 
 
 @app.callback()
@@ -91,6 +94,7 @@ def train(
             "... -m embedder train` with torchrun's own flags.",
         ),
     ] = 1,
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Train with triplet loss; each epoch writes a checkpoint, validation top-k, metrics.csv
@@ -99,6 +103,7 @@ def train(
     setup_logging(verbose)
     with clean_errors():
         from embedder.distributed import launch, main_process, under_torchrun
+        from embedder.storage import parse_options
         from embedder.train import TrainConfig, fit
 
         launching = nproc_per_node > 1 and not under_torchrun()
@@ -107,6 +112,7 @@ def train(
             typer.echo(f"training stages: {chosen} ({why}; --train-stages to choose)", err=True)
         cfg = TrainConfig(
             root=str(root),
+            storage_options=parse_options(storage_option),
             out=str(out),
             backbone=backbone,
             img_size=img_size,
@@ -170,6 +176,7 @@ def evaluate(
     precision: Precision = "auto",
     runtime: Runtime = "auto",
     int8: Int8 = False,
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Consumer-to-shop retrieval: queries are the split's consumer photos, the gallery its shop
@@ -183,6 +190,7 @@ def evaluate(
         from embedder.plots import topk_curve
         from embedder.recipe import ModelRecipe
 
+        root = dataset_root(root, storage_option)
         backbones = [n for names in backbone or [] for n in names.split(",") if n]
         if (weights is None) == (not backbones):
             raise ValueError("give either --weights or --backbone")
@@ -226,6 +234,7 @@ def project(
     workers: Annotated[int, typer.Option(min=0)] = 1,
     device: Device = "auto",
     precision: Precision = "auto",
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Fit PCA (or whitening) of the embeddings on the train split's shop images, build it into
@@ -241,6 +250,7 @@ def project(
         from embedder.projection import fit_on_gallery, with_projection
         from embedder.recipe import Built
 
+        root = dataset_root(root, storage_option)
         model = build_model(weights=str(weights))
         encoder = Encoder(model, device, precision)
         mean, matrix = fit_on_gallery(encoder, root, dim, whiten, workers)

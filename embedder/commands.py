@@ -37,6 +37,33 @@ def parse_ks(text: str) -> TopKs:
     return ks
 
 
+DATA_ROOT_HELP = (
+    "Dataset folder (img/, Anno/, Eval/), its img/ folder, or the same in an object store: "
+    "s3://bucket/prefix, gs://..., az://..., any fsspec URL (credentials from AWS_* variables "
+    "or --storage-option)."
+)
+DataRoot = Annotated[str, typer.Option(help=DATA_ROOT_HELP)]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="A keyword for an object-store root's file system (fsspec), repeatable: "
+        "endpoint_url=http://127.0.0.1:8333 for MinIO or SeaweedFS, key=..., secret=..., "
+        "anon=true.",
+        show_default=False,
+    ),
+]
+
+
+def dataset_root(root: str, storage_option: list[str] | None):
+    """--root and --storage-option as one located dataset (embedder.catalog.DatasetRoot)."""
+    from embedder.catalog import locate
+    from embedder.storage import parse_options
+
+    return locate(root, parse_options(storage_option))
+
+
 Ks = Annotated[TopKs, typer.Option("--k", parser=parse_ks, metavar="K,K,...", help="Top-k values.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")]
 Precision = Annotated[

@@ -10,6 +10,7 @@ is retried on the CPU, so the set of failures is the CPU path's.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from embedder.geometry import (
     resize_shape,
 )
 from embedder.spec import ModelSpec
+from embedder.storage import LOCAL, Storage
 from embedder.transforms import IMAGE_FORMATS, check_aspect, eval_transform, load_image
 
 
@@ -49,8 +51,9 @@ class Item:
 class JpegFiles(Dataset):
     """Reader for device decode: bytes and header facts for JPEGs, CPU pixels for the rest."""
 
-    def __init__(self, paths, boxes, spec: ModelSpec):
+    def __init__(self, paths, boxes, spec: ModelSpec, storage: Storage = LOCAL):
         self.paths, self.boxes, self.spec = [str(p) for p in paths], boxes, spec
+        self.storage = storage
         self.transform = eval_transform(spec)
         self.min_side = int(spec.img_size / spec.crop_pct)
 
@@ -60,16 +63,17 @@ class JpegFiles(Dataset):
     def __getitem__(self, i: int) -> Item:
         path, box = self.paths[i], self.boxes[i] if self.boxes is not None else None
         try:
+            raw = Path(path).read_bytes() if self.storage.local else self.storage.fs.cat_file(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path, formats=IMAGE_FORMATS) as img:  # header only: no pixels
+                with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:  # header only
                     fmt, mode, size = img.format, img.mode, img.size
                     orientation = int(img.getexif().get(0x0112, 1))
             check_aspect(*size)
             if fmt != "JPEG" or mode not in ("RGB", "L"):
-                pixels = torch.from_numpy(self.transform(load_image(path, box, self.min_side)))
-                return Item(i, pixels=pixels, path=path)
-            data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+                image = load_image(io.BytesIO(raw), box, self.min_side)
+                return Item(i, pixels=torch.from_numpy(self.transform(image)), path=path)
+            data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             return Item(i, data=data, box=box, orientation=orientation, size=size, path=path)
         except Exception as exc:  # every unreadable file becomes a reported failure
             return Item(i, failure=describe_failure(exc), path=path)

@@ -132,13 +132,14 @@ def embed_table(
 ) -> np.ndarray:
     from embedder.inference import embed_files
 
-    base = locate(root).base
+    where = locate(root)
     return embed_files(
         encoder,
-        [str(base / p) for p in table["path"]],
+        [where.file(p) for p in table["path"]],
         [bbox_of(r) for r in table.itertuples(index=False)],
         batch_size=batch_size,
         workers=workers,
+        storage=where.storage,
     )
 
 

@@ -21,6 +21,7 @@ from embedder.choices import Decode, Precision
 from embedder.geometry import Box
 from embedder.reader import Batch, batches
 from embedder.spec import ModelSpec
+from embedder.storage import LOCAL, Storage
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,12 @@ def embed_batches(
     batch_size: int = 32,
     workers: int = 1,
     decode: Decode | str = Decode.cpu,
+    storage: Storage = LOCAL,
 ) -> Iterator[Embedded]:
     """Read (and on the CPU path decode) in `workers` processes, overlapping the model, with
     `encoder.depth` batches in the model at once; yield batch by batch, in input order.
-    decode="device" decodes JPEGs on the encoder's device (nvjpeg)."""
+    decode="device" decodes JPEGs on the encoder's device (nvjpeg); `storage` is where the
+    paths are (embedder.storage: the local disk, or an object store)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     decode = Decode(decode)
@@ -140,6 +143,7 @@ def embed_batches(
         workers=workers,
         pin_memory=pin,
         decode=decode,
+        storage=storage,
     ) as source:
         in_model: deque = deque()  # (batch, its pending vectors, seconds read, decode, model)
         exhausted = False
@@ -193,10 +197,14 @@ def embed_files(
     *,
     batch_size: int = 32,
     workers: int = 0,
+    storage: Storage = LOCAL,
 ) -> np.ndarray:
     """All vectors in input order; raises ValueError naming the first file that failed."""
     out = np.zeros((len(paths), encoder.spec.out_dim), np.float32)
-    for part in embed_batches(encoder, paths, boxes, batch_size=batch_size, workers=workers):
+    parts = embed_batches(
+        encoder, paths, boxes, batch_size=batch_size, workers=workers, storage=storage
+    )
+    for part in parts:
         if part.failed:
             i, reason = part.failed[0]
             raise ValueError(f"cannot read image {str(paths[i])!r}: {reason}")

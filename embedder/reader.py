@@ -14,6 +14,7 @@ query run on Pillow, NumPy and OpenVINO alone."""
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from embedder.choices import Decode
 from embedder.errors import UserError, describe_failure
 from embedder.geometry import Box
 from embedder.spec import ModelSpec
+from embedder.storage import LOCAL, Storage
 from embedder.transforms import eval_transform, load_image
 
 if TYPE_CHECKING:
@@ -74,7 +76,8 @@ def deadline(seconds: float) -> Iterator[None]:
 class ImageFiles:
     """File i → (i, uint8 CHW array, "") or (i, None, reason) when it cannot be decoded, or
     was not read within `read_deadline` seconds (a map-style dataset for torch's DataLoader,
-    or read in order)."""
+    or read in order). Files in an object store (`storage`) are read one by one, or all at
+    once by fetch() (concurrent requests) before they are decoded."""
 
     def __init__(
         self,
@@ -82,11 +85,31 @@ class ImageFiles:
         boxes: Sequence[Box | None] | None,
         spec: ModelSpec,
         read_deadline: float | None = None,
+        storage: Storage = LOCAL,
     ):
         self.paths, self.boxes, self.spec = list(paths), boxes, spec
         self.transform = eval_transform(spec)
         self.min_side = int(spec.img_size / spec.crop_pct)
         self.read_deadline = READ_DEADLINE if read_deadline is None else read_deadline
+        self.storage, self.fetched = storage, None
+
+    def fetch(self) -> ImageFiles:
+        """Every file's bytes from the object store at once (no-op on the local disk)."""
+        if not self.storage.local:
+            with deadline(self.read_deadline * max(1, len(self.paths) / 16)):
+                try:
+                    self.fetched = self.storage.fetch([str(p) for p in self.paths])
+                except Exception as exc:  # the store stopped answering: every file fails
+                    self.fetched = [exc] * len(self.paths)
+        return self
+
+    def _source(self, i: int):
+        if self.fetched is None:
+            return self.storage.source(str(self.paths[i]))
+        got = self.fetched[i]
+        if isinstance(got, BaseException):
+            raise got
+        return io.BytesIO(got)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -95,7 +118,7 @@ class ImageFiles:
         box = self.boxes[i] if self.boxes is not None else None
         try:
             with deadline(self.read_deadline):
-                image = load_image(self.paths[i], box, self.min_side)
+                image = load_image(self._source(i), box, self.min_side)
             return i, self.transform(image), ""
         except Exception as exc:  # every undecodable or stuck file becomes a reported failure
             return i, None, describe_failure(exc)
@@ -140,17 +163,20 @@ def die_with_parent(_worker: int = 0) -> None:
 _reader: dict = {}  # in a reader process: the shared slots, the model's spec, the deadline
 
 
-def _start_reader(name: str, shape: tuple, spec: ModelSpec, read_deadline: float) -> None:
+def _start_reader(
+    name: str, shape: tuple, spec: ModelSpec, read_deadline: float, storage: Storage
+) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     memory = shared_memory.SharedMemory(name=name)  # kept open for the process's life
     slots = np.ndarray(shape, np.uint8, buffer=memory.buf)
-    _reader.update(memory=memory, slots=slots, spec=spec, deadline=read_deadline)
+    _reader.update(memory=memory, slots=slots, spec=spec, deadline=read_deadline, storage=storage)
 
 
 def _read_into(slot: int, paths: list, boxes: list | None) -> tuple[list[int], list]:
     """Decode `paths` into rows 0.. of `slot`: (rows written, [(row, reason)] that failed)."""
-    files = ImageFiles(paths, boxes, _reader["spec"], _reader["deadline"])
+    files = ImageFiles(paths, boxes, _reader["spec"], _reader["deadline"], _reader["storage"])
+    files.fetch()
     slots = _reader["slots"]
     good, failed = [], []
     for row in range(len(paths)):
@@ -178,6 +204,7 @@ class SharedReader:
         readers: int,
         ahead: int | None = None,
         read_deadline: float | None = None,
+        storage: Storage = LOCAL,
     ):
         self.paths, self.boxes, self.batch_size = [str(p) for p in paths], boxes, batch_size
         self.ahead = ahead or 2 * readers
@@ -191,7 +218,7 @@ class SharedReader:
             readers,
             mp_context=_context(),
             initializer=_start_reader,
-            initargs=(self.memory.name, shape, spec, deadline_s),
+            initargs=(self.memory.name, shape, spec, deadline_s, storage),
         )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -241,32 +268,42 @@ def batches(
     workers: int,
     pin_memory: bool = False,
     decode: Decode = Decode.cpu,
+    storage: Storage = LOCAL,
 ) -> Iterator[Iterator[Batch]]:
-    """The batches of `paths`, read as the model needs them: decoded in this process (no
-    workers), by `workers` reader processes into shared memory (a CPU model), or by torch's
-    DataLoader (pinned for a GPU; JPEG bytes for the GPU's decoder)."""
+    """The batches of `paths` (in `storage`), read as the model needs them: decoded in this
+    process (no workers), by `workers` reader processes into shared memory (a CPU model), or by
+    torch's DataLoader (pinned for a GPU; JPEG bytes for the GPU's decoder)."""
     if decode is Decode.device:
         from embedder.device_decode import JpegFiles, collate_items
 
-        yield iter(_data_loader(JpegFiles(paths, boxes, spec), collate_items, batch_size, workers))
+        files = JpegFiles(paths, boxes, spec, storage)
+        yield iter(_data_loader(files, collate_items, batch_size, workers))
         return
     if pin_memory:
-        data = ImageFiles(paths, boxes, spec)
+        data = ImageFiles(paths, boxes, spec, storage=storage)
         collate_fn = partial(collate, as_tensor=True)
         yield iter(_data_loader(data, collate_fn, batch_size, workers, pin_memory=True))
         return
     if workers == 0:
-        data = ImageFiles(paths, boxes, spec)
         yield (
-            collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
-            for start in range(0, len(data), batch_size)
+            _read_here(paths, boxes, spec, storage, start, batch_size)
+            for start in range(0, len(paths), batch_size)
         )
         return
-    reader = SharedReader(paths, boxes, spec, batch_size=batch_size, readers=workers)
+    reader = SharedReader(
+        paths, boxes, spec, batch_size=batch_size, readers=workers, storage=storage
+    )
     try:
         yield iter(reader)
     finally:
         reader.close()
+
+
+def _read_here(paths, boxes, spec, storage: Storage, start: int, size: int) -> Batch:
+    stop = min(start + size, len(paths))
+    part = ImageFiles(paths[start:stop], boxes[start:stop] if boxes else None, spec, None, storage)
+    part.fetch()
+    return collate([(start + i, t, why) for i, t, why in (part[j] for j in range(len(part)))])
 
 
 def _data_loader(data, collate_fn, batch_size: int, workers: int, pin_memory: bool = False):

@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedder.choices import Precision, Runtime
 from embedder.errors import WeightsError
 from embedder.spec import DEFAULT_BACKBONE, ModelSpec, model_difference
+
+if TYPE_CHECKING:
+    from embedder.catalog import DatasetRoot
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class ModelRecipe:
     compile: bool = False
     runtime: Runtime | str = Runtime.auto  # auto: OpenVINO on a CPU, torch on a GPU
     int8: bool = False  # OpenVINO: the int8 model (quantised once, checked against fp32)
-    calibration: str | None = None  # int8: a folder of the user's own photos
+    calibration: str | DatasetRoot | None = None  # int8: a folder (or located dataset) of photos
     traced: bool = False  # torch on a CPU: a cached traced copy (fast starts, no GIL)
     record: dict | None = None  # a collection's metadata: the model must be the one it records
     _model: object = field(default=None, repr=False, compare=False)  # built for the spec
@@ -200,19 +204,20 @@ class ModelRecipe:
 
     def calibration_photos(self):
         """A seeded sample of the calibration folder's photos, as the model sees them."""
-        if not self.calibration or not Path(self.calibration).is_dir():
+        from embedder.catalog import DatasetRoot, bbox_of, locate, read_catalog
+        from embedder.runtime import calibration_photos
+
+        source = self.calibration
+        if not source or not (isinstance(source, DatasetRoot) or Path(source).is_dir()):
             raise ValueError(
                 "an int8 model needs calibration photos: pass --calibration DIR (or run "
                 "`embedder export --int8 --calibration DIR` first)"
             )
-        from embedder.catalog import bbox_of, locate, read_catalog
-        from embedder.runtime import calibration_photos
-
-        where = locate(self.calibration)
+        where = locate(source)
         table = read_catalog(where)
-        paths = [str(where.base / p) for p in table["path"]]
+        paths = [where.file(p) for p in table["path"]]
         boxes = [bbox_of(r) for r in table.itertuples(index=False)]
-        return calibration_photos(paths, boxes, self.spec)
+        return calibration_photos(paths, boxes, self.spec, storage=where.storage)
 
     def describe(self) -> dict:
         """What made a collection's vectors (recorded with it, for information)."""

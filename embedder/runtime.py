@@ -495,14 +495,18 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def calibration_photos(
-    paths: Sequence[str], boxes: Sequence | None, spec: ModelSpec, count: int = 300
+    paths: Sequence[str], boxes: Sequence | None, spec: ModelSpec, count: int = 300, storage=None
 ) -> list[np.ndarray]:
     """Up to `count` photos (seeded sample) decoded as the model sees them; unreadable skipped."""
     from embedder.reader import ImageFiles
+    from embedder.storage import LOCAL
 
     rng = np.random.default_rng(0)
     chosen = rng.permutation(len(paths))[:count] if len(paths) > count else range(len(paths))
     files = ImageFiles(
-        [paths[i] for i in chosen], [boxes[i] for i in chosen] if boxes else None, spec
-    )
+        [paths[i] for i in chosen],
+        [boxes[i] for i in chosen] if boxes else None,
+        spec,
+        storage=storage or LOCAL,
+    ).fetch()
     return [pixels for _, pixels, _ in (files[i] for i in range(len(files))) if pixels is not None]

@@ -56,6 +56,8 @@ class TrainConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     select_k: int = 20  # best checkpoint by validation top-k
     resume: bool = False  # continue the run in `out` after its last finished epoch
+    # fsspec keywords of an object-store root (--storage-option): never written to the run
+    storage_options: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
     def default_stages(pretrained: str, weights: str | None) -> tuple[str, str]:
@@ -110,7 +112,7 @@ class TripletSet(Dataset):
     subcategory with another item, drawn afresh each epoch from a seeded stream."""
 
     def __init__(self, root, pairs: pd.DataFrame, catalog: pd.DataFrame, spec, seed: int):
-        self.base = locate(root).base
+        self.where = locate(root)
         self.pairs = pairs.reset_index(drop=True)
         self.rows = catalog.set_index("path")
         self.by_sub = {s: g["path"].tolist() for s, g in catalog.groupby("subcategory")}
@@ -122,7 +124,7 @@ class TripletSet(Dataset):
 
     def _image(self, path: str, strong: bool) -> torch.Tensor:
         row = self.rows.loc[path]
-        img = load_image(self.base / path, box_for_training(row, strong))
+        img = load_image(self.where.source(path), box_for_training(row, strong))
         return (self.strong if strong else self.mild)(img)
 
     def negative(self, i: int) -> str:
@@ -152,7 +154,7 @@ class ItemImages(Dataset):
     """Every train image with its item label, for item-balanced batches and online mining."""
 
     def __init__(self, root, table: pd.DataFrame, spec):
-        self.base = locate(root).base
+        self.where = locate(root)
         self.table = table.reset_index(drop=True)
         self.labels = pd.factorize(self.table["item_id"])[0]
         self.strong, self.mild = train_transform(spec, True), train_transform(spec, False)
@@ -164,9 +166,8 @@ class ItemImages(Dataset):
         row = self.table.iloc[i]
         consumer = row["source"] == "consumer"
         tf = self.strong if consumer else self.mild
-        return tf(load_image(self.base / row["path"], box_for_training(row, consumer))), int(
-            self.labels[i]
-        )
+        image = load_image(self.where.source(row["path"]), box_for_training(row, consumer))
+        return tf(image), int(self.labels[i])
 
 
 def freeze(model: EmbeddingNet, stages: str) -> list[torch.nn.Parameter]:
@@ -355,10 +356,11 @@ def _fit(cfg: TrainConfig, ranks: Ranks, device: torch.device, progress: bool) -
         Mode.semihard: miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard"),
         Mode.reference: None,
     }[cfg.mode]
-    catalog = read_catalog(cfg.root)  # read once: every epoch draws from the same tables
-    pairs = _train_pairs(cfg.root, catalog) if cfg.mode is Mode.reference else None
-    batches = build_loader(cfg, cfg.root, catalog, pairs, net.spec, ranks)
-    val_sets = _val_sets(cfg.root) if ranks.main else None
+    where = locate(cfg.root, cfg.storage_options)  # the local disk or an object store
+    catalog = read_catalog(where)  # read once: every epoch draws from the same tables
+    pairs = _train_pairs(where, catalog) if cfg.mode is Mode.reference else None
+    batches = build_loader(cfg, where, catalog, pairs, net.spec, ranks)
+    val_sets = _val_sets(where) if ranks.main else None
     for epoch in range(done + 1, cfg.epochs + 1):
         row = {"epoch": epoch}
         row.update(
@@ -376,7 +378,7 @@ def _fit(cfg: TrainConfig, ranks: Ranks, device: torch.device, progress: bool) -
             )
         )
         if ranks.main:
-            row.update(validate(net, cfg, device, val_sets))
+            row.update(validate(net, cfg, device, val_sets, where))
             history.rows.append(row)
             save_epoch(net, optimizer, cfg, out, epoch, row, history)
             log.info("epoch %d: %s", epoch, row)
@@ -454,13 +456,14 @@ def _val_sets(root):
         return None
 
 
-def validate(model: EmbeddingNet, cfg: TrainConfig, device, sets) -> dict:
-    """Validation top-k of the model as it is now ({} without a val split)."""
+def validate(model: EmbeddingNet, cfg: TrainConfig, device, sets, where=None) -> dict:
+    """Validation top-k of the model as it is now ({} without a val split); `where`: the
+    located dataset (default cfg.root)."""
     if sets is None:
         return {}
     report, _ = evaluate(
         Encoder(model, device, cfg.precision),
-        cfg.root,
+        where or cfg.root,
         split="val",
         ks=cfg.ks,
         workers=cfg.workers,
@@ -491,7 +494,7 @@ def save_epoch(
         "last": name,
         "best": history.best,
         "history": history.rows,
-        "config": {k: v for k, v in asdict(cfg).items()},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
     }
     tmp = out / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1, default=str))

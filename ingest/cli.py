@@ -9,6 +9,8 @@ import typer
 
 from embedder.choices import Decode
 from embedder.commands import (
+    DATA_ROOT_HELP,
+    StorageOption,
     Verbose,
     clean_errors,
     echo,
@@ -57,10 +59,17 @@ def parse_shard(text: str) -> Share:
 
 @app.command()
 def sample(
-    out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="Folder to write the dataset into, or an object-store URL (s3://bucket/prefix: "
+            "drawn locally, then uploaded)."
+        ),
+    ],
     items: Annotated[int, typer.Option(min=1, help="Number of garments (items).")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     processes: Annotated[int, typer.Option(min=1, help="Drawing processes.")] = 1,
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Write a generated dataset in DeepFashion consumer-to-shop layout: img/ with shop and
@@ -68,10 +77,14 @@ def sample(
     Eval/list_eval_partition.txt."""
     setup_logging(verbose)
     with clean_errors():
+        from embedder.catalog import read_catalog
+        from embedder.commands import dataset_root
+        from embedder.storage import parse_options
         from ingest.sample import write_sample
 
-        write_sample(out, items=items, seed=seed, processes=processes)
-        images = sum(1 for _ in (out / "img").rglob("*.jpg"))
+        options = parse_options(storage_option)
+        write_sample(out, items=items, seed=seed, processes=processes, storage_options=options)
+        images = len(read_catalog(dataset_root(out, storage_option)))
         echo(f"wrote {items} items, {images} images to {out}")
 
 
@@ -166,9 +179,7 @@ settings_options = option_set(
 @index_options
 @settings_options
 def run(
-    root: Annotated[
-        Path, typer.Option(help="Dataset folder, its img/ folder, or any image folder.")
-    ],
+    root: Annotated[str, typer.Option(help=DATA_ROOT_HELP + " Or any folder of images.")],
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     shard: Annotated[
         Share | None,
@@ -180,6 +191,7 @@ def run(
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Drop and rebuild the collection.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any file failed.")] = False,
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
     where: StoreOptions = StoreOptions(),
     recipe=None,
@@ -191,6 +203,7 @@ def run(
     missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors(INTERRUPTED):
+        from embedder.storage import parse_options
         from ingest.runner import ingest
 
         summary = ingest(
@@ -203,6 +216,7 @@ def run(
             shard=tuple(shard) if shard else None,
             recreate=recreate,
             announce=echo,
+            storage_options=parse_options(storage_option),
         )
     for line in summary.lines():
         echo(line)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedder.catalog import BOX, TEXT, bbox_of, locate, read_catalog
+from embedder.catalog import BOX, TEXT, DatasetRoot, bbox_of, locate, read_catalog
 from embedder.errors import describe_failure
 from search.store import Store, point_ids, schema
 from search.store.schema import CHANGE, LABELS
@@ -39,7 +39,7 @@ class Work:
     """What one ingest run is responsible for: the dataset folder, and its catalog rows with
     point ids, already cut to the run's --shard share and --limit (kept to explain them)."""
 
-    base: Path  # the dataset folder that catalog paths are relative to
+    root: DatasetRoot  # where the dataset is (local or an object store): catalog paths below it
     catalog: pd.DataFrame
     shard: tuple[int, int] | None = None
     limit: int | None = None
@@ -51,7 +51,7 @@ class Work:
 class Plan:
     """The catalog with point ids, split into rows to embed and rows already stored unchanged."""
 
-    base: Path  # the dataset folder that catalog paths are relative to
+    root: DatasetRoot  # where the dataset is: catalog paths are relative to root.base
     catalog: pd.DataFrame
     todo: pd.DataFrame
     present: int
@@ -74,7 +74,8 @@ class Plan:
         return pd.concat([old.drop(index=new.index, errors="ignore"), new])
 
     def files(self) -> list[str]:
-        base = str(self.base) + "/"
+        """The todo rows' files, in root.storage."""
+        base = self.root.base + "/"
         return [base + p for p in self.todo["path"]]
 
     def boxes(self) -> list[tuple[int, int, int, int] | None]:
@@ -173,12 +174,18 @@ def keep_state(store: Store, state: pd.DataFrame) -> None:
 
 
 def read_work(
-    root: str | Path, *, limit: int | None = None, shard: tuple[int, int] | None = None
+    root: str | Path | DatasetRoot,
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    storage_options: dict | None = None,
 ) -> Work:
     """The catalog rows this run is responsible for, with their point ids (the dataset folder
-    is located once, here)."""
+    is located once, here: on the local disk, or an object store opened with
+    `storage_options`). Point ids are uuid5 of the dataset-relative path: a bucket and a local
+    copy of one dataset give the same ids."""
     started = time.perf_counter()
-    where = locate(root)
+    where = locate(root, storage_options)
     catalog = read_catalog(where)
     skipped = list(catalog.attrs.get("skipped", []))
     catalog["id"] = pd.array(point_ids(catalog["path"].tolist()), dtype=TEXT)
@@ -186,7 +193,7 @@ def read_work(
         catalog = catalog[shard_mask(catalog["id"], shard)].reset_index(drop=True)
     if limit is not None:
         catalog = catalog.head(limit)
-    return Work(where.base, catalog, shard, limit, time.perf_counter() - started, skipped)
+    return Work(where, catalog, shard, limit, time.perf_counter() - started, skipped)
 
 
 def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Plan:
@@ -211,7 +218,7 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
     if work.shard is not None and len(gone):
         gone = gone[shard_mask(pd.Series(gone), work.shard)]
     return Plan(
-        work.base,
+        work.root,
         catalog,
         catalog[~unchanged].reset_index(drop=True),
         int(unchanged.sum()),

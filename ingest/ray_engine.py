@@ -104,14 +104,20 @@ def work_rows(plan: Plan, image_base: str | None) -> pd.DataFrame:
     )
 
 
-def decode_batch(batch: dict, spec) -> dict:
+def decode_batch(batch: dict, spec, storage) -> dict:
     """Ray task body: files → uint8 CHW pixels by the local engine's reader (ImageFiles), a
-    reason per file that cannot be read (its pixels left zero)."""
+    reason per file that cannot be read (its pixels left zero). The files are read here, on
+    the worker, from their storage (the local disk, or an object store)."""
     from embedder.reader import ImageFiles
 
     t0 = time.perf_counter()
     boxes = np.stack([batch[name] for name in BOX], axis=1).tolist()
-    files = ImageFiles(list(batch["file"]), [None if b[0] < 0 else tuple(b) for b in boxes], spec)
+    files = ImageFiles(
+        list(batch["file"]),
+        [None if b[0] < 0 else tuple(b) for b in boxes],
+        spec,
+        storage=storage,
+    ).fetch()
     pixels = np.zeros((len(files), 3, spec.img_size, spec.img_size), np.uint8)
     reasons = []
     for i in range(len(files)):
@@ -257,7 +263,7 @@ def embed_on_ray(
         data = ray.data.from_pandas([rows.iloc[i : i + block] for i in range(0, len(rows), block)])
         embedded = data.map_batches(
             decode_batch,
-            fn_kwargs={"spec": recipe.spec},
+            fn_kwargs={"spec": recipe.spec, "storage": plan.root.storage},
             batch_size=batch,
             batch_format="numpy",
             num_cpus=DECODE_CPUS,

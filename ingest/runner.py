@@ -81,13 +81,15 @@ def ingest(
     shard: tuple[int, int] | None = None,
     recreate: bool = False,
     announce: Callable[[str], object] = log.info,
+    storage_options: dict | None = None,
 ) -> Summary:
     """`ingest run`: the catalog first (a bad root fails before a model is built or a
-    collection made), then the collection made for the recipe's model (or checked to be its),
-    then run_ingest. Calibration photos of an int8 model default to the dataset's."""
+    collection made; an object-store root is opened with `storage_options`), then the
+    collection made for the recipe's model (or checked to be its), then run_ingest.
+    Calibration photos of an int8 model default to the dataset's."""
     check_writable(Path(settings.report), "the failure report (--report)")
-    work = read_work(root, limit=limit, shard=shard)
-    recipe = recipe if recipe.calibration else recipe.with_(calibration=str(work.base))
+    work = read_work(root, limit=limit, shard=shard, storage_options=storage_options)
+    recipe = recipe if recipe.calibration else recipe.with_(calibration=work.root)
     with open_store() as store:
         if store.exists() and not recreate:
             recipe = recipe.against(store.metadata())
@@ -98,11 +100,11 @@ def ingest(
             weights_file=recipe.weights,
             recreate=recreate,
             settings=index,
-            root=str(work.base),
+            root=work.root.url(),
             encoded_by=recipe.describe(),
         )
         announce(
-            f"ingest {work.base} → {store.describe()} collection {store.collection!r} "
+            f"ingest {work.root.url()} → {store.describe()} collection {store.collection!r} "
             f"({spec.backbone}, weights {spec.weights})"
         )
         return run_ingest(store, recipe, work, settings)
@@ -199,6 +201,7 @@ def _embed(store: Store, encoder, plan: Plan, settings: IngestSettings) -> Embed
             batch_size=settings.batch_size,
             workers=settings.workers,
             decode=settings.decode,
+            storage=plan.root.storage,
         ):
             rows = todo.iloc[part.index]
             writer(

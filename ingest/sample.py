@@ -6,6 +6,7 @@ folders (about 3% of items in the real set)."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from embedder.catalog import ITEM_FILE as ITEM_LIST
+from embedder.storage import split, upload
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +297,15 @@ def _write_item(out: Path, index: int, seed: int) -> tuple[str, list[str], list[
     return g.item_id, pairs, boxes
 
 
-def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int = 1) -> Path:
-    """Write `items` garments as a DeepFashion consumer-to-shop tree under `out`; return `out`.
+def write_sample(
+    out: str | Path,
+    items: int = 60,
+    seed: int = 0,
+    processes: int = 1,
+    storage_options: dict | None = None,
+) -> Path | str:
+    """Write `items` garments as a DeepFashion consumer-to-shop tree under `out` (a folder, or
+    an object-store URL: drawn in a temporary folder, then uploaded); return `out`.
 
     Deterministic per (seed, item): the same seed gives byte-identical files, whatever the
     number of `processes` drawing them.
@@ -305,7 +314,13 @@ def write_sample(out: str | Path, items: int = 60, seed: int = 0, processes: int
         raise ValueError("items must be at least 1")
     if processes < 1:
         raise ValueError("processes must be at least 1")
-    out = Path(out)
+    storage, target = split(str(out), storage_options)
+    if not storage.local:
+        with tempfile.TemporaryDirectory(prefix="sample-") as folder:
+            write_sample(folder, items, seed, processes)
+            upload(folder, storage, target)
+        return str(out)
+    out = Path(target)
     if processes == 1:
         written = [_write_item(out, index, seed) for index in range(items)]
     else:

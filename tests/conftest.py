@@ -4,6 +4,7 @@ ingested from them, and the checks and helpers several test modules use."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -185,6 +186,27 @@ def store_count():
 def query_photo(sample_root) -> str:
     """A consumer photo of the sample, as a query."""
     return str(sorted(sample_root.rglob("comsumer_01.jpg"))[0])
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 object store (SeaweedFS `weed mini`) on loopback for the session; stopped
+    after it. Its `options` are fsspec keywords, its `env` the AWS_* variables of a CLI."""
+    from tests.objectstore import start_seaweed
+
+    store = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_bucket(seaweed, sample_root) -> str:
+    """The sample (the same files as sample_root) in a bucket: its s3:// URL."""
+    from embedder.storage import Storage, upload
+
+    seaweed.fs().mkdir("samples")
+    upload(str(sample_root), Storage("s3", json.dumps(seaweed.options)), "samples/sample")
+    return "s3://samples/sample"
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import pandas as pd
@@ -112,11 +113,11 @@ def slow_catalog(root) -> pd.DataFrame:
         ]
         stack.extend(reversed(subdirs))
     splits = {}
-    for consumer, shop, _item, status, *_ in read_table(where.lists / c.EVAL_FILE, 4):
+    for consumer, shop, _item, status, *_ in read_table(Path(where.lists) / c.EVAL_FILE, 4):
         splits.setdefault(consumer, status)
         splits.setdefault(shop, status)
     boxes = {}
-    for fields in read_table(where.lists / c.BBOX_FILE, 7):
+    for fields in read_table(Path(where.lists) / c.BBOX_FILE, 7):
         try:
             values = [float(v) for v in fields[3:7]]
         except ValueError:
@@ -237,4 +238,4 @@ def test_the_img_folder_nested_in_Img_keeps_its_list_files(sample_root, tmp_path
     columns = ["path", "category", "item_id", "split", "x1", "y1", "x2", "y2"]
     pd.testing.assert_frame_equal(nested[columns], flat[columns])  # paths read "img/..."
     assert read_catalog(root / "Img" / "img")[columns].equals(flat[columns])
-    assert all((locate(root).base / p).is_file() for p in nested["path"])
+    assert all(os.path.isfile(locate(root).file(p)) for p in nested["path"])
