@@ -119,6 +119,7 @@ class Embedding:
     seconds: dict[str, float] = field(default_factory=dict)
     runtime: str = ""
     wall: float | None = None
+    nodes: int = 1  # machines (Ray nodes) whose embedder actors produced the vectors
 
 
 @dataclass(frozen=True)

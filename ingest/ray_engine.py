@@ -140,8 +140,11 @@ class EmbedActor:
     then batches of pixels → vectors (zero for rows that failed to decode)."""
 
     def __init__(self, recipe: ModelRecipe):
+        import ray
+
         self.encoder = recipe.build()
         self.dim = self.encoder.spec.out_dim
+        self.node = ray.get_runtime_context().get_node_id()  # where this actor runs
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
@@ -154,6 +157,7 @@ class EmbedActor:
         out = {k: v for k, v in batch.items() if k not in ("pixels", "reason")}
         out["reason"] = reasons
         out["vector"] = vectors
+        out["node"] = np.full(len(good), self.node, dtype=object)
         out["model_s"] = np.full(len(good), (time.perf_counter() - t0) / max(1, len(good)))
         return out
 
@@ -207,26 +211,29 @@ def _datasink_class():
         def __init__(self, opened: dict, attempts: int, first_wait: float | None):
             self.opened = opened  # open_store's keywords (url, api key, collection)
             self.attempts, self.first_wait = attempts, first_wait
-            self.written, self.seconds, self.failures = 0, 0.0, []
+            self.written, self.seconds, self.failures, self.nodes = 0, 0.0, [], set()
 
         def write(self, blocks, ctx) -> dict:
             from search.store import open_store
 
-            written, seconds, failures = 0, 0.0, []
+            written, seconds, failures, nodes = 0, 0.0, [], set()
             with open_store(**self.opened) as store:
                 for block in blocks:
-                    points, failed = to_points(BlockAccessor.for_block(block).to_numpy())
+                    rows = BlockAccessor.for_block(block).to_numpy()
+                    points, failed = to_points(rows)
                     t0 = time.perf_counter()
                     upsert_retrying(store, points, self.attempts, self.first_wait)
                     seconds += time.perf_counter() - t0
                     written, failures = written + len(points), failures + failed
-            return {"written": written, "seconds": seconds, "failures": failures}
+                    nodes.update(str(n) for n in rows["node"])
+            return {"written": written, "seconds": seconds, "failures": failures, "nodes": nodes}
 
         def on_write_complete(self, write_result) -> None:
             for part in write_result.write_returns:
                 self.written += part["written"]
                 self.seconds += part["seconds"]
                 self.failures += part["failures"]
+                self.nodes |= part["nodes"]
 
     return QdrantDatasink
 
@@ -288,7 +295,8 @@ def embed_on_ray(
             except Exception as exc:
                 raise _unwrapped(exc) from None
     done.seconds = {"ray start": ray_start, **done.seconds}
-    done.runtime, done.wall = runtime, time.perf_counter() - t0
+    done.runtime = f"{runtime}; the actors embedded on {done.nodes} node(s)"
+    done.wall = time.perf_counter() - t0
     return done
 
 
@@ -300,7 +308,7 @@ def _resource(ray, name: str) -> int:
 def _write_in_driver(embedded, store: Store, settings, total: int) -> Embedding:
     """The local engine's writer, fed by the driver: the only writer of an embedded store."""
     decode = model = 0.0
-    failures = []
+    failures, nodes = [], set()
     with writing(store, total, settings.progress, "ingest (ray)") as (writer, bar, stop):
         for part in embedded.iter_batches(
             batch_size=settings.batch_size, batch_format="numpy", prefetch_batches=2
@@ -310,10 +318,11 @@ def _write_in_driver(embedded, store: Store, settings, total: int) -> Embedding:
             failures += failed
             decode += float(part["decode_s"].sum())
             model += float(part["model_s"].sum())
+            nodes.update(str(n) for n in part["node"])
             bar.update(len(part["id"]))
             stop.check()  # Ctrl-C: stop here, with this batch handed to the writer
     seconds = {"decode": decode, "model": model, **writer.stages()}
-    return Embedding(writer.stored, failures, seconds)
+    return Embedding(writer.stored, failures, seconds, nodes=len(nodes))
 
 
 def write_in_tasks(
@@ -328,7 +337,7 @@ def write_in_tasks(
     except Exception as exc:
         raise _unwrapped(exc) from None
     failures = [tuple(f) for f in sink.failures]
-    return Embedding(sink.written, failures, {"write": sink.seconds})
+    return Embedding(sink.written, failures, {"write": sink.seconds}, nodes=len(sink.nodes))
 
 
 def _unwrapped(exc: BaseException) -> BaseException:

@@ -10,9 +10,12 @@ from typing import Annotated
 import typer
 
 from embedder.commands import (
+    DataRoot,
     Ks,
+    StorageOption,
     Verbose,
     clean_errors,
+    dataset_root,
     echo,
     run_app,
     run_options,
@@ -160,11 +163,22 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
     images: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Dataset folder the photos are served from [default: the one recorded at ingest]."
+            help="Dataset folder the photos are served from, or its object-store URL "
+            "(s3://bucket/prefix) [default: the one recorded at ingest].",
+            show_default=False,
         ),
     ] = None,
+    storage_option: StorageOption = None,
+    image_redirect: Annotated[
+        bool,
+        typer.Option(
+            help="Photos in an object store: answer /images/ID.jpg with a 307 to a presigned "
+            "URL valid for 5 minutes instead of relaying the bytes (thumbnails are still made "
+            "here).",
+        ),
+    ] = False,
     weights: Weights = None,
     workers: Annotated[
         int,
@@ -218,6 +232,7 @@ def serve(
     metrics at /metrics). The collection and its model are loaded once and kept warm."""
     setup_logging(verbose)
     with clean_errors():
+        from embedder.storage import parse_options
         from search.web import Settings
         from search.web import run as serve_app
 
@@ -225,7 +240,9 @@ def serve(
             store=str(where.store) if where.store else None,
             url=where.url,
             collection=where.collection,
-            images=str(images) if images else None,
+            images=images or None,
+            storage_options=parse_options(storage_option),
+            image_redirect=image_redirect,
             weights=str(weights) if weights else None,
             run=run,
             workers=workers,
@@ -250,7 +267,7 @@ evaluate_app = _subcommand(
 @store_options
 @run_options()
 def evaluate(
-    root: Annotated[Path, typer.Option(help="Dataset folder with img/ and Eval/.")],
+    root: DataRoot,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     k: Ks = "1,5,10,20,50",
     hnsw_ef: HnswEf = None,
@@ -259,6 +276,7 @@ def evaluate(
     weights: Weights = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 1,
+    storage_option: StorageOption = None,
     verbose: Verbose = False,
     where: StoreOptions = StoreOptions(),
     run=None,
@@ -272,6 +290,7 @@ def evaluate(
         from search.evaluate import evaluate_store, report_lines, write_outputs
         from search.store import SearchParams
 
+        root = dataset_root(root, storage_option)
         with where.open(read_only=True) as db:
             found = evaluate_store(
                 db,

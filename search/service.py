@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -23,6 +24,7 @@ import numpy as np
 
 from embedder.errors import UserError
 from embedder.geometry import Box
+from embedder.storage import LOCAL, Storage, is_remote, split
 from search.store import (
     APPROXIMATE,
     Exclude,
@@ -44,6 +46,42 @@ MAX_TOP = 1000
 MAX_EXAMPLES = 50  # photos a recommendation may like, and as many it may dislike
 KINDS = "a JPEG, PNG, WebP or BMP photo"
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class PhotoFile:
+    """A stored point's image file (SearchService.image_file): a path on this machine's disk or
+    a key in the dataset's object store, with its length and change stamp when it was found."""
+
+    path: str
+    storage: Storage = LOCAL
+    size: int = 0
+    changed: int = 0
+
+    def __fspath__(self) -> str:
+        if not self.storage.local:
+            raise TypeError("a photo in an object store has no local path")
+        return self.path
+
+    def read(self) -> bytes:
+        """The file's bytes (one GET from an object store)."""
+        if self.storage.local:
+            with open(self.path, "rb") as fh:
+                return fh.read()
+        try:
+            return self.storage.fs.cat_file(self.path)
+        except FileNotFoundError:
+            raise NotFound("the image file of this photo is missing") from None
+        except Exception as exc:
+            raise StoreError(f"the photo store does not answer ({type(exc).__name__})") from None
+
+    def source(self):
+        """What Pillow opens: the local path, or the object's bytes."""
+        return self.path if self.storage.local else io.BytesIO(self.read())
+
+    def signed_url(self, seconds: int) -> str | None:
+        """A presigned URL that reads this object for `seconds` (None on the local disk)."""
+        return None if self.storage.local else self.storage.fs.sign(self.path, expiration=seconds)
 
 
 class Grouping(str, Enum):
@@ -285,14 +323,30 @@ class SearchService:
         recipe = ModelRecipe.for_collection(metadata, weights, run or RunOptions(traced=True))
         return cls(store, recipe.build(throughput=False) if photos else None)
 
-    def __init__(self, store: Store, encoder=None, dataset: str | Path | None = None):
+    def __init__(
+        self,
+        store: Store,
+        encoder=None,
+        dataset: str | Path | None = None,
+        storage_options: dict | None = None,
+    ):
+        """`dataset`: where the photos are served from [default: the root recorded at ingest],
+        a folder or an object-store URL (opened with `storage_options`)."""
         self.store = store
         self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
         self.encoder = encoder
         root = dataset or self.metadata.get("dataset_root")
-        self.dataset = Path(root).expanduser() if root else None
+        self.storage, self.dataset = LOCAL, None  # a Path on the local disk, else bucket/prefix
+        if root:
+            self.storage, where = split(str(root), storage_options if is_remote(root) else None)
+            self.dataset = Path(where).expanduser() if self.storage.local else where
+
+    @property
+    def local_dataset(self) -> Path | None:
+        """The dataset folder when it is on this machine's disk (query photos may be in it)."""
+        return self.dataset if self.storage.local else None
 
     # the model --------------------------------------------------------------------------------
     def _model(self):
@@ -361,7 +415,7 @@ class SearchService:
         filters) before the model loads."""
         paths = [check_query_file(p) for p in paths]
         query = self.check(query)
-        known = dataset_points(self.store, paths, self.dataset)
+        known = dataset_points(self.store, paths, self.local_dataset)
         seconds: dict[str, float] = {}
         with timed(seconds, "model"):
             vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
@@ -410,7 +464,7 @@ class SearchService:
         rel = point
         if not os.path.isabs(point) and Path(point).is_file():  # a file seen from here
             point = str(Path(point).resolve())
-        if self.dataset is not None and os.path.isabs(point):
+        if self.local_dataset is not None and os.path.isabs(point):
             try:
                 rel = Path(point).resolve().relative_to(self.dataset.resolve()).as_posix()
             except ValueError:
@@ -528,12 +582,13 @@ class SearchService:
             "points": self.store.count(),
             "model": self.metadata["model"],
             "index": self.store.index_settings(),
-            "dataset_root": str(self.dataset) if self.dataset else None,
+            "dataset_root": self.storage.url(str(self.dataset)) if self.dataset else None,
         }
 
-    def image_file(self, point: str) -> Path:
+    def image_file(self, point: str) -> PhotoFile:
         """The image file of a stored point, only ever a regular file below the dataset root
-        once every symbolic link is followed. Messages never show the server's paths."""
+        once every symbolic link is followed, or an object below the dataset's prefix in its
+        object store. Messages never show the server's paths."""
         pid = canonical_id(point)
         if self.dataset is None:
             raise NotFound("the collection records no dataset folder; start with --images DIR")
@@ -544,6 +599,8 @@ class SearchService:
 
         outside = NotFound(f"photo {pid} is not an image below the dataset folder")
         missing = NotFound(f"the image file of photo {pid} is missing")
+        if not self.storage.local:
+            return self._object(str(rel), outside, missing)
         try:
             root = self.dataset.resolve(strict=True)
             climbs_out = not (root / rel).resolve().is_relative_to(root)  # "../.." in the path
@@ -561,4 +618,39 @@ class SearchService:
             or not path.is_file()
         ):
             raise outside
-        return path
+        stat = path.stat()
+        return PhotoFile(str(path), LOCAL, stat.st_size, stat.st_mtime_ns)
+
+    def photo_source(self, point: str):
+        """What Pillow opens for a stored point's photo (a path, or the object's bytes), or
+        None when it cannot be had (a contact sheet draws a placeholder)."""
+        try:
+            return self.image_file(point).source()
+        except (NotFound, StoreError, OSError):
+            return None
+
+    def _object(self, rel: str, outside: NotFound, missing: NotFound) -> PhotoFile:
+        """image_file in an object store: the key is the dataset prefix and the stored path,
+        normalised, and must stay below the prefix ("../" or an absolute path never leaves
+        it); one HEAD request gives its length and change stamp."""
+        from embedder.catalog import IMAGE_SUFFIXES
+        from embedder.storage import stamp
+
+        prefix = str(self.dataset).rstrip("/")
+        key = posixpath.normpath(f"{prefix}/{rel}")
+        if (
+            rel.startswith("/")
+            or "\\" in rel
+            or not key.startswith(prefix + "/")
+            or posixpath.splitext(key)[1].lower() not in IMAGE_SUFFIXES
+        ):
+            raise outside
+        try:
+            info = self.storage.fs.info(key)
+        except FileNotFoundError:
+            raise missing from None
+        except Exception as exc:  # the store does not answer: the service is unavailable
+            raise StoreError(f"the photo store does not answer ({type(exc).__name__})") from None
+        if info.get("type", "file") != "file":
+            raise outside
+        return PhotoFile(key, self.storage, int(info.get("size") or 0), stamp(info))

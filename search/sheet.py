@@ -13,7 +13,7 @@ LABEL = 34
 COLUMNS = 5
 
 
-def _tile(path: Path | None, lines: list[str], accent: str) -> Image.Image:
+def _tile(path, lines: list[str], accent: str) -> Image.Image:
     tile = Image.new("RGB", (TILE, TILE + LABEL), "white")
     try:
         with Image.open(path) as img:
@@ -30,20 +30,21 @@ def _tile(path: Path | None, lines: list[str], accent: str) -> Image.Image:
 
 def write_sheet(
     out: str | Path,
-    query: str | Path,
+    query,
+    query_name: str,
     hits: list[Hit],
-    dataset_root: str | None,
+    photos: list,
     query_item: str | None = None,
 ) -> Path:
     """Query tile first (blue), then results in rank order, COLUMNS per row; when the query's
-    item is known (a dataset photo), results of that item are outlined in green."""
-    base = Path(dataset_root) if dataset_root else None
-    tiles = [_tile(Path(query), ["query", Path(query).name], "royalblue")]
-    for rank, hit in enumerate(hits, 1):
-        path = base / hit.payload["path"] if base and "path" in hit.payload else None
+    item is known (a dataset photo), results of that item are outlined in green. `query` and
+    `photos` (one per hit, None where it cannot be read) are what Pillow opens: paths or
+    file objects."""
+    tiles = [_tile(query, ["query", query_name], "royalblue")]
+    for rank, (hit, photo) in enumerate(zip(hits, photos, strict=True), 1):
         tiles.append(
             _tile(
-                path,
+                photo,
                 [
                     f"#{rank} {hit.score:.3f} {hit.payload.get('source', '')}",
                     f"{hit.payload.get('item_id', '?')}",
@@ -69,8 +70,11 @@ def write_sheets(path: Path, answers, service) -> list[Path]:
     written = []
     for n, answer in enumerate(answers, 1):
         out = path if len(answers) == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-        picture = service.image_file(answer.shown) if answer.shown else answer.query
-        root = str(service.dataset) if service.dataset else None
-        write_sheet(out, picture, [r.hit for r in answer.results], root, answer.item_id)
+        hits = [r.hit for r in answer.results]
+        shown = service.photo_source(answer.shown) if answer.shown else None
+        query = shown or answer.query
+        name = Path(str(answer.query or answer.shown)).name
+        photos = [service.photo_source(hit.id) for hit in hits]
+        write_sheet(out, query, name, hits, photos, answer.item_id)
         written.append(out)
     return written

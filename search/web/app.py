@@ -56,7 +56,9 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
             max_batch=settings.max_batch,
             on_batch=metrics.on_batch,
         )
-        yield SearchService(store, pool, dataset=settings.images)
+        yield SearchService(
+            store, pool, dataset=settings.images, storage_options=settings.storage_options
+        )
 
 
 @contextlib.asynccontextmanager

@@ -28,7 +28,9 @@ class Settings:
     store: str | None = None
     url: str | None = None
     collection: str | None = None  # None: search.store.schema.DEFAULT_COLLECTION
-    images: str | None = None
+    images: str | None = None  # a folder or an object-store URL [default: the ingest root]
+    storage_options: dict = field(default_factory=dict, repr=False)  # its fsspec keywords
+    image_redirect: bool = False  # photos in an object store: 307 to a presigned URL
     weights: str | None = None  # the collection's weights file, if it moved since ingest
     run: RunOptions = RunOptions(traced=True)  # device, precision, runtime, int8
     workers: int = 1  # model worker threads

@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, create_model
 
@@ -38,6 +38,8 @@ from search.web.models import (
     responses,
 )
 from search.web.photos import MEDIA_TYPES
+
+SIGNED_SECONDS = 300  # how long a presigned photo URL (--image-redirect) reads the object
 
 TOP = "Results (garments or photos); top + offset is at most 1000."
 OFFSET = "Results already shown: the page after them; top + offset is at most 1000."
@@ -323,19 +325,29 @@ def item(service: ServiceDep, item_id: Annotated[str, Path(max_length=200)]) -> 
 @images.get(
     "/{point_id}.jpg",
     response_class=Response,
-    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **responses(404, 415)},
+    responses={
+        200: {"content": {m: {} for m in MEDIA_TYPES.values()}},
+        307: {"description": "--image-redirect: the photo's presigned URL (Location)"},
+        **responses(404, 415, 503),
+    },
 )
 def image(
     service: ServiceDep,
     photos: PhotosDep,
+    settings: SettingsDep,
     point_id: str,
     size: Annotated[
         ThumbSize | None, Query(description="Thumbnail: its longest side, in pixels.")
     ] = None,
 ) -> Response:
     """A stored photo, by point id only (never by path), or a JPEG thumbnail of it. Only a
-    regular file below the dataset folder once links are followed, and only an image."""
-    data, kind = photos.get(service.image_file(point_id), int(size) if size else None)
+    regular file below the dataset folder once links are followed (or an object below the
+    dataset's prefix in its object store), and only an image. With --image-redirect, a photo
+    in an object store is a 307 to a presigned URL valid for SIGNED_SECONDS."""
+    photo = service.image_file(point_id)
+    if settings.image_redirect and size is None and not photo.storage.local:
+        return RedirectResponse(photo.signed_url(SIGNED_SECONDS), status_code=307)
+    data, kind = photos.get(photo, int(size) if size else None)
     return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
 
 
