@@ -46,10 +46,10 @@ def make_collection(
 def timed_ingest(
     encoder, root, tmp: str, limit: int | None = None, **settings
 ) -> tuple[float, object]:
-    """Ingest `root` (its first `limit` images) into a new embedded collection under `tmp` with
-    `encoder`; returns (wall seconds of run_ingest, its Summary). `settings`: IngestSettings
-    fields."""
-    from embedder.recipe import Built
+    """Ingest `root` (its first `limit` images; a folder or a located DatasetRoot) into a new
+    embedded collection under `tmp` with `encoder` (or a ModelRecipe, as the ray engine needs);
+    returns (wall seconds of run_ingest, its Summary). `settings`: IngestSettings fields."""
+    from embedder.recipe import Built, ModelRecipe
     from ingest.control import IngestSettings
     from ingest.plan import read_work
     from ingest.runner import ensure_collection, run_ingest
@@ -60,7 +60,8 @@ def timed_ingest(
     with open_store(store_dir=f"{tmp}/db", collection="bench") as store:
         ensure_collection(store, encoder.spec)
         started = time.perf_counter()
-        summary = run_ingest(store, Built(encoder), work, options)
+        recipe = encoder if isinstance(encoder, ModelRecipe) else Built(encoder)
+        summary = run_ingest(store, recipe, work, options)
         return time.perf_counter() - started, summary
 
 

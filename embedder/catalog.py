@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from embedder.errors import UserError
-from embedder.storage import LOCAL, Storage, errors, listing, split
+from embedder.storage import LOCAL, Storage, listing, split
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +123,8 @@ def _locate_remote(storage: Storage, path: str, shown: str) -> DatasetRoot:
     an endpoint that does not answer: each one line), then the layout."""
     if not path:
         raise CatalogError(f"root {shown!r} names no bucket")
-    with errors(storage, path):
-        entries = storage.fs.ls(path, detail=True)
-        top = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
-        if not top:
-            raise CatalogError(f"root {shown!r} holds nothing")
-        folders = {n for n, e in top.items() if e.get("type") == "directory"}
-        nested = "Img" in folders and any(
-            e["name"].rstrip("/").endswith("/img")
-            for e in storage.fs.ls(f"{path}/Img", detail=True)
-            if e.get("type") == "directory"
-        )
+    folders, _ = storage.top(path)
+    nested = "Img" in folders and "img" not in folders and "img" in storage.top(f"{path}/Img")[0]
     parts = path.split("/")
     found = _layout(
         path,

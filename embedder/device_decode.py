@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +62,7 @@ class JpegFiles(Dataset):
     def __getitem__(self, i: int) -> Item:
         path, box = self.paths[i], self.boxes[i] if self.boxes is not None else None
         try:
-            raw = Path(path).read_bytes() if self.storage.local else self.storage.fs.cat_file(path)
+            raw = self.storage.read(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:  # header only

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import multiprocessing
 import os
 import signal
 import threading
@@ -36,7 +35,7 @@ from embedder.choices import Decode
 from embedder.errors import UserError, describe_failure
 from embedder.geometry import Box
 from embedder.spec import ModelSpec
-from embedder.storage import LOCAL, Storage
+from embedder.storage import LOCAL, Storage, reader_context
 from embedder.transforms import eval_transform, load_image
 
 if TYPE_CHECKING:
@@ -216,7 +215,7 @@ class SharedReader:
         deadline_s = READ_DEADLINE if read_deadline is None else read_deadline
         self.pool = ProcessPoolExecutor(
             readers,
-            mp_context=_context(),
+            mp_context=reader_context(storage),
             initializer=_start_reader,
             initargs=(self.memory.name, shape, spec, deadline_s, storage),
         )
@@ -250,14 +249,6 @@ class SharedReader:
         self.memory.unlink()
 
 
-def _context():
-    """fork where there is one: a reader starts in milliseconds, imports nothing again (not the
-    caller's main module either) and runs only Pillow and NumPy, never the parent's model
-    threads, as torch's DataLoader workers have always done; spawn elsewhere."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 @contextlib.contextmanager
 def batches(
     paths: Sequence[str | Path],
@@ -277,12 +268,14 @@ def batches(
         from embedder.device_decode import JpegFiles, collate_items
 
         files = JpegFiles(paths, boxes, spec, storage)
-        yield iter(_data_loader(files, collate_items, batch_size, workers))
+        yield iter(_data_loader(files, collate_items, batch_size, workers, storage=storage))
         return
     if pin_memory:
         data = ImageFiles(paths, boxes, spec, storage=storage)
         collate_fn = partial(collate, as_tensor=True)
-        yield iter(_data_loader(data, collate_fn, batch_size, workers, pin_memory=True))
+        yield iter(
+            _data_loader(data, collate_fn, batch_size, workers, pin_memory=True, storage=storage)
+        )
         return
     if workers == 0:
         yield (
@@ -306,7 +299,9 @@ def _read_here(paths, boxes, spec, storage: Storage, start: int, size: int) -> B
     return collate([(start + i, t, why) for i, t, why in (part[j] for j in range(len(part)))])
 
 
-def _data_loader(data, collate_fn, batch_size: int, workers: int, pin_memory: bool = False):
+def _data_loader(
+    data, collate_fn, batch_size: int, workers: int, pin_memory=False, storage: Storage = LOCAL
+):
     from torch.utils.data import DataLoader
 
     return DataLoader(
@@ -318,4 +313,5 @@ def _data_loader(data, collate_fn, batch_size: int, workers: int, pin_memory: bo
         persistent_workers=False,
         worker_init_fn=die_with_parent if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context=reader_context(storage) if workers > 0 else None,
     )

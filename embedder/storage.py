@@ -1,58 +1,84 @@
-"""Where a dataset's files live: the local disk, or an object store through fsspec (s3://,
-gs://, az://, any fsspec URL).
+"""Where a dataset's files live: the local disk, or an object store (s3://bucket/prefix, or any
+fsspec URL: gs://, az://, memory://, ...).
 
 A `Storage` is small and picklable (a protocol and its options), so reader processes, Ray
 workers and DataLoader workers each open the files themselves, where they are decoded: photos
 are never funnelled through the process that planned the run. Paths are strings: local paths,
 or an object store's `bucket/key` (fsspec's form, without the protocol).
 
+Two clients behind one surface (list, fetch, head, sign, upload):
+
+- S3 and S3-compatible stores (MinIO, Ceph, SeaweedFS) through obstore (Rust's object_store):
+  on 2 cores it reads a small object for 0.3 ms of client CPU where s3fs/aiobotocore needs
+  1.6 ms, more than decoding the photo, and lists 22,698 keys in 0.66 s against 2.2 s
+  (benchmarks/object_store.py). It retries 5xx answers (503 SlowDown) and dropped connections
+  with exponential backoff. Its runtime does not survive a fork: reader processes for it start
+  from a fork server (reader_context).
+- every other fsspec protocol through fsspec itself (gcsfs, adlfs, ... as installed).
+
 Credentials and endpoints come the usual way: `AWS_*` environment variables (key, secret,
 region, AWS_ENDPOINT_URL), or `--storage-option key=value` (`endpoint_url=http://host:8333`,
-`key=...`, `secret=...`, `anon=true`), never from the dataset or the collection.
+`key=...`, `secret=...`, `anon=true`, `max_retries=3`), never from the dataset or the collection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from embedder.errors import UserError, first_line
 
-# The package that gives fsspec each protocol, and the extra that installs it.
+# The package that gives each protocol, and the extra that installs it.
 PACKAGES = {
-    "s3": ("s3fs", "s3"),
-    "s3a": ("s3fs", "s3"),
+    "s3": ("obstore", "s3"),
     "gs": ("gcsfs", "gcs"),
     "gcs": ("gcsfs", "gcs"),
     "az": ("adlfs", "azure"),
     "abfs": ("adlfs", "azure"),
     "abfss": ("adlfs", "azure"),
 }
-# S3 clients time out and retry on their own (throttling included: 503 SlowDown is retried with
-# backoff by botocore's standard mode); a caller's --storage-option config_kwargs replaces this.
-S3_DEFAULTS = {
-    "config_kwargs": {
-        "connect_timeout": 10,
-        "read_timeout": 60,
-        "retries": {"max_attempts": 8, "mode": "standard"},
-    }
+OBSTORE = ("s3",)  # protocols read through obstore
+FETCH_BATCH = 64  # objects requested at once by fetch(): concurrent GETs
+# s3fs's spelling of S3 options (what users of fsspec write) → obstore's
+S3_ALIASES = {
+    "endpoint_url": "endpoint",
+    "key": "access_key_id",
+    "secret": "secret_access_key",
+    "token": "session_token",
+    "anon": "skip_signature",
+    "region_name": "region",
 }
-FETCH_BATCH = 64  # objects requested at once by fetch(): concurrent GETs on fsspec's event loop
+CLIENT_KEYS = {"allow_http", "allow_invalid_certificates", "timeout", "connect_timeout"}
+RETRY_KEYS = {"max_retries", "retry_timeout"}
 
 
 class StorageError(UserError, OSError):
     """An object store that cannot be used: missing bucket, refused credentials, no answer."""
 
 
+class ObjectMissing(FileNotFoundError):
+    """An object that is not (or no longer) in the store."""
+
+
+class ObjectUnreadable(OSError):
+    """An object the store would not give (after its retries): the store's reason, short."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ObjectUnreadable:
+        return cls(explain(exc)[1])
+
+
 def parse_options(pairs: Iterable[str] | None) -> dict:
-    """`--storage-option key=value` pairs as fsspec keywords; a value that reads as JSON
-    (true, 3, {"a": 1}) is that value, any other is the string."""
+    """`--storage-option key=value` pairs as keywords; a value that reads as JSON (true, 3,
+    {"a": 1}) is that value, any other is the string."""
     options: dict = {}
     for pair in pairs or ():
         key, eq, value = pair.partition("=")
@@ -65,11 +91,13 @@ def parse_options(pairs: Iterable[str] | None) -> dict:
     return options
 
 
+_clients: dict = {}  # (pid, storage) → its client in this process
+
+
 @dataclass(frozen=True)
 class Storage:
-    """A file system: "file" (the local disk, read with the os module) or an fsspec protocol,
-    with the keywords that open it. Each process opens its own client (fsspec caches it per
-    process and forgets it across a fork)."""
+    """A file system: "file" (the local disk, read with the os module), S3 (obstore) or an
+    fsspec protocol, with the options that open it. Each process opens its own client."""
 
     protocol: str = "file"
     options: str = "{}"  # the keywords as JSON: hashable, picklable, the same in every process
@@ -79,44 +107,255 @@ class Storage:
         return self.protocol == "file"
 
     @property
-    def fs(self):
-        import fsspec
+    def fork_safe(self) -> bool:
+        """Whether a forked process may use this storage's client (obstore's may not)."""
+        return self.protocol not in OBSTORE
 
-        keywords = json.loads(self.options)
-        if self.protocol in ("s3", "s3a"):
-            keywords = {**S3_DEFAULTS, **keywords}
-        return fsspec.filesystem(self.protocol, **keywords)
+    @property
+    def client(self) -> _S3 | _Fsspec:
+        key = (os.getpid(), self)
+        if key not in _clients:
+            options = json.loads(self.options)
+            _clients[key] = _S3(options) if self.protocol in OBSTORE else _Fsspec(self, options)
+        return _clients[key]
+
+    @property
+    def fs(self):
+        """The fsspec file system (protocols other than S3)."""
+        return self.client.fs
 
     def url(self, path: str) -> str:
         """The path as a user writes it: a local path, or protocol://bucket/key."""
         return path if self.local else f"{self.protocol}://{path}"
 
+    def read(self, path: str) -> bytes:
+        """A file's bytes; ObjectMissing when it is not there."""
+        if self.local:
+            with open(path, "rb") as fh:
+                return fh.read()
+        return self.client.read(path)
+
     def source(self, path: str):
         """What Pillow opens: the local path itself, or the object's bytes."""
-        if self.local:
-            return path
-        return io.BytesIO(self.fs.cat_file(path))
+        return path if self.local else io.BytesIO(self.read(path))
 
     def fetch(self, paths: list[str]) -> list[bytes | BaseException]:
         """Many objects' bytes (concurrent requests), or per object the error that stopped it."""
-        got = {}
+        out: list[bytes | BaseException] = []
         for start in range(0, len(paths), FETCH_BATCH):
-            part = paths[start : start + FETCH_BATCH]
-            answer = self.fs.cat(part, on_error="return")
-            got.update(answer if isinstance(answer, dict) else {part[0]: answer})
-        return [got.get(p, FileNotFoundError(p)) for p in paths]
+            out += self.client.fetch(paths[start : start + FETCH_BATCH])
+        return out
+
+    def head(self, path: str) -> tuple[int, int]:
+        """(length, change stamp) of one object; ObjectMissing when it is not there."""
+        return self.client.head(path)
+
+    def sign(self, path: str, seconds: int) -> str:
+        """A presigned URL that reads the object for `seconds`."""
+        return self.client.sign(path, seconds)
+
+    def top(self, path: str) -> tuple[set[str], set[str]]:
+        """(folder names, file names) directly below path; ObjectMissing when it holds none."""
+        with errors(self, path):
+            return self.client.top(path)
 
     def open_text(self, path: str):
         """A text file to read, or None when there is none."""
         if self.local:
             return open(path, encoding="utf-8", errors="replace") if os.path.isfile(path) else None
         with errors(self, path):
-            if not self.fs.isfile(path):
+            try:
+                data = self.read(path)
+            except FileNotFoundError:
                 return None
-            return io.StringIO(self.fs.cat_file(path).decode("utf-8", "replace"))
+        return io.StringIO(data.decode("utf-8", "replace"))
 
 
 LOCAL = Storage()
+
+
+class _S3:
+    """S3 through obstore: one S3Store per bucket, made in this process."""
+
+    def __init__(self, options: dict):
+        options = {S3_ALIASES.get(k, k): v for k, v in options.items()}
+        self.client = {k: options.pop(k) for k in list(options) if k in CLIENT_KEYS}
+        self.retry = {k: options.pop(k) for k in list(options) if k in RETRY_KEYS}
+        if "retry_timeout" in self.retry:
+            self.retry["retry_timeout"] = timedelta(seconds=float(self.retry["retry_timeout"]))
+        endpoint = options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
+        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+        if endpoint.startswith("http://"):  # a MinIO or SeaweedFS gateway without TLS
+            self.client.setdefault("allow_http", True)
+        self.config = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()}
+        self.stores: dict = {}
+
+    def store(self, bucket: str):
+        if bucket not in self.stores:
+            from obstore.store import S3Store
+
+            self.stores[bucket] = S3Store(
+                bucket,
+                config=self.config,
+                client_options=self.client or None,
+                retry_config=self.retry or None,
+            )
+        return self.stores[bucket]
+
+    def _split(self, path: str):
+        bucket, _, key = path.partition("/")
+        return self.store(bucket), key
+
+    def read(self, path: str) -> bytes:
+        import obstore
+
+        store, key = self._split(path)
+        try:
+            return bytes(obstore.get(store, key).bytes())
+        except obstore.exceptions.NotFoundError:
+            raise ObjectMissing(path) from None
+        except obstore.exceptions.BaseError as exc:
+            raise ObjectUnreadable.of(exc) from None
+
+    def fetch(self, paths: list[str]) -> list:
+        import obstore
+
+        async def one(path: str):
+            store, key = self._split(path)
+            try:
+                got = await obstore.get_async(store, key)
+                return bytes(await got.bytes_async())
+            except Exception as exc:  # the store's reason, for the failure report
+                kind, text = explain(exc)
+                return (
+                    ObjectMissing(f"not in the store: {text}")
+                    if kind == "missing"
+                    else (ObjectUnreadable(text))
+                )
+
+        async def every():
+            return await asyncio.gather(*(one(p) for p in paths))
+
+        return asyncio.run(every())
+
+    def head(self, path: str) -> tuple[int, int]:
+        import obstore
+
+        store, key = self._split(path)
+        try:
+            meta = obstore.head(store, key)
+        except obstore.exceptions.NotFoundError:
+            raise ObjectMissing(path) from None
+        return int(meta["size"]), stamp(meta)
+
+    def sign(self, path: str, seconds: int) -> str:
+        import obstore
+
+        store, key = self._split(path)
+        return obstore.sign(store, "GET", key, timedelta(seconds=seconds))
+
+    def top(self, path: str) -> tuple[set[str], set[str]]:
+        import obstore
+
+        store, key = self._split(path)
+        found = obstore.list_with_delimiter(store, key.rstrip("/") + "/" if key else None)
+        folders = {p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]}
+        files = {o["path"].rsplit("/", 1)[-1] for o in found["objects"]}
+        if not folders and not files:
+            _bucket_exists(store)
+            raise ObjectMissing(path)
+        return folders, files
+
+    def listing(self, top: str) -> Iterator[tuple[str, int, int]]:
+        import obstore
+
+        store, key = self._split(top)
+        prefix = key.rstrip("/") + "/" if key else ""
+        for page in obstore.list(store, prefix or None, chunk_size=1000):
+            for meta in page:
+                yield meta["path"][len(prefix) :], int(meta["size"]), stamp(meta)
+
+    def upload(self, files: list[str], keys: list[str]) -> None:
+        import obstore
+
+        async def every():
+            limit = asyncio.Semaphore(32)
+
+            async def one(file: str, path: str):
+                store, key = self._split(path)
+                async with limit:
+                    with open(file, "rb") as fh:
+                        await obstore.put_async(store, key, fh.read())
+
+            await asyncio.gather(*(one(f, k) for f, k in zip(files, keys, strict=True)))
+
+        asyncio.run(every())
+
+
+def _bucket_exists(store) -> None:
+    """ObjectMissing naming the bucket when the store has no such bucket."""
+    import obstore
+
+    try:
+        obstore.list_with_delimiter(store, None)
+    except obstore.exceptions.NotFoundError:
+        raise ObjectMissing("the bucket does not exist") from None
+
+
+class _Fsspec:
+    """Any other fsspec protocol, through fsspec (the instance is cached per process by fsspec
+    itself, and forgotten across a fork)."""
+
+    def __init__(self, storage: Storage, options: dict):
+        import fsspec
+
+        self.fs = fsspec.filesystem(storage.protocol, **options)
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise ObjectMissing(path) from None
+
+    def fetch(self, paths: list[str]) -> list:
+        answer = self.fs.cat(paths, on_error="return")
+        got = answer if isinstance(answer, dict) else {paths[0]: answer}
+        return [
+            ObjectMissing(p)
+            if isinstance(got.get(p), FileNotFoundError) or p not in got
+            else got[p]
+            for p in paths
+        ]
+
+    def head(self, path: str) -> tuple[int, int]:
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            raise ObjectMissing(path) from None
+        if info.get("type", "file") != "file":
+            raise ObjectMissing(path)
+        return int(info.get("size") or 0), stamp(info)
+
+    def sign(self, path: str, seconds: int) -> str:
+        return self.fs.sign(path, expiration=seconds)
+
+    def top(self, path: str) -> tuple[set[str], set[str]]:
+        entries = self.fs.ls(path, detail=True)
+        names = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("type") for e in entries}
+        if not names:
+            raise ObjectMissing(path)
+        return {n for n, t in names.items() if t == "directory"}, {
+            n for n, t in names.items() if t != "directory"
+        }
+
+    def listing(self, top: str) -> Iterator[tuple[str, int, int]]:
+        cut = len(top.rstrip("/")) + 1
+        for name, info in self.fs.find(top, detail=True).items():
+            if info.get("type", "file") == "file" and len(name) > cut:
+                yield name[cut:], int(info.get("size") or 0), stamp(info)
+
+    def upload(self, files: list[str], keys: list[str]) -> None:
+        self.fs.put(files, keys)
 
 
 def split(root: str, options: dict | None = None) -> tuple[Storage, str]:
@@ -139,16 +378,22 @@ def is_remote(root) -> bool:
 
 
 def _check_installed(protocol: str, root: str) -> None:
+    package, extra = PACKAGES.get(protocol, (protocol + "fs", protocol))
+    missing = UserError(
+        f"{root!r}: reading {protocol}:// needs {package}: pip install 'fashion-retrieval[{extra}]'"
+    )
+    if protocol in OBSTORE:
+        try:
+            import obstore  # noqa: F401
+        except ImportError:
+            raise missing from None
+        return
     import fsspec
 
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError:
-        package, extra = PACKAGES.get(protocol, (protocol + "fs", protocol))
-        raise UserError(
-            f"{root!r}: reading {protocol}:// needs {package}: "
-            f"pip install 'fashion-retrieval[{extra}]'"
-        ) from None
+        raise missing from None
     except ValueError:
         raise UserError(f"{root!r}: no file system is known for {protocol}://") from None
 
@@ -160,41 +405,84 @@ def errors(storage: Storage, path: str) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except FileNotFoundError as exc:
-        raise StorageError(f"{storage.url(path)} does not exist ({first_line(exc)})") from None
-    except PermissionError as exc:
+    except Exception as exc:  # botocore's and obstore's errors are not all OSErrors
+        kind, text = explain(exc)
+        where = storage.url(path)
+        if kind == "missing":
+            raise StorageError(f"{where} does not exist ({text})") from None
+        if kind == "refused":
+            raise StorageError(
+                f"access to {where} refused: {text} (check the credentials: AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, or --storage-option key=... secret=...)"
+            ) from None
+        if kind == "option":
+            raise StorageError(f"--storage-option: {text}") from None
         raise StorageError(
-            f"access to {storage.url(path)} refused: {first_line(exc)} (check the credentials: "
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or --storage-option key=... secret=...)"
+            f"cannot read {where}: {text} (is the endpoint right? AWS_ENDPOINT_URL or "
+            "--storage-option endpoint_url=...)"
         ) from None
-    except Exception as exc:  # botocore's connection errors are not OSErrors
-        raise StorageError(
-            f"cannot read {storage.url(path)}: {first_line(exc)[:200]} (is the endpoint right? "
-            "AWS_ENDPOINT_URL or --storage-option endpoint_url=...)"
-        ) from None
+
+
+MISSING_CODES = ("NoSuchBucket", "NoSuchKey", "404 Not Found")
+REFUSED_CODES = (
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "403 Forbidden",
+    "401 Unauthorized",
+)
+
+
+def explain(exc: BaseException) -> tuple[str, str]:
+    """(kind, one short line) of a store's error: kind is missing, refused, option or other;
+    the line is the S3 error's code and message where the answer has them (obstore's and
+    botocore's messages run to pages)."""
+    text = str(exc)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    message = re.search(r"<Message>([^<]+)</Message>", text)
+    status = re.search(r"status code: (\d{3} [A-Za-z ]+?)(?::|$)", text, re.M)
+    if "Configuration key" in text and "is not valid" in text:
+        return "option", first_line(exc)[:200]
+    if code:
+        short = code.group(1) + (f": {message.group(1)}" if message else "")
+    elif status:
+        short = status.group(1).strip()
+    elif "Connection refused" in text or "error sending request" in text:
+        short = "connection refused" if "Connection refused" in text else "no answer"
+    else:
+        short = first_line(exc)[:200]
+    if isinstance(exc, FileNotFoundError) or any(c in text for c in MISSING_CODES):
+        return "missing", short
+    if isinstance(exc, PermissionError) or any(c in text for c in REFUSED_CODES):
+        return "refused", short
+    return "other", short
 
 
 def listing(storage: Storage, top: str) -> list[tuple[str, int, int]]:
     """Every object below `top` as (path below top, size, change stamp), in one paginated
-    listing (ListObjectsV2 pages of 1,000 keys for S3: no request per object). The stamp is
-    the object's modification time in ns; object stores give whole seconds, so the ETag's
-    digest fills the sub-second digits: an object rewritten within the same second, same
-    size, still reads as changed."""
+    listing (pages of 1,000 keys for S3: no request per object)."""
     with errors(storage, top):
-        found = storage.fs.find(top, detail=True)
-    cut = len(top.rstrip("/")) + 1
-    return [
-        (name[cut:], int(info.get("size") or 0), stamp(info))
-        for name, info in found.items()
-        if info.get("type", "file") == "file" and len(name) > cut
-    ]
+        found = list(storage.client.listing(top))
+    if not found:
+        raise StorageError(f"{storage.url(top)} does not exist (no objects below it)")
+    return found
 
 
-TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+TIME_FIELDS = (
+    "last_modified",
+    "mtime",
+    "LastModified",
+    "updated",
+    "modified",
+    "created",
+)
+TAG_FIELDS = ("e_tag", "ETag", "etag", "md5Hash", "generation")
 
 
 def stamp(info: dict) -> int:
-    """An object's change stamp (see listing) from what its store reports."""
+    """An object's change stamp: its modification time in ns; object stores give whole
+    seconds, so the ETag's digest fills the sub-second digits, and an object rewritten within
+    the same second, same size, still reads as changed."""
     when = next((info[k] for k in TIME_FIELDS if info.get(k) is not None), None)
     if isinstance(when, str):
         with contextlib.suppress(ValueError):
@@ -202,7 +490,7 @@ def stamp(info: dict) -> int:
     seconds = (
         when.timestamp() if isinstance(when, datetime) else float(when) if when is not None else 0
     )
-    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("generation")
+    tag = next((info[k] for k in TAG_FIELDS if info.get(k)), None)
     digest = int(hashlib.blake2b(str(tag).encode(), digest_size=8).hexdigest(), 16) if tag else 0
     return int(seconds) * 1_000_000_000 + digest % 1_000_000_000
 
@@ -212,4 +500,20 @@ def upload(folder: str, storage: Storage, target: str) -> None:
     with errors(storage, target):
         files = [os.path.join(here, name) for here, _, names in os.walk(folder) for name in names]
         keys = [target + "/" + os.path.relpath(f, folder).replace(os.sep, "/") for f in files]
-        storage.fs.put(files, keys)
+        storage.client.upload(files, keys)
+
+
+def reader_context(storage: Storage):
+    """The multiprocessing context for processes that read `storage`: fork where there is one
+    and the storage's client survives it (a reader starts in milliseconds, imports nothing
+    again); else a fork server, started clean, whose children open their own clients."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and storage.fork_safe:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["embedder.reader"])
+        return context
+    return multiprocessing.get_context("spawn")

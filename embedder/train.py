@@ -27,6 +27,7 @@ from embedder.evaluate import DEFAULT_KS, evaluate, split_sets
 from embedder.inference import Encoder
 from embedder.model import EmbeddingNet, build_model, load_checkpoint
 from embedder.plots import training_curves
+from embedder.storage import reader_context
 from embedder.transforms import load_image, normalize, train_transform
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,7 @@ def build_loader(
             num_workers=cfg.workers,
             drop_last=len(data) > cfg.batch_size,
             pin_memory=torch.cuda.is_available(),
+            multiprocessing_context=_workers_context(root, cfg.workers),
         )
         return EpochLoader(loader, 3, data, cfg.seed)
     train = catalog[catalog["split"] == "train"]
@@ -297,8 +299,16 @@ def build_loader(
         num_workers=cfg.workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
+        multiprocessing_context=_workers_context(root, cfg.workers),
     )
     return EpochLoader(loader, 1, data, cfg.seed)
+
+
+def _workers_context(root, workers: int):
+    """Loader workers' start method: torch's default (fork) unless the dataset's storage
+    client cannot survive a fork (embedder.storage.reader_context)."""
+    storage = locate(root).storage
+    return reader_context(storage) if workers and not storage.fork_safe else None
 
 
 def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:

@@ -65,11 +65,8 @@ class PhotoFile:
 
     def read(self) -> bytes:
         """The file's bytes (one GET from an object store)."""
-        if self.storage.local:
-            with open(self.path, "rb") as fh:
-                return fh.read()
         try:
-            return self.storage.fs.cat_file(self.path)
+            return self.storage.read(self.path)
         except FileNotFoundError:
             raise NotFound("the image file of this photo is missing") from None
         except Exception as exc:
@@ -81,7 +78,7 @@ class PhotoFile:
 
     def signed_url(self, seconds: int) -> str | None:
         """A presigned URL that reads this object for `seconds` (None on the local disk)."""
-        return None if self.storage.local else self.storage.fs.sign(self.path, expiration=seconds)
+        return None if self.storage.local else self.storage.sign(self.path, seconds)
 
 
 class Grouping(str, Enum):
@@ -634,7 +631,6 @@ class SearchService:
         normalised, and must stay below the prefix ("../" or an absolute path never leaves
         it); one HEAD request gives its length and change stamp."""
         from embedder.catalog import IMAGE_SUFFIXES
-        from embedder.storage import stamp
 
         prefix = str(self.dataset).rstrip("/")
         key = posixpath.normpath(f"{prefix}/{rel}")
@@ -646,11 +642,9 @@ class SearchService:
         ):
             raise outside
         try:
-            info = self.storage.fs.info(key)
+            size, changed = self.storage.head(key)
         except FileNotFoundError:
             raise missing from None
         except Exception as exc:  # the store does not answer: the service is unavailable
             raise StoreError(f"the photo store does not answer ({type(exc).__name__})") from None
-        if info.get("type", "file") != "file":
-            raise outside
-        return PhotoFile(key, self.storage, int(info.get("size") or 0), stamp(info))
+        return PhotoFile(key, self.storage, size, changed)

@@ -7,6 +7,7 @@ with exactly the catalog in the collection. A cluster of several machines cannot
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -91,7 +92,8 @@ def test_actors_spread_over_the_nodes_and_read_the_bucket(
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"seen {photos}, embedded {photos} (0 changed)" in run.stdout, run.stdout
     assert "3 embedder actor(s) on cpu" in run.stdout
-    assert "on 3 node(s)" in run.stdout  # each node's actor embedded some of the photos
+    spread = re.search(r"the actors embedded on (\d) node\(s\)", run.stdout)
+    assert spread and int(spread.group(1)) >= 2, run.stdout  # not all on one node
     ids = stored_ids(db)
     assert len(ids) == len(set(ids)) == photos and set(ids) == catalog_ids(url, seaweed)
 
@@ -125,9 +127,13 @@ def test_losing_a_worker_node_mid_run_still_stores_exactly_the_catalog(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    stop = threading.Timer(600, process.kill)  # a run that hangs fails, not the whole suite
+    stop.start()
     try:
-        out, _ = process.communicate(timeout=600)
+        out = process.stdout.read()  # the watcher alone reads stderr
+        process.wait()
     finally:
+        stop.cancel()
         process.kill()
     watcher.join(10)
     assert removed.is_set(), "".join(err)[-3000:]
@@ -143,8 +149,6 @@ def test_losing_a_worker_node_mid_run_still_stores_exactly_the_catalog(
 
 def _stored_so_far(progress: str) -> int:
     """The last count the progress bar showed ('ingest (ray):  40%|...| 120/300')."""
-    import re
-
     counts = re.findall(r"\| *(\d+)/\d+ ", progress)
     return int(counts[-1]) if counts else 0
 
