@@ -3,6 +3,7 @@ as its local copy does, and every way a store can fail is one line or a retried 
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -242,3 +243,75 @@ def test_a_photo_the_store_keeps_refusing_is_reported_the_rest_ingested(
     assert "failed 1" in result.output
     report = (tmp_path / "failures.csv").read_text()
     assert str(victim) in report and "reduce your request rate" in report.lower()
+
+
+def test_training_and_evaluation_read_the_bucket_as_the_local_copy(
+    seaweed, sample_bucket, sample_root, tmp_path
+):
+    """`embedder train` (its loader workers reading the bucket themselves) and `embedder
+    evaluate` on the bucket give what they give on the local copy: the same losses, the same
+    top-k; `search evaluate` too."""
+    from embedder.cli import app as embedder_app
+    from search.cli import evaluate_app
+
+    runner = CliRunner()
+    options = store_options(seaweed)
+    tiny = ["--backbone", "test_resnet", "--img-size", "64", "--pretrained", "none"]
+    losses, reports = {}, {}
+    for name, root, extra in (("bucket", sample_bucket, options), ("local", str(sample_root), [])):
+        run = tmp_path / f"run-{name}"
+        train = runner.invoke(
+            embedder_app,
+            ["train", "--root", root, "--out", str(run), *tiny, "--epochs", "1",
+             "--batch-size", "8", "--workers", "1", "--no-progress", "--k", "1,5",
+             "--precision", "fp32", *extra],
+        )  # fmt: skip
+        assert train.exit_code == 0, train.output
+        rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+        losses[name] = [{k: v for k, v in r.items() if "loss" in k or "val_" in k} for r in rows]
+        report = tmp_path / f"eval-{name}.json"
+        evaluated = runner.invoke(
+            embedder_app,
+            ["evaluate", "--root", root, "--weights", str(run / "best.safetensors"), "--k",
+             "1,5", "--json", str(report), "--workers", "0", "--precision", "fp32", *extra],
+        )  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+        reports[name] = json.loads(report.read_text())
+        db = tmp_path / f"db-{name}"
+        ingested = CliRunner().invoke(
+            app,
+            ["run", "--root", root, "--store", str(db), "--weights",
+             str(run / "best.safetensors"), "--workers", "0", "--no-progress",
+             "--precision", "fp32", *extra],
+        )  # fmt: skip
+        assert ingested.exit_code == 0, ingested.output
+        scored = runner.invoke(
+            evaluate_app,
+            ["--root", root, "--store", str(db), "--k", "1,5", "--json",
+             str(tmp_path / f"store-{name}.json"), "--workers", "0", "--precision", "fp32",
+             *extra],
+        )  # fmt: skip
+        assert scored.exit_code == 0, scored.output
+        reports[name + " store"] = json.loads((tmp_path / f"store-{name}.json").read_text())
+    assert losses["bucket"] == losses["local"]
+    assert list(reports["bucket"].values()) == list(reports["local"].values())
+    assert reports["bucket store"] == reports["local store"]
+
+
+def test_any_fsspec_file_system_is_a_root(sample_root, tmp_path, ingest_tiny):
+    """A protocol other than S3 goes through fsspec (here its in-memory file system): the
+    sample ingests as from the disk."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.put(str(sample_root), "/ds", recursive=True)
+    result = ingest_tiny("memory://ds", tmp_path / "db", "--report", str(tmp_path / "f.csv"))
+    assert result.exit_code == 0, result.output
+    photos = len(list(sample_root.rglob("*.jpg")))
+    assert f"seen {photos}, embedded {photos} (0 changed)" in result.output
+    assert contents(tmp_path / "db").keys() == contents_of_local(sample_root, tmp_path, ingest_tiny)
+
+
+def contents_of_local(root, tmp_path, ingest_tiny) -> set:
+    assert ingest_tiny(root, tmp_path / "local").exit_code == 0
+    return contents(tmp_path / "local").keys()
