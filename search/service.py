@@ -337,7 +337,12 @@ class SearchService:
         root = dataset or self.metadata.get("dataset_root")
         self.storage, self.dataset = LOCAL, None  # a Path on the local disk, else bucket/prefix
         if root:
-            self.storage, where = split(str(root), storage_options if is_remote(root) else None)
+            try:
+                options = storage_options if is_remote(root) else None
+                self.storage, where = split(str(root), options)
+            except UserError as exc:  # e.g. no client for its protocol: searches still work
+                log.warning("photos cannot be served: %s", exc)
+                return
             self.dataset = Path(where).expanduser() if self.storage.local else where
 
     @property
