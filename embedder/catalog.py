@@ -186,7 +186,14 @@ def _walk(top: str, prefix: str = "") -> dict[str, list]:
                     continue
                 sizes.append(stat.st_size)
                 mtimes.append(stat.st_mtime_ns)
-            sources.append(_source(name))
+            start = name[:8].lower()  # _source, inlined: this loop runs once per photo
+            sources.append(
+                "consumer"
+                if start.startswith(CONSUMER_PREFIXES)
+                else "shop"
+                if start.startswith("shop")
+                else UNKNOWN
+            )
             rels.append(folder_prefix + name)
             where.append(index)
     return {

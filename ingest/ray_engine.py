@@ -37,6 +37,7 @@ BLOCK_BATCHES = 4  # batches of decode work per Ray block (one decode task each)
 DECODE_CPUS = 0.5
 WRITE_ATTEMPTS = 6  # tries of one upsert into a server before the run fails
 FIRST_WAIT = 0.5  # seconds before the second try; doubled for each next one
+ACTOR_START_S = 600  # seconds for the embedder actors to start (a model download included)
 
 
 def import_ray():
@@ -80,11 +81,15 @@ def ray_cluster(address: str | None = None) -> Iterator[object]:
         ray.shutdown()
 
 
-def _quiet(ray, progress: bool) -> None:
-    """Ray Data's own progress bars only where they are the run's progress (server writes)."""
+def _configure(ray, progress: bool) -> None:
+    """Ray Data's own progress bars only where they are the run's progress (server writes);
+    the embedder actors all started before the first block is handed out (else the first one
+    ready takes the early blocks while the others still build their models), and a cluster that
+    cannot start them is an error after ACTOR_START_S, not a wait without end."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
+    context.wait_for_min_actors_s = ACTOR_START_S
 
 
 def work_rows(plan: Plan, image_base: str | None) -> pd.DataFrame:
@@ -260,7 +265,7 @@ def embed_on_ray(
     opened = store.opened_elsewhere()
     started = time.perf_counter()
     with ray_cluster(settings.ray_address) as ray:
-        _quiet(ray, progress=settings.progress and opened is not None)
+        _configure(ray, progress=settings.progress and opened is not None)
         ray_start = time.perf_counter() - started
         actors, reserve, device = _pool(ray, recipe, settings.actors)
         settings = settings.for_device(device)

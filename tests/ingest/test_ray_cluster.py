@@ -93,7 +93,7 @@ def test_actors_spread_over_the_nodes_and_read_the_bucket(
     assert f"seen {photos}, embedded {photos} (0 changed)" in run.stdout, run.stdout
     assert "3 embedder actor(s) on cpu" in run.stdout
     spread = re.search(r"the actors embedded on (\d) node\(s\)", run.stdout)
-    assert spread and int(spread.group(1)) >= 2, run.stdout  # not all on one node
+    assert spread and int(spread.group(1)) == 3, run.stdout  # every node embedded
     ids = stored_ids(db)
     assert len(ids) == len(set(ids)) == photos and set(ids) == catalog_ids(url, seaweed)
 
