@@ -120,11 +120,6 @@ class Storage:
             _clients[key] = _S3(options) if self.protocol in OBSTORE else _Fsspec(self, options)
         return _clients[key]
 
-    @property
-    def fs(self):
-        """The fsspec file system (protocols other than S3)."""
-        return self.client.fs
-
     def url(self, path: str) -> str:
         """The path as a user writes it: a local path, or protocol://bucket/key."""
         return path if self.local else f"{self.protocol}://{path}"
@@ -262,8 +257,7 @@ class _S3:
         found = obstore.list_with_delimiter(store, key.rstrip("/") + "/" if key else None)
         folders = {p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]}
         files = {o["path"].rsplit("/", 1)[-1] for o in found["objects"]}
-        if not folders and not files:
-            _bucket_exists(store)
+        if not folders and not files:  # (a missing bucket is an error of the listing itself)
             raise ObjectMissing(path)
         return folders, files
 
@@ -309,16 +303,6 @@ class _S3:
             await asyncio.gather(*(one(f, k) for f, k in zip(files, keys, strict=True)))
 
         asyncio.run(every())
-
-
-def _bucket_exists(store) -> None:
-    """ObjectMissing naming the bucket when the store has no such bucket."""
-    import obstore
-
-    try:
-        obstore.list_with_delimiter(store, None)
-    except obstore.exceptions.NotFoundError:
-        raise ObjectMissing("the bucket does not exist") from None
 
 
 class _Fsspec:
