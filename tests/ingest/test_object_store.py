@@ -315,3 +315,11 @@ def test_any_fsspec_file_system_is_a_root(sample_root, tmp_path, ingest_tiny):
 def contents_of_local(root, tmp_path, ingest_tiny) -> set:
     assert ingest_tiny(root, tmp_path / "local").exit_code == 0
     return contents(tmp_path / "local").keys()
+
+
+def test_a_file_url_is_the_local_folder(sample_root, tmp_path, ingest_tiny):
+    """file:///path is the folder itself: the same points, read from the disk."""
+    result = ingest_tiny(f"file://{sample_root}", tmp_path / "db")
+    assert result.exit_code == 0, result.output
+    assert f"ingest {sample_root} →" in result.output
+    assert contents(tmp_path / "db").keys() == contents_of_local(sample_root, tmp_path, ingest_tiny)
