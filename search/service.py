@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -622,6 +623,15 @@ class SearchService:
             raise outside
         stat = path.stat()
         return PhotoFile(str(path), LOCAL, stat.st_size, stat.st_mtime_ns)
+
+    def image_origin(self) -> str | None:
+        """Where presigned photo URLs lead (scheme://host[:port]), for the page's
+        Content-Security-Policy; None for photos on this machine's disk. Signing is local:
+        no request is made."""
+        if self.dataset is None or self.storage.local:
+            return None
+        url = urlsplit(self.storage.sign(f"{self.dataset}/origin.jpg", 60))
+        return f"{url.scheme}://{url.netloc}"
 
     def photo_source(self, point: str):
         """What Pillow opens for a stored point's photo (a path, or the object's bytes), or

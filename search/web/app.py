@@ -72,6 +72,7 @@ async def lifespan(app: FastAPI):
             service = stack.enter_context(open_service(settings, app.state.metrics))
             app.state.service = service
         service.warm()
+        app.state.image_origin = service.image_origin() if settings.image_redirect else None
         if (ready := getattr(app.state, "ready", None)) is not None:
             info = service.info()
             shown = "localhost" if settings.host in ("127.0.0.1", "::1") else settings.host

@@ -21,16 +21,25 @@ OPEN_PATHS = ("/", "/healthz", "/auth", "/favicon.ico")  # no key needed
 OPEN_PREFIXES = ("/static/",)  # the page's own script and style
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
+    "img-src 'self' blob: data:{images}; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"content-security-policy", CSP.encode()),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-]
+
+
+def security_headers(image_origin: str | None = None) -> list[tuple[bytes, bytes]]:
+    """The headers of every answer; `image_origin`: where presigned photo URLs lead
+    (--image-redirect), the one other origin the page may load images from."""
+    csp = CSP.format(images=f" {image_origin}" if image_origin else "")
+    return [
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", csp.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    ]
+
+
+SECURITY_HEADERS = security_headers()
 
 
 async def answer(send, status: int, detail: str, headers: list | None = None) -> None:
@@ -53,19 +62,28 @@ async def answer(send, status: int, detail: str, headers: list | None = None) ->
 
 class SecurityHeaders:
     """nosniff, a same-origin Content-Security-Policy, no framing, no referrer: on every
-    response, errors included."""
+    response, errors included. With --image-redirect the app's state names the presigned
+    URLs' origin (`image_origin`, set once the service is open), which img-src then allows."""
 
     def __init__(self, app):
         self.app = app
+        self.origin, self.headers = None, SECURITY_HEADERS
+
+    def _headers(self, scope) -> list[tuple[bytes, bytes]]:
+        origin = getattr(getattr(scope.get("app"), "state", None), "image_origin", None)
+        if origin != self.origin:
+            self.origin, self.headers = origin, security_headers(origin)
+        return self.headers
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = self._headers(scope)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                extra = [(k, v) for k, v in headers if k not in names]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

@@ -70,6 +70,11 @@ def served(bucket_collection, seaweed, live_server):
             yield client
 
 
+def test_without_the_redirect_the_page_loads_images_from_itself_alone(served):
+    csp = served.get("/").headers["content-security-policy"]
+    assert "img-src 'self' blob: data:;" in csp
+
+
 def test_a_photo_and_its_thumbnail_come_from_the_bucket(served, bucket_collection, seaweed):
     _, _, (pid, path) = bucket_collection
     full = served.get(f"/images/{pid}.jpg")
@@ -119,5 +124,9 @@ def test_the_image_redirect_answers_with_a_presigned_url(
             location = moved.headers["location"]
             assert location.startswith(seaweed.endpoint) and "Signature" in location
             assert httpx.get(location).content == seaweed.fs().cat_file(f"web/ds/{path}")
+            page = client.get("/")  # the page may show the redirected photo (and nothing else)
+            csp = page.headers["content-security-policy"]
+            assert f"img-src 'self' blob: data: {seaweed.endpoint};" in csp
+            assert "connect-src 'self';" in csp
             assert client.get(f"/images/{pid}.jpg", params={"size": 128}).status_code == 200
             assert client.get(f"/images/{evil['parent']}.jpg").status_code == 404  # no URL
