@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 
 import httpx
@@ -130,3 +131,43 @@ def test_the_image_redirect_answers_with_a_presigned_url(
             assert "connect-src 'self';" in csp
             assert client.get(f"/images/{pid}.jpg", params={"size": 128}).status_code == 200
             assert client.get(f"/images/{evil['parent']}.jpg").status_code == 404  # no URL
+
+
+def test_chromium_shows_a_redirected_photo_under_the_pages_csp(
+    bucket_collection, seaweed, live_server, tmp_path
+):
+    """The page's "more like this" photo is a full-size /images/ID.jpg: with --image-redirect
+    Chromium follows the 307 to the bucket, the policy in force (no bypass) lets it load, and
+    nothing is blocked."""
+    import shutil
+
+    from tests.search.test_browser import CHROMIUM
+
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip("needs Chromium: apt-get install chromium (Debian's package)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    db, _, (pid, _path) = bucket_collection
+    copy = shutil.copytree(db, tmp_path / "db")
+    with live_server("--store", str(copy), "--image-redirect", env=seaweed.env) as (url, _):
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+            )
+            page = browser.new_page()  # no bypass: the server's Content-Security-Policy holds
+            blocked, from_bucket = [], []
+            page.on(
+                "console",
+                lambda m: blocked.append(m.text) if "Content Security" in m.text else None,
+            )
+            page.on(
+                "response",
+                lambda r: (
+                    from_bucket.append(r.status) if r.url.startswith(seaweed.endpoint) else None
+                ),
+            )
+            with page.expect_response(lambda r: r.url.startswith(seaweed.endpoint)):
+                page.goto(f"{url}/?like={pid}")
+            page.wait_for_selector("#stage.shown #preview")
+            assert from_bucket == [200] and not blocked
+            browser.close()
