@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from embedder.errors import UserError, first_line
 
@@ -72,9 +73,14 @@ class ObjectMissing(FileNotFoundError):
 class ObjectUnreadable(OSError):
     """An object the store would not give (after its retries): the store's reason, short."""
 
-    @classmethod
-    def of(cls, exc: BaseException) -> ObjectUnreadable:
-        return cls(explain(exc)[1])
+
+def _unreadable(exc: BaseException) -> ObjectMissing | ObjectUnreadable:
+    """A failed read of one object as the error a failure report shows (one rule for a
+    single read and for a batch: obstore's async errors are not its NotFoundError class)."""
+    kind, text = explain(exc)
+    if kind == "missing":
+        return ObjectMissing(f"not in the store: {text}")
+    return ObjectUnreadable(text)
 
 
 def parse_options(pairs: Iterable[str] | None) -> dict:
@@ -117,7 +123,8 @@ class Storage:
         key = (os.getpid(), self)
         if key not in _clients:
             options = json.loads(self.options)
-            _clients[key] = _S3(options) if self.protocol in OBSTORE else _Fsspec(self, options)
+            client = _S3 if self.protocol in OBSTORE else partial(_Fsspec, self.protocol)
+            _clients[key] = client(options)
         return _clients[key]
 
     def url(self, path: str) -> str:
@@ -208,10 +215,8 @@ class _S3:
         store, key = self._split(path)
         try:
             return bytes(obstore.get(store, key).bytes())
-        except obstore.exceptions.NotFoundError:
-            raise ObjectMissing(path) from None
         except obstore.exceptions.BaseError as exc:
-            raise ObjectUnreadable.of(exc) from None
+            raise _unreadable(exc) from None
 
     def fetch(self, paths: list[str]) -> list:
         import obstore
@@ -222,12 +227,7 @@ class _S3:
                 got = await obstore.get_async(store, key)
                 return bytes(await got.bytes_async())
             except Exception as exc:  # the store's reason, for the failure report
-                kind, text = explain(exc)
-                return (
-                    ObjectMissing(f"not in the store: {text}")
-                    if kind == "missing"
-                    else (ObjectUnreadable(text))
-                )
+                return _unreadable(exc)
 
         async def every():
             return await asyncio.gather(*(one(p) for p in paths))
@@ -309,10 +309,10 @@ class _Fsspec:
     """Any other fsspec protocol, through fsspec (the instance is cached per process by fsspec
     itself, and forgotten across a fork)."""
 
-    def __init__(self, storage: Storage, options: dict):
+    def __init__(self, protocol: str, options: dict):
         import fsspec
 
-        self.fs = fsspec.filesystem(storage.protocol, **options)
+        self.fs = fsspec.filesystem(protocol, **options)
 
     def read(self, path: str) -> bytes:
         try:
