@@ -29,6 +29,7 @@ COLUMNS = [
     "y1",
     "x2",
     "y2",
+    "clothes_type",
     "size",
     "mtime",
 ]
@@ -338,6 +339,9 @@ def _splits(where: DatasetRoot) -> pd.Series:
 
 MAX_COORDINATE = 1_000_000  # pixels: anything larger is a broken line, not a photo
 BOX = ["x1", "y1", "x2", "y2"]
+# The Anno file's clothes_type: what a garment detector finds, and the type a category implies.
+GARMENT_TYPES = {1: "upper", 2: "lower", 3: "full"}
+CATEGORY_TYPES = {"TOPS": 1, "TROUSERS": 2, "DRESSES": 3}
 
 
 def _bboxes(where: DatasetRoot) -> pd.DataFrame:
@@ -352,6 +356,8 @@ def _bboxes(where: DatasetRoot) -> pd.DataFrame:
         log.warning("skipped %d malformed line(s) in %s", skipped, f"{where.lists}/{BBOX_FILE}")
     paths = pd.Index(rows[0].to_numpy())[good]
     boxes = pd.DataFrame(np.trunc(values[good]).astype(np.int64), index=paths, columns=BOX)
+    kinds = pd.to_numeric(pd.Series(rows[1].to_numpy()[good]), errors="coerce").to_numpy()
+    boxes["clothes_type"] = np.where(np.isin(kinds, list(GARMENT_TYPES)), kinds, np.nan)
     return boxes[~boxes.index.duplicated(keep="last")]
 
 
@@ -360,7 +366,8 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
 
     Columns: path (relative to the dataset folder, "img/..." for DeepFashion), category,
     subcategory, item_id, source (consumer/shop/unknown), split (train/val/test/unknown),
-    bbox x1..y2 (nullable), size and mtime (for change detection). Anno/ and Eval/ are optional.
+    bbox x1..y2 and clothes_type (GARMENT_TYPES; nullable), size and mtime (for change
+    detection). Anno/ and Eval/ are optional.
     Files named like photos that cannot be (not regular files, names that are not UTF-8) are
     left out and listed in `table.attrs["skipped"]` as (path, reason).
     The walk costs one scandir per folder and one stat per file; labels are worked out once per
@@ -391,11 +398,12 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     table = table.sort_values("path", ignore_index=True)
     table["split"] = table["path"].map(_splits(where)).astype(object).fillna(UNKNOWN)
     boxes = _bboxes(where).reindex(table["path"])
-    for col in BOX:
+    for col in (*BOX, "clothes_type"):
         table[col] = boxes[col].to_numpy(dtype=np.float64, na_value=np.nan)
     table = table[COLUMNS]
     for col in BOX:
         table[col] = table[col].astype("Int64")
+    table["clothes_type"] = table["clothes_type"].astype("Int8")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):
         table[col] = table[col].astype(TEXT)
     items = read_items(where)

@@ -19,7 +19,7 @@ from embedder.commands import (
     run_app,
     setup_logging,
 )
-from ingest.control import Engine
+from ingest.control import Engine, SampleStyle
 from search.options import StoreOptions, embedded_options, index_options, store_options
 
 app = typer.Typer(
@@ -69,12 +69,20 @@ def sample(
     items: Annotated[int, typer.Option(min=1, help="Number of garments (items).")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     processes: Annotated[int, typer.Option(min=1, help="Drawing processes.")] = 1,
+    style: Annotated[
+        SampleStyle,
+        typer.Option(
+            help="Consumer photos as a phone's close-up of the garment, or as street photos "
+            "(a person in a cluttered street, the garment 30-55% of the frame's height; adds "
+            "outfit photos of two test items each under outfits/, for shop-the-look tests)."
+        ),
+    ] = SampleStyle.phone,
     storage_option: StorageOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Write a generated dataset in DeepFashion consumer-to-shop layout: img/ with shop and
-    'comsumer' photos of each item, Anno/list_bbox_consumer2shop.txt and
-    Eval/list_eval_partition.txt."""
+    'comsumer' photos of each item, Anno/list_bbox_consumer2shop.txt (boxes and clothes_type)
+    and Eval/list_eval_partition.txt."""
     setup_logging(verbose)
     with clean_errors():
         from embedder.catalog import read_catalog
@@ -83,7 +91,14 @@ def sample(
         from ingest.sample import write_sample
 
         options = parse_options(storage_option)
-        write_sample(out, items=items, seed=seed, processes=processes, storage_options=options)
+        write_sample(
+            out,
+            items=items,
+            seed=seed,
+            processes=processes,
+            storage_options=options,
+            style=style.value,
+        )
         images = len(read_catalog(dataset_root(out, storage_option)))
         echo(f"wrote {items} items, {images} images to {out}")
 

@@ -21,6 +21,13 @@ from search.store import Store
 log = logging.getLogger(__name__)
 
 
+class SampleStyle(Choice):
+    """How `ingest sample` draws consumer photos (ingest.sample.STYLES)."""
+
+    phone = "phone"
+    street = "street"
+
+
 class Engine(Choice):
     """What runs an ingest: this process (its reader processes and model), or Ray Data across a
     cluster's CPUs and GPUs."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from embedder.catalog import CATEGORY_TYPES as CLOTHES_TYPE
 from embedder.catalog import ITEM_FILE as ITEM_LIST
 from embedder.storage import split, upload
 
@@ -23,7 +25,6 @@ SUBCATEGORIES: dict[str, tuple[str, ...]] = {
     "TOPS": ("Summer_Wear", "Tees", "Chiffon"),
     "TROUSERS": ("Leggings", "Pants", "Shorts"),
 }
-CLOTHES_TYPE = {"TOPS": 1, "TROUSERS": 2, "DRESSES": 3}
 SHOP_SIZE = (240, 320)  # width, height
 PATTERNS = ("solid", "stripes", "dots", "checks", "gradient", "zigzag")
 SPLIT_EVERY, SPLIT_AT = 32, 7  # item 7, 39, 71, ...: shop photos under another subcategory
@@ -253,14 +254,164 @@ def consumer_photo(g: Garment, rng: np.random.Generator) -> tuple[Image.Image, t
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     layer.paste(piece, (ox, oy), piece)
     canvas.alpha_composite(layer)
-    img = canvas.convert("RGB")
+    return _phone_look(canvas.convert("RGB"), rng), _bbox(layer.getchannel("A"))
+
+
+STREET_SHARE = (0.30, 0.55)  # street photos: the garment's height as a share of the frame's
+SKIN = ((233, 196, 170), (198, 150, 110), (141, 95, 62), (92, 61, 40))
+# Where a garment sits on the figure, per clothes_type: the top of its box as a share of the
+# figure's height from the head, and how much of the figure it covers.
+_ON_FIGURE = {1: (0.16, 0.36), 2: (0.48, 0.50), 3: (0.16, 0.78)}
+
+
+def _clutter(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A street: a graded sky, then buildings, signs, cars and passers-by as blocks and
+    ellipses in random colours."""
+    bg = _background(rng, size)
+    draw = ImageDraw.Draw(bg)
+    w, h = size
+    for _ in range(int(rng.integers(4, 10))):
+        x0, y0 = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, h))
+        x1, y1 = x0 + int(rng.integers(10, w // 3)), y0 + int(rng.integers(10, h // 3))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    for _ in range(int(rng.integers(1, 4))):  # poles and kerbs
+        x = int(rng.integers(0, w))
+        draw.line((x, 0, x + int(rng.integers(-20, 20)), h), fill=tuple(rng.integers(0, 120, 3)),
+                  width=int(rng.integers(2, 8)))  # fmt: skip
+    return bg
+
+
+def _figure(draw: ImageDraw.ImageDraw, box, kind: int, rng: np.random.Generator) -> None:
+    """A person wearing the garment whose box is `box`: head, arms and legs drawn around it
+    (under the garment), in one skin tone; the legs, for a top, in plain dark trousers."""
+    x1, y1, x2, y2 = box
+    top, share = _ON_FIGURE[kind]
+    height = (y2 - y1) / share  # the figure's height, head to feet
+    head_y = y1 - top * height
+    cx, half = (x1 + x2) / 2, (x2 - x1) / 2
+    skin = SKIN[int(rng.integers(len(SKIN)))]
+    r = height * 0.065
+    draw.ellipse((cx - r, head_y, cx + r, head_y + 2 * r), fill=skin)
+    neck = head_y + 2 * r
+    draw.rectangle((cx - r / 2.5, neck - 2, cx + r / 2.5, head_y + 0.17 * height), fill=skin)
+    shoulder, waist, hip = head_y + 0.16 * height, head_y + 0.5 * height, head_y + 0.55 * height
+    for side in (-1, 1):  # arms hang from the shoulders, past the garment's sides
+        ax = cx + side * half * 0.75
+        draw.line((ax, shoulder + r, ax + side * height * 0.09, waist), fill=skin,
+                  width=max(3, int(height * 0.045)))  # fmt: skip
+    legs = skin if kind == 3 or rng.random() < 0.3 else tuple(rng.integers(20, 90, 3))
+    if kind == 2:
+        draw.rectangle((cx - half * 0.7, shoulder, cx + half * 0.7, hip), fill=skin)  # bare torso
+    for side in (-1, 1):
+        lx = cx + side * half * 0.3
+        draw.line((lx, hip, lx + side * height * 0.03, head_y + 0.97 * height), fill=legs,
+                  width=max(4, int(height * 0.06)))  # fmt: skip
+
+
+def _dress(
+    canvas: Image.Image,
+    g: Garment,
+    height: float,
+    at: tuple[float, float],
+    rng: np.random.Generator,
+    tilt: float = 0.0,
+) -> tuple[int, int, int, int] | None:
+    """Put garment `g` on `canvas` so that its box is `height` pixels tall with its top-left
+    corner near `at`; returns the visible box (1-based, clipped), None when off the photo."""
+    piece = _cutout(g, SHOP_SIZE)
+    visible = piece.getchannel("A").getbbox()
+    piece = piece.crop(visible)
+    scale = height / piece.height
+    piece = piece.resize((max(1, int(piece.width * scale)), max(1, int(height))), Image.BILINEAR)
+    if rng.random() < 0.5:
+        piece = piece.transpose(Image.FLIP_LEFT_RIGHT)
+    if tilt:
+        piece = piece.rotate(tilt, resample=Image.BILINEAR, expand=True)
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    layer.paste(piece, (int(at[0]), int(at[1])), piece)
+    alpha = layer.getchannel("A")
+    if alpha.getbbox() is None:
+        return None
+    canvas.alpha_composite(layer)
+    return _bbox(alpha)
+
+
+def _phone_look(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Light, colour, a colour cast and blur as a phone's photo has them."""
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.35))
     img = ImageEnhance.Color(img).enhance(rng.uniform(0.7, 1.3))
     cast = Image.new("RGB", img.size, tuple(int(c) for c in rng.integers(0, 256, 3)))
     img = Image.blend(img, cast, float(rng.uniform(0, 0.15)))
     if rng.random() < 0.6:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.8))))
-    return img, _bbox(layer.getchannel("A"))
+    return img
+
+
+def street_photo(g: Garment, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, ...]]:
+    """The garment worn in the street: a person on a cluttered background, the garment's box
+    30-55% of the frame's height, then the phone's light and blur."""
+    w, h = int(rng.integers(300, 400)), int(rng.integers(380, 500))
+    canvas = _clutter(rng, (w, h)).convert("RGBA")
+    kind = CLOTHES_TYPE[g.category]
+    height = rng.uniform(*STREET_SHARE) * h
+    width = height * SHOP_SIZE[0] / SHOP_SIZE[1] * 0.9  # about: the cutout's aspect
+    top, share = _ON_FIGURE[kind]
+    figure = height / share
+    x = rng.uniform(0.02 * w, max(0.03 * w, w - width * 1.1))
+    y = rng.uniform(top * figure * 0.6, max(top * figure * 0.6 + 1, h - height - 4))
+    _figure(ImageDraw.Draw(canvas), (x, y, x + width, y + height), kind, rng)
+    box = _dress(canvas, g, height, (x, y), rng, tilt=float(rng.uniform(-8, 8)))
+    return _phone_look(canvas.convert("RGB"), rng), box
+
+
+OUTFIT_DIR = "outfits"  # outside img/: photos of two garments at once, not part of the catalog
+OUTFIT_LIST = f"{OUTFIT_DIR}/list_outfits.txt"
+
+
+def outfit_photo(top: Garment, bottom: Garment, rng: np.random.Generator):
+    """A person in a top above trousers: the photo and each garment's (box, clothes_type)."""
+    w, h = int(rng.integers(320, 420)), int(rng.integers(440, 560))
+    canvas = _clutter(rng, (w, h)).convert("RGBA")
+    figure = rng.uniform(0.8, 0.95) * h
+    head = rng.uniform(0.01, max(0.02, 0.98 - figure / h)) * h
+    upper = figure * _ON_FIGURE[1][1]
+    width = upper * SHOP_SIZE[0] / SHOP_SIZE[1] * 0.9
+    x = rng.uniform(0.05 * w, max(0.06 * w, w - width * 1.1))
+    y = head + _ON_FIGURE[1][0] * figure
+    _figure(ImageDraw.Draw(canvas), (x, y, x + width, y + upper), 1, rng)
+    lower = figure * _ON_FIGURE[2][1]
+    y2 = head + _ON_FIGURE[2][0] * figure
+    bottom_box = _dress(canvas, bottom, lower, (x + width * 0.08, y2), rng)
+    top_box = _dress(canvas, top, upper, (x, y), rng)  # the top over the trousers' waist
+    return _phone_look(canvas.convert("RGB"), rng), [(top_box, 1), (bottom_box, 2)]
+
+
+def write_outfits(out: Path, garments: list[Garment], splits: list[str], seed: int) -> int:
+    """Photos of a test-split top worn above test-split trousers (each test top and each test
+    pair of trousers in one photo at least), under outfits/, listed in
+    outfits/list_outfits.txt (a count, a header, then a photo's name, each item id, its
+    clothes_type and box a line); returns how many."""
+    tops = [
+        g for g, s in zip(garments, splits, strict=True) if g.category == "TOPS" and s == "test"
+    ]
+    bottoms = [
+        g for g, s in zip(garments, splits, strict=True) if g.category == "TROUSERS" and s == "test"
+    ]
+    rows, count = [], max(len(tops), len(bottoms)) if tops and bottoms else 0
+    pairs = ((tops[n % len(tops)], bottoms[n % len(bottoms)]) for n in range(count))
+    for n, (top, bottom) in enumerate(pairs, 1):
+        rng = np.random.default_rng([seed, n, 7])
+        img, boxes = outfit_photo(top, bottom, rng)
+        name = f"outfit_{n:02d}.jpg"
+        (out / OUTFIT_DIR).mkdir(parents=True, exist_ok=True)
+        img.save(out / OUTFIT_DIR / name, quality=85)
+        for g, (box, kind) in zip((top, bottom), boxes, strict=True):
+            if box is not None:
+                rows.append(f"{name} {g.item_id} {kind} {' '.join(map(str, box))}")
+    if rows:
+        _write_list(out / OUTFIT_LIST, "image_name item_id clothes_type x_1 y_1 x_2 y_2", rows)
+    return count
 
 
 def _split(rng: np.random.Generator) -> str:
@@ -274,11 +425,16 @@ def _folder(out: Path, g: Garment, subcategory: str) -> tuple[Path, str]:
     return out / rel, rel
 
 
-def _write_item(out: Path, index: int, seed: int) -> tuple[str, list[str], list[str]]:
+STYLES = {"phone": consumer_photo, "street": street_photo}  # how consumer photos look
+
+
+def _write_item(
+    out: Path, index: int, seed: int, style: str = "phone"
+) -> tuple[str, list[str], list[str]]:
     """Write one garment's photos; returns its (item id, pair lines, bbox lines)."""
     g = _garment(index, seed)
     rng = np.random.default_rng([seed, index, 1])
-    split = _split(rng)
+    split = _split(rng)  # the item stream's first draw (write_outfits draws it again)
     kind = CLOTHES_TYPE[g.category]
     shops, consumers, boxes = [], [], []
     folder, rel = _folder(out, g, g.shop_subcategory)
@@ -289,7 +445,7 @@ def _write_item(out: Path, index: int, seed: int) -> tuple[str, list[str], list[
         boxes.append(f"{shops[-1]} {kind} 1 {box[0]} {box[1]} {box[2]} {box[3]}")
     folder, rel = _folder(out, g, g.subcategory)
     for n in range(1, int(rng.integers(1, 4)) + 1):
-        img, box = consumer_photo(g, rng)
+        img, box = STYLES[style](g, rng)
         img.save(folder / f"comsumer_{n:02d}.jpg", quality=int(rng.integers(40, 86)))
         consumers.append(f"{rel}/comsumer_{n:02d}.jpg")
         boxes.append(f"{consumers[-1]} {kind} 2 {box[0]} {box[1]} {box[2]} {box[3]}")
@@ -303,34 +459,42 @@ def write_sample(
     seed: int = 0,
     processes: int = 1,
     storage_options: dict | None = None,
+    style: str = "phone",
 ) -> Path | str:
     """Write `items` garments as a DeepFashion consumer-to-shop tree under `out` (a folder, or
     an object-store URL: drawn in a temporary folder, then uploaded); return `out`.
 
-    Deterministic per (seed, item): the same seed gives byte-identical files, whatever the
-    number of `processes` drawing them.
+    `style`: consumer photos as a phone's close-up ("phone": the garment 55-95% of the frame)
+    or as street photos ("street": a person in a cluttered street, the garment 30-55% of the
+    frame's height), the street style adding outfit photos (a test top above test trousers)
+    under outfits/, outside the image tree. Deterministic per (seed, item): the same seed
+    gives byte-identical files, whatever the number of `processes` drawing them.
     """
     if items < 1:
         raise ValueError("items must be at least 1")
     if processes < 1:
         raise ValueError("processes must be at least 1")
+    if style not in STYLES:
+        raise ValueError(f"style {style!r}: choose {' or '.join(STYLES)}")
     storage, target = split(str(out), storage_options)
     if not storage.local:
         with tempfile.TemporaryDirectory(prefix="sample-") as folder:
-            write_sample(folder, items, seed, processes)
+            write_sample(folder, items, seed, processes, style=style)
             upload(folder, storage, target)
         return str(out)
     out = Path(target)
+    draw = partial(_write_item, out, seed=seed, style=style)
     if processes == 1:
-        written = [_write_item(out, index, seed) for index in range(items)]
+        written = [draw(index) for index in range(items)]
     else:
         from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
 
         with ProcessPoolExecutor(processes) as pool:
-            written = list(
-                pool.map(partial(_write_item, out, seed=seed), range(items), chunksize=64)
-            )
+            written = list(pool.map(draw, range(items), chunksize=64))
+    if style == "street":
+        garments = [_garment(index, seed) for index in range(items)]
+        splits = [_split(np.random.default_rng([seed, index, 1])) for index in range(items)]
+        write_outfits(out, garments, splits, seed)
     pairs = [line for _, item_pairs, _ in written for line in item_pairs]
     boxes = [line for _, _, item_boxes in written for line in item_boxes]
     _write_list(

@@ -123,7 +123,8 @@ def slow_catalog(root) -> pd.DataFrame:
         except ValueError:
             continue
         if all(math.isfinite(v) and abs(v) <= c.MAX_COORDINATE for v in values):
-            boxes[fields[0]] = tuple(int(v) for v in values)
+            kind = int(fields[1]) if fields[1] in ("1", "2", "3") else None
+            boxes[fields[0]] = (*(int(v) for v in values), kind)
     records = []
     for entry in found:
         parts = tuple(os.path.relpath(entry.path, where.images).split(os.sep))
@@ -147,7 +148,7 @@ def slow_catalog(root) -> pd.DataFrame:
                 *c._labels(list(parts[:-1])),
                 source,
                 splits.get(path, "unknown"),
-                *boxes.get(path, (None,) * 4),
+                *boxes.get(path, (None,) * 5),
                 size,
                 mtime,
             )
@@ -156,6 +157,7 @@ def slow_catalog(root) -> pd.DataFrame:
     table = table.sort_values("path", ignore_index=True)
     for col in ("x1", "y1", "x2", "y2"):
         table[col] = table[col].astype("Int64")
+    table["clothes_type"] = table["clothes_type"].astype("Int8")
     for col in ("path", "category", "subcategory", "item_id", "source", "split"):
         table[col] = table[col].astype(c.TEXT)
     return table

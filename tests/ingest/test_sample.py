@@ -62,3 +62,36 @@ def test_some_garments_sit_in_two_subcategory_folders(sample_root, split_garment
     pairs = (sample_root / "Eval" / "list_eval_partition.txt").read_text().splitlines()[2:]
     mine = [line.split() for line in pairs if line.split()[2] == item]
     assert mine and all(c.split("/")[2] != s.split("/")[2] for c, s, _, _ in mine)
+
+
+def test_street_photos_show_the_garment_small_and_outfits_two_test_items(tmp_path):
+    root = write_sample(tmp_path / "street", items=30, seed=2, style="street")
+    table = read_catalog(root)
+    consumers = table[table.source == "consumer"]
+    shares = []
+    for row in consumers.itertuples():
+        with Image.open(root / row.path) as img:
+            shares.append((row.y2 - row.y1 + 1) / img.height)
+    assert 0.25 <= min(shares) and max(shares) <= 0.6  # the garment 30-55% of the frame's height
+    types = table.groupby("category")["clothes_type"].agg(set).to_dict()
+    assert types == {"TOPS": {1}, "TROUSERS": {2}, "DRESSES": {3}}  # as DeepFashion writes them
+    lines = (root / "outfits" / "list_outfits.txt").read_text().splitlines()
+    assert int(lines[0]) == len(lines) - 2 and lines[1].split()[:3] == [
+        "image_name", "item_id", "clothes_type",
+    ]  # fmt: skip
+    rows = [line.split() for line in lines[2:]]
+    by_photo = {}
+    for name, item, kind, *box in rows:
+        by_photo.setdefault(name, []).append((item, int(kind), [int(v) for v in box]))
+    assert len(by_photo) >= 2 and all(len(v) == 2 for v in by_photo.values())
+    split = table.drop_duplicates("item_id").set_index("item_id")
+    for name, garments in by_photo.items():
+        (top, one, upper), (bottom, two, lower) = garments
+        assert (one, two) == (1, 2) and upper[1] < lower[1]  # the top above the trousers
+        assert split.loc[top, "category"] == "TOPS" and split.loc[bottom, "category"] == "TROUSERS"
+        assert split.loc[top, "split"] == split.loc[bottom, "split"] == "test"
+        with Image.open(root / "outfits" / name) as img:
+            assert all(1 <= b[0] < b[2] <= img.width and b[3] <= img.height for b in (upper, lower))
+    assert not any(p.startswith("outfits/") for p in table.path)  # not part of the catalog
+    phone = write_sample(tmp_path / "phone", items=3, seed=2)
+    assert not (phone / "outfits").exists()
