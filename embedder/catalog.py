@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from embedder.errors import UserError
+from embedder.spec import GARMENT_TYPES
 from embedder.storage import LOCAL, Storage, listing, split
 
 log = logging.getLogger(__name__)
@@ -339,9 +340,6 @@ def _splits(where: DatasetRoot) -> pd.Series:
 
 MAX_COORDINATE = 1_000_000  # pixels: anything larger is a broken line, not a photo
 BOX = ["x1", "y1", "x2", "y2"]
-# The Anno file's clothes_type: what a garment detector finds, and the type a category implies.
-GARMENT_TYPES = {1: "upper", 2: "lower", 3: "full"}
-CATEGORY_TYPES = {"TOPS": 1, "TROUSERS": 2, "DRESSES": 3}
 
 
 def _bboxes(where: DatasetRoot) -> pd.DataFrame:

@@ -15,12 +15,18 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from embedder.errors import WeightsError, first_line
-from embedder.spec import ModelSpec
+from embedder.spec import DetectorSpec, ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
 FORMAT = "fashion-embedder/1"
+DETECTOR_FORMAT = "fashion-detector/1"
+# each kind of model: its checkpoints' format tag, the command that writes them, what it is
+KINDS = {
+    ModelSpec: (FORMAT, "embedder train", "an embedder"),
+    DetectorSpec: (DETECTOR_FORMAT, "embedder train-detector", "a garment detector"),
+}
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -69,31 +75,33 @@ def file_digest(path: str | Path) -> str:
     return digest
 
 
-def read_verified(path: str | Path) -> tuple[ModelSpec, dict]:
+def read_verified(path: str | Path, kind: type = ModelSpec) -> tuple[ModelSpec, dict]:
     """read_metadata, with the recorded identity checked against the tensors themselves: a
     file whose tensors changed but whose metadata did not is refused, not taken for the model
     it says it is (nor its cached exports)."""
-    spec, info = read_metadata(path)
+    spec, info = read_metadata(path, kind)
     check_identity(path, spec, file_digest(path))
     return spec, info
 
 
-def check_identity(path: str | Path, spec: ModelSpec, actual: str) -> None:
+def check_identity(path: str | Path, spec, actual: str) -> None:
     """The one rule: a checkpoint's tensors are the identity its metadata records."""
     if actual != spec.weights:
         raise WeightsError(
             f"weights file {str(path)!r} says it holds {spec.weights} but its tensors are "
-            f"{actual}: it was changed after `embedder train` wrote it; use the original"
+            f"{actual}: it was changed after `{KINDS[type(spec)][1]}` wrote it; use the original"
         )
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, **info) -> ModelSpec:
-    """Write the model's parameters and spec (plus `info`: epoch, metrics, ...) to `path`."""
+    """Write the model's parameters and spec (plus `info`: epoch, metrics, ...) to `path`; the
+    format tag says which kind of model (KINDS) it is."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     spec = replace(model.spec, weights=weights_digest(state))
-    metadata = {"format": FORMAT, "spec": spec.to_json(), "info": json.dumps(info, default=str)}
+    tag = KINDS[type(spec)][0]
+    metadata = {"format": tag, "spec": spec.to_json(), "info": json.dumps(info, default=str)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -102,8 +110,10 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, **info) -> ModelSp
     return spec
 
 
-def read_metadata(path: str | Path) -> tuple[ModelSpec, dict]:
-    """The spec and info recorded in a checkpoint, without loading its tensors (or torch)."""
+def read_metadata(path: str | Path, kind: type = ModelSpec) -> tuple[ModelSpec, dict]:
+    """The spec and info recorded in a checkpoint of `kind` (ModelSpec: an embedder,
+    DetectorSpec: a garment detector), without loading its tensors (or torch); a checkpoint
+    of the other kind is refused in one line that says what it is."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} not found")
@@ -114,16 +124,25 @@ def read_metadata(path: str | Path) -> tuple[ModelSpec, dict]:
         raise WeightsError(
             f"weights file {str(path)!r} is not a valid safetensors file ({exc})"
         ) from None
-    if meta.get("format") != FORMAT or "spec" not in meta:
-        raise WeightsError(f"weights file {str(path)!r} was not written by `embedder train`")
-    return ModelSpec.from_json(meta["spec"]), json.loads(meta.get("info") or "{}")
+    tag, command, what = KINDS[kind]
+    for other, (other_tag, _, other_what) in KINDS.items():
+        if other is not kind and meta.get("format") == other_tag:
+            flag = "--detector" if other is DetectorSpec else "--weights"
+            raise WeightsError(
+                f"weights file {str(path)!r} holds {other_what}, not {what}: pass it as {flag}"
+            )
+    if meta.get("format") != tag or "spec" not in meta:
+        raise WeightsError(f"weights file {str(path)!r} was not written by `{command}`")
+    return kind.from_json(meta["spec"]), json.loads(meta.get("info") or "{}")
 
 
-def read_state(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+def read_state(
+    path: str | Path, kind: type = ModelSpec
+) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec and the tensors of a checkpoint (the model builder makes the model)."""
     from safetensors.torch import load_file
 
-    spec, _ = read_metadata(path)
+    spec, _ = read_metadata(path, kind)
     try:
         return spec, load_file(str(path))
     except (SafetensorError, RuntimeError, OSError) as exc:

@@ -49,3 +49,13 @@ class Runtime(Choice):
     auto = "auto"
     torch = "torch"
     openvino = "openvino"
+
+
+class Boxes(Choice):
+    """The box each query photo of an evaluation is searched in: the dataset's annotated box
+    (the literature's protocol), the garment detector's box of the category's type (as users'
+    photos are searched), or the whole photo."""
+
+    annotated = "annotated"
+    detected = "detected"
+    none = "none"

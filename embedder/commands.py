@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from embedder.choices import Boxes
 from embedder.choices import Precision as PrecisionChoice
 from embedder.choices import Runtime as RuntimeChoice
 from embedder.errors import UserError, first_line
@@ -43,6 +44,22 @@ DATA_ROOT_HELP = (
     "or --storage-option)."
 )
 DataRoot = Annotated[str, typer.Option(help=DATA_ROOT_HELP)]
+QueryBoxes = Annotated[
+    Boxes,
+    typer.Option(
+        help="The box each query photo is searched in: annotated (the dataset's box, the "
+        "literature's protocol), detected (the garment detector's box of the category's type, "
+        "as users' photos are searched; needs a detector), or none (the whole photo)."
+    ),
+]
+DetectorFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--detector",
+        help="A garment detector (`embedder train-detector`'s best.safetensors).",
+        show_default=False,
+    ),
+]
 StorageOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from embedder.catalog import bbox_of, locate, read_catalog
 
@@ -27,6 +28,8 @@ class Report:
     per_category: dict[str, dict[int, float]] = field(default_factory=dict)
     queries: int = 0
     gallery: int = 0
+    boxes: str = "annotated"  # the queries' boxes (embedder.choices.Boxes)
+    box_iou: float | None = None  # detected boxes: mean IoU with the annotated ones
 
     def table(self) -> list[str]:
         head = f"{'category':<12}{'queries':>8}" + "".join(f"{'top-' + str(k):>9}" for k in self.ks)
@@ -36,9 +39,22 @@ class Report:
             rows.append(f"{name:<12}{n:>8}" + "".join(f"{acc[k]:>9.3f}" for k in self.ks))
         return rows
 
+    def boxes_line(self) -> str:
+        """How the queries were cropped, for the report's heading."""
+        line = {
+            "annotated": "queries in their annotated boxes",
+            "detected": "queries in the detector's box of their category's type",
+            "none": "queries whole (no box)",
+        }[self.boxes]
+        if self.box_iou is not None:
+            line += f"; mean IoU with the annotated boxes {self.box_iou:.3f}"
+        return line
+
     def to_json(self) -> dict:
         return {
             "split": self.split,
+            "boxes": self.boxes,
+            **({"box_iou": self.box_iou} if self.box_iou is not None else {}),
             "queries": self.queries,
             "gallery": self.gallery,
             "overall": {f"top{k}": v for k, v in self.overall.items()},
@@ -127,6 +143,38 @@ def split_sets(root: str | Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame
     return queries, gallery
 
 
+BOX = ["x1", "y1", "x2", "y2"]
+
+
+def query_boxes(
+    queries: pd.DataFrame, root, boxes: str = "annotated", finder=None
+) -> tuple[pd.DataFrame, float | None]:
+    """The queries with the boxes they are searched in (`boxes`: annotated as they are; none:
+    no box; detected: the best box of the type the photo's category implies that `finder`, a
+    GarmentFinder, finds, else none) and, for detected boxes, their mean IoU with the
+    annotated ones (0 for a photo where none is found)."""
+    from embedder.boxes import box_iou, of_category
+    from embedder.transforms import load_image
+
+    if boxes == "annotated":
+        return queries, None
+    out = queries.copy()
+    if boxes == "none":
+        out[BOX] = pd.NA
+        return out, None
+    if finder is None:
+        raise ValueError("--boxes detected needs a garment detector: pass --detector FILE")
+    where, fits, found = locate(root), [], []
+    for row in tqdm(list(queries.itertuples(index=False)), desc="detecting", leave=False):
+        img = load_image(where.source(row.path))
+        best = next(iter(of_category(finder(img), row.category)), None)
+        found.append(list(best.box) if best else [pd.NA] * 4)
+        if (truth := bbox_of(row)) is not None:
+            fits.append(box_iou(best.box, truth) if best else 0.0)
+    out[BOX] = pd.DataFrame(found, index=out.index, columns=BOX).astype("Int64")
+    return out, round(float(np.mean(fits)), 4) if fits else None
+
+
 def embed_table(
     encoder, root: str | Path, table: pd.DataFrame, *, batch_size: int = 64, workers: int = 1
 ) -> np.ndarray:
@@ -153,17 +201,22 @@ def evaluate(
     workers: int = 1,
     knn: Knn | None = None,
     sets: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    boxes: str = "annotated",
+    finder=None,
 ) -> tuple[Report, dict]:
     """Embed the split's queries and gallery and score top-k retrieval.
 
-    `knn` defaults to exact search over the gallery; returns the report and the embeddings
-    ({"queries", "gallery"} arrays with their tables) for plots or store comparisons.
+    `knn` defaults to exact search over the gallery; `boxes`, `finder`: the queries' boxes
+    (query_boxes); returns the report and the embeddings ({"queries", "gallery"} arrays with
+    their tables) for plots or store comparisons.
     """
     queries, gallery = sets or split_sets(root, split)
+    queries, fit = query_boxes(queries, root, boxes, finder)
     q = embed_table(encoder, root, queries, batch_size=batch_size, workers=workers)
     g = embed_table(encoder, root, gallery, batch_size=batch_size, workers=workers)
     neighbours = (knn or exact_knn(g))(q, max(ks))
     report = accuracy(neighbours, queries, gallery, ks, split)
+    report.boxes, report.box_iou = boxes, fit
     return report, {
         "queries": q,
         "gallery": g,
@@ -191,14 +244,24 @@ def evaluate_models(
     ks: Sequence[int] = DEFAULT_KS,
     batch_size: int = 64,
     workers: int = 1,
+    boxes: str = "annotated",
+    detector=None,
 ) -> Iterator[Evaluation]:
     """`embedder evaluate`'s service: each (name, encoder recipe) evaluated on the same split,
     one at a time (one model in memory), yielded as it finishes. A recipe is anything whose
-    build() gives an encoder: a ModelRecipe (torch or OpenVINO), or Built(an encoder)."""
+    build() gives an encoder: a ModelRecipe (torch or OpenVINO), or Built(an encoder).
+    `boxes`: the queries' boxes; `detector`: a DetectorRecipe, for detected boxes."""
     sets = split_sets(root, split)
+    if boxes == "detected" and detector is None:
+        raise ValueError("--boxes detected needs a garment detector: pass --detector FILE")
+    fit = None
+    if boxes != "annotated":  # the same boxes for every model
+        boxed, fit = query_boxes(sets[0], root, boxes, detector and detector.build())
+        sets = (boxed, sets[1])
     for name, recipe in models:
         encoder = recipe.build()
         report, vectors = evaluate(
             encoder, root, split=split, ks=ks, batch_size=batch_size, workers=workers, sets=sets
         )
+        report.boxes, report.box_iou = boxes, fit
         yield Evaluation(name, encoder.spec, report, vectors)

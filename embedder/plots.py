@@ -17,16 +17,20 @@ def _pyplot():
     return plt
 
 
-def training_curves(rows: list[dict], out: str | Path) -> Path:
-    """A training run's loss and validation top-k accuracy by epoch (metrics.png)."""
+def training_curves(rows: list[dict], out: str | Path, loss: str | None = None) -> Path:
+    """A training run's loss and validation figures by epoch (metrics.png): top-k accuracy
+    for the embedder, box AP and IoU for the detector."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [r["loss"] for r in rows], marker="o")
-    left.set(title="triplet loss", xlabel="epoch")
-    for key in [k for k in rows[-1] if k.startswith("val_top")]:
-        right.plot(epochs, [r.get(key) for r in rows], marker="o", label=key[4:])
-    right.set(title="validation top-k accuracy", xlabel="epoch", ylim=(0, 1))
+    left.set(title=loss or "triplet loss", xlabel="epoch")
+    keys = [k for k in rows[-1] if k.startswith("val_")]
+    for key in keys:
+        values = [r.get(key) if r.get(key) != "" else None for r in rows]
+        right.plot(epochs, values, marker="o", label=key[4:])
+    what = "top-k accuracy" if all(k.startswith("val_top") for k in keys) else "box AP and IoU"
+    right.set(title=f"validation {what}", xlabel="epoch", ylim=(0, 1))
     if right.lines:
         right.legend()
     fig.tight_layout()

@@ -255,3 +255,73 @@ class Built:
 
     def describe(self) -> dict:
         return {}
+
+
+@dataclass
+class DetectorRecipe:
+    """The garment detector a command runs: a checkpoint of `embedder train-detector`, run as
+    the embedder is (OpenVINO's export on a CPU, cached; torch on a GPU). Its spec is read from
+    the checkpoint's header (no torch); `record`: a collection's record of the detector that
+    chose its boxes, which this one must be."""
+
+    weights: str
+    device: str = "auto"
+    precision: Precision | str = Precision.auto
+    runtime: Runtime | str = Runtime.auto
+    record: dict | None = None
+
+    @classmethod
+    def for_collection(
+        cls, metadata: dict, weights: str | None = None, run: RunOptions = RunOptions()
+    ) -> DetectorRecipe | None:
+        """The detector a collection records (from `weights` when its file moved), or None
+        when the collection records none and no `weights` are given."""
+        identity = metadata.get("detector")
+        path = str(weights) if weights else (metadata.get("detector_file") if identity else None)
+        if path is None:
+            return None
+        if not weights and not Path(path).is_file():  # a given file is checked as it is read
+            raise WeightsError(
+                f"the collection's boxes were found by detector {identity['weights']}; the "
+                f"recorded file {path!r} is missing: pass --detector FILE.safetensors"
+            )
+        return cls(path, run.device, run.precision, run.runtime, record=identity)
+
+    @property
+    def spec(self):
+        from embedder.checkpoint import read_verified
+        from embedder.spec import DetectorSpec
+
+        spec, _ = read_verified(self.weights, DetectorSpec)
+        if self.record and self.record.get("weights") != spec.weights:
+            raise WeightsError(
+                f"detector {spec.weights} is not the one that chose the collection's boxes "
+                f"({self.record['weights']}); pass that detector, or none"
+            )
+        return spec
+
+    def model(self):
+        from embedder.detector import load_detector
+
+        return load_detector(self.weights)
+
+    def build(self, throughput: bool = False):
+        """A GarmentFinder: photo → garments."""
+        from embedder.boxes import GarmentFinder
+        from embedder.runtime import resolve
+
+        spec = self.spec
+        if resolve(self.runtime, self.device) is Runtime.openvino:
+            from embedder.runtime import exported_encoder
+
+            raw = exported_encoder(
+                spec, self.model, precision=self.precision, throughput=throughput
+            )
+            return GarmentFinder(raw, spec)
+        from embedder.detector import TorchDetector
+
+        return GarmentFinder(TorchDetector(self.model(), self.device, self.precision), spec)
+
+    def describe(self) -> dict:
+        """What a collection records of the detector (beside the file's path)."""
+        return self.spec.identity()

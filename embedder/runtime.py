@@ -23,7 +23,7 @@ import numpy as np
 
 from embedder.choices import Precision, Runtime
 from embedder.errors import UserError, first_line
-from embedder.spec import ModelSpec
+from embedder.spec import DetectorSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 INT8_OVERLAP = 0.9  # mean top-20 overlap with fp32 an int8 model must reach on held-out photos
@@ -114,7 +114,8 @@ def exported_path(spec: ModelSpec, int8: bool, folder: Path | None = None) -> Pa
     openvino = import_openvino()
     key = f"{spec.to_json()}|openvino {openvino.__version__}|{'int8' if int8 else 'fp32'}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    name = f"{spec.backbone}-{digest}-{'int8' if int8 else 'fp32'}.xml"
+    kind = "detector-" if isinstance(spec, DetectorSpec) else ""
+    name = f"{kind}{spec.backbone}-{digest}-{'int8' if int8 else 'fp32'}.xml"
     if folder is None:  # the cache, or this process's own folder when that holds it
         found = cache_dir() / name
         folder = cache_dir() if found.is_file() or not scratch_dir().is_dir() else scratch_dir()
@@ -142,19 +143,18 @@ def with_normalisation(model):
 
 
 def export(model, path: Path) -> Path:
-    """Write `model` (an EmbeddingNet) as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW
-    pixels of any batch size."""
+    """Write `model` (an EmbeddingNet, or a GarmentDetector: it normalises its input itself)
+    as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW pixels of any batch size."""
     import torch
 
     ov = import_openvino()
-    spec: ModelSpec = model.spec
+    spec = model.spec
     size = spec.img_size
     example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+    graph = model.eval() if isinstance(spec, DetectorSpec) else with_normalisation(model)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's deprecation notices
-        converted = ov.convert_model(
-            with_normalisation(model), example_input=example, input=[(-1, 3, size, size)]
-        )
+        converted = ov.convert_model(graph, example_input=example, input=[(-1, 3, size, size)])
     return _save(converted, path, {"spec": spec.to_json(), "int8": False})
 
 
@@ -300,6 +300,35 @@ class ExportedEncoder:
             raise ValueError("its vectors are not unit length")
 
 
+class ExportedDetector(ExportedEncoder):
+    """An exported garment detector: uint8 NCHW letterboxed photos → (scores [N, A, types],
+    boxes [N, A, 4]), the raw output embedder.boxes.garments reads. Thread-safe."""
+
+    def __call__(self, pixels) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+        with self._lock:
+            request = self.requests[0]
+            with signal_stack_kept():
+                request.infer({0: x})
+            return (
+                np.array(request.get_output_tensor(0).data, np.float32),
+                np.array(request.get_output_tensor(1).data, np.float32),
+            )
+
+    def check(self) -> None:
+        """A usable detector gives finite scores in [0, 1] and a box for every location."""
+        size = self.spec.img_size
+        probe = np.linspace(0, 255, 3 * size * size).astype(np.uint8).reshape(1, 3, size, size)
+        scores, boxes = self(probe)
+        types = len(self.spec.classes)
+        if scores.ndim != 3 or scores.shape[2] != types or boxes.shape != (*scores.shape[:2], 4):
+            raise ValueError(f"it gives outputs of shapes {scores.shape} and {boxes.shape}")
+        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+            raise ValueError("it gives non-finite values")
+        if scores.min() < 0 or scores.max() > 1:
+            raise ValueError("its scores are not between 0 and 1")
+
+
 def unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length."""
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
@@ -325,16 +354,21 @@ class Running:
 
 
 def load(
-    spec: ModelSpec, *, int8: bool = False, precision=Precision.auto, throughput: bool = False
+    spec: ModelSpec | DetectorSpec,
+    *,
+    int8: bool = False,
+    precision=Precision.auto,
+    throughput: bool = False,
 ) -> ExportedEncoder | None:
-    """The cached exported model, or None when there is none or it is unusable (removed, to be
-    rebuilt). Needs neither torch nor timm."""
+    """The cached exported model (an ExportedDetector for a detector's spec), or None when
+    there is none or it is unusable (removed, to be rebuilt). Needs neither torch nor timm."""
     path = exported_path(spec, int8)
     if not path.is_file():
         return None
+    kind = ExportedDetector if isinstance(spec, DetectorSpec) else ExportedEncoder
     try:
         _intact(path)
-        encoder = ExportedEncoder(path, spec, precision=precision, throughput=throughput, int8=int8)
+        encoder = kind(path, spec, precision=precision, throughput=throughput, int8=int8)
         encoder.check()
         return encoder
     except Exception as exc:  # a damaged cache entry is rebuilt, not fatal

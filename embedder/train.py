@@ -32,6 +32,7 @@ from embedder.transforms import load_image, normalize, train_transform
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
+LOSS_NAMES = {"TrainConfig": "triplet loss", "DetectorConfig": "FCOS loss"}
 
 
 @dataclass
@@ -483,22 +484,31 @@ def validate(model: EmbeddingNet, cfg: TrainConfig, device, sets, where=None) ->
 
 
 def save_epoch(
-    model, optimizer, cfg: TrainConfig, out: Path, epoch: int, row: dict, history: History
+    model,
+    optimizer,
+    cfg,
+    out: Path,
+    epoch: int,
+    row: dict,
+    history: History,
+    score: str | None = None,
 ) -> None:
     """The epoch's checkpoint, the optimizer, best.safetensors, metrics.csv/png, then the run
-    state (last, so that a crash never points at files that are not there)."""
+    state (last, so that a crash never points at files that are not there). The best epoch:
+    the one with the highest `score` figure (default: validation top-k, cfg.select_k), the
+    latest without validation. `cfg`: the run's config (a dataclass), kept in the state."""
     name = f"epoch_{epoch:03d}.safetensors"
     save_checkpoint(model, out / name, epoch=epoch, metrics=row)
     torch.save(optimizer.state_dict(), out / "optimizer.pt")
-    score = row.get(f"val_top{cfg.select_k}", epoch)  # no validation: the latest is best
-    if score >= history.best:
+    score = row.get(score or f"val_top{cfg.select_k}", epoch)  # no validation: the latest
+    if score == "" or score >= history.best:
         history.best = score
         shutil.copyfile(out / name, out / "best.safetensors")
     with (out / "metrics.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history.rows[-1]))
         writer.writeheader()
         writer.writerows(history.rows)
-    training_curves(history.rows, out / "metrics.png")
+    training_curves(history.rows, out / "metrics.png", loss=LOSS_NAMES.get(type(cfg).__name__))
     state = {
         "epoch": epoch,
         "last": name,

@@ -206,6 +206,17 @@ def run(
     ] = None,
     recreate: Annotated[bool, typer.Option(help="Drop and rebuild the collection.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any file failed.")] = False,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="A garment detector (`embedder train-detector`'s best.safetensors): photos "
+            "without an annotated box are embedded in the box it finds of the type their "
+            "category implies (TOPS upper, TROUSERS lower, DRESSES full; else its best), and "
+            "searches of outside photos go garment by garment. Recorded in the collection "
+            "[default: the one it records].",
+            show_default=False,
+        ),
+    ] = None,
     storage_option: StorageOption = None,
     verbose: Verbose = False,
     where: StoreOptions = StoreOptions(),
@@ -214,8 +225,8 @@ def run(
     settings=None,
 ) -> None:
     """Embed every image under ROOT and upsert it with its payload (category, subcategory,
-    item_id, source, split, path). Resumable: rerun after a crash or with new files and only
-    missing or changed images are embedded."""
+    item_id, source, split, path, the box and where it came from). Resumable: rerun after a
+    crash or with new files and only missing or changed images are embedded."""
     setup_logging(verbose)
     with clean_errors(INTERRUPTED):
         from embedder.storage import parse_options
@@ -232,6 +243,7 @@ def run(
             recreate=recreate,
             announce=echo,
             storage_options=parse_options(storage_option),
+            detector=str(detector) if detector else None,
         )
     for line in summary.lines():
         echo(line)

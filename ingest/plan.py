@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,56 @@ def payload(row, image_base: str | None = None) -> dict:
     box = bbox_of(row)
     if box is not None:
         out["bbox"] = list(box)
+    out["box_source"] = getattr(row, "box_source", None) or (
+        ANNOTATED if box is not None else WHOLE
+    )
     return out
+
+
+ANNOTATED, DETECTED, WHOLE = "annotated", "detected", "whole"  # where a point's box came from
+
+
+def detect_boxes(plan: Plan, finder, progress: bool = True) -> int:
+    """Give the plan's photos without an annotated box the box `finder` (a GarmentFinder)
+    finds of the type their category implies (else its best box): their rows' box columns and
+    box_source "detected"; the others keep theirs ("annotated", or "whole" where nothing is
+    found or the photo cannot be read: the embedding reports that). Photos are decoded in a
+    thread per core while the detector runs. Returns how many got a box."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from embedder.boxes import of_category
+    from embedder.transforms import load_image
+
+    todo = plan.todo
+    missing = np.flatnonzero(todo[BOX].isna().any(axis=1).to_numpy())
+    todo["box_source"] = np.where(todo[BOX].notna().all(axis=1), ANNOTATED, WHOLE)
+    categories = todo["category"].to_numpy(dtype=object)
+
+    def find(i: int):
+        try:
+            img = load_image(plan.root.source(todo["path"].iat[i]))
+        except Exception:  # unreadable: embedding it fails and reports why
+            return None
+        found = finder(img, per_type=True)
+        return next(iter(of_category(found, categories[i])), found[0] if found else None)
+
+    columns = [todo.columns.get_loc(c) for c in BOX]
+    source = todo.columns.get_loc("box_source")
+    boxed = 0
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        found = pool.map(find, missing)
+        for i, garment in tqdm(
+            zip(missing, found, strict=True), total=len(missing), desc="detecting",
+            disable=not progress or not len(missing), leave=False,
+        ):  # fmt: skip
+            if garment is not None:
+                todo.iloc[i, columns] = list(garment.box)
+                todo.iat[i, source] = DETECTED
+                boxed += 1
+    log.info("detector: %d of %d photos without a box got one", boxed, len(missing))
+    return boxed
 
 
 def shard_mask(ids: pd.Series, shard: tuple[int, int]) -> np.ndarray:

@@ -13,11 +13,20 @@ from typing import TYPE_CHECKING
 from embedder.choices import Decode
 from embedder.spec import ModelSpec, model_difference
 from ingest.control import Embedding, Engine, IngestSettings, Summary, writing
-from ingest.plan import Plan, Work, image_url, keep_state, make_plan, payload, read_work
+from ingest.plan import (
+    Plan,
+    Work,
+    detect_boxes,
+    image_url,
+    keep_state,
+    make_plan,
+    payload,
+    read_work,
+)
 from search.store import IndexSettings, Points, Store, StoreError
 
 if TYPE_CHECKING:
-    from embedder.recipe import Built, ModelRecipe
+    from embedder.recipe import Built, DetectorRecipe, ModelRecipe
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +40,15 @@ def ensure_collection(
     settings: IndexSettings = IndexSettings(),
     root: str | None = None,
     encoded_by: dict | None = None,
+    detector: DetectorRecipe | None = None,
 ) -> None:
-    """Create the collection for `spec`, or check that an existing one was made by this model.
+    """Create the collection for `spec` (and the garment `detector` that chose the boxes of
+    photos without one), or check that an existing one was made by this model and detector.
     `encoded_by`: what ran the model (runtime, precision), recorded for information."""
     if recreate and store.exists():
         log.warning("dropping collection %r (--recreate)", store.collection)
         store.drop()
+    found = detector.describe() if detector else None
     if not store.exists():
         store.create(
             spec.out_dim,
@@ -46,15 +58,28 @@ def ensure_collection(
                 "weights_file": str(Path(weights_file).resolve()) if weights_file else None,
                 "dataset_root": root,
                 **({"encoded_by": encoded_by} if encoded_by else {}),
+                **(
+                    {"detector": found, "detector_file": str(Path(detector.weights).resolve())}
+                    if detector
+                    else {}
+                ),
             },
             settings,
         )
         return
-    diff = model_difference(store.metadata().get("model"), spec)
+    metadata = store.metadata()
+    diff = model_difference(metadata.get("model"), spec)
     if diff:
         raise StoreError(
             f"collection {store.collection!r} was embedded with another model "
             f"({diff}); use the same model, another --collection, or --recreate"
+        )
+    recorded = (metadata.get("detector") or {}).get("weights")
+    if found and recorded != found["weights"]:
+        made = f"with detector {recorded}" if recorded else "without a detector"
+        raise StoreError(
+            f"collection {store.collection!r} was made {made}, not detector "
+            f"{found['weights']}; use the same detector, another --collection, or --recreate"
         )
 
 
@@ -82,18 +107,31 @@ def ingest(
     recreate: bool = False,
     announce: Callable[[str], object] = log.info,
     storage_options: dict | None = None,
+    detector: str | None = None,
 ) -> Summary:
     """`ingest run`: the catalog first (a bad root fails before a model is built or a
     collection made; an object-store root is opened with `storage_options`), then the
-    collection made for the recipe's model (or checked to be its), then run_ingest.
+    collection made for the recipe's model and the garment `detector` (a checkpoint; else
+    the one an existing collection records), or checked to be theirs, then run_ingest.
     Calibration photos of an int8 model default to the dataset's."""
+    from embedder.recipe import DetectorRecipe, RunOptions
+
     check_writable(Path(settings.report), "the failure report (--report)")
     work = read_work(root, limit=limit, shard=shard, storage_options=storage_options)
     recipe = recipe if recipe.calibration else recipe.with_(calibration=work.root)
+    run = RunOptions(recipe.device, recipe.precision, recipe.runtime)
     with open_store() as store:
-        if store.exists() and not recreate:
-            recipe = recipe.against(store.metadata())
+        existing = store.metadata() if store.exists() and not recreate else {}
+        if existing:
+            recipe = recipe.against(existing)
         spec = recipe.spec  # a checkpoint's or a collection's record: no torch
+        finder = (
+            DetectorRecipe(detector, run.device, run.precision, run.runtime) if detector else None
+        )
+        if finder is None and existing:
+            finder = DetectorRecipe.for_collection(existing, run=run)
+        if finder is not None:
+            _ = finder.spec  # a file that is no detector fails here, before anything is made
         ensure_collection(
             store,
             spec,
@@ -102,12 +140,14 @@ def ingest(
             settings=index,
             root=work.root.url(),
             encoded_by=recipe.describe(),
+            detector=finder,
         )
         announce(
             f"ingest {work.root.url()} → {store.describe()} collection {store.collection!r} "
-            f"({spec.backbone}, weights {spec.weights})"
+            f"({spec.backbone}, weights {spec.weights}"
+            + (f"; boxes by detector {finder.spec.weights})" if finder else ")")
         )
-        return run_ingest(store, recipe, work, settings)
+        return run_ingest(store, recipe, work, settings, detector=finder)
 
 
 def run_ingest(
@@ -115,9 +155,11 @@ def run_ingest(
     recipe: ModelRecipe | Built,
     work: Work,
     settings: IngestSettings = IngestSettings(),
+    detector: DetectorRecipe | None = None,
 ) -> Summary:
     """Embed every image of `work` (ingest.plan.read_work) not already stored unchanged, and
-    upsert it into `store`.
+    upsert it into `store`; with a `detector`, photos without an annotated box are embedded
+    in the box it finds (ingest.plan.detect_boxes).
 
     `recipe` builds the encoder (embedder.recipe): only a run that has something to embed
     builds the model (and imports torch). `settings.engine` says what runs the embedding:
@@ -140,6 +182,10 @@ def run_ingest(
         store.delete(plan.gone)
     store.check_space(len(plan.todo))
     seconds = {"catalog": work.seconds, "plan": time.perf_counter() - started}
+    if detector is not None and len(plan.todo):
+        t0 = time.perf_counter()
+        detect_boxes(plan, detector.build(throughput=True), settings.progress)
+        seconds["detect"] = time.perf_counter() - t0
     done = Embedding()
     if len(plan.todo) and settings.engine is Engine.ray:
         from ingest.ray_engine import embed_on_ray

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from embedder.catalog import CATEGORY_TYPES as CLOTHES_TYPE
 from embedder.catalog import ITEM_FILE as ITEM_LIST
+from embedder.spec import CATEGORY_TYPES as CLOTHES_TYPE
 from embedder.storage import split, upload
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 
+from embedder.choices import Boxes
 from embedder.commands import (
     DataRoot,
     Ks,
+    QueryBoxes,
     StorageOption,
     Verbose,
     clean_errors,
@@ -44,11 +46,13 @@ HnswEf = Annotated[
 ]
 
 
-def parse_box(text: str) -> PixelBox:
+def parse_box(text: str) -> PixelBox | str:
+    if text in ("auto", "none"):
+        return text
     try:
         x1, y1, x2, y2 = (int(v) for v in text.split(","))
     except ValueError:
-        raise typer.BadParameter("--bbox takes x1,y1,x2,y2 in pixels") from None
+        raise typer.BadParameter("--bbox takes auto, none or x1,y1,x2,y2 in pixels") from None
     if x2 <= x1 or y2 <= y1:
         raise typer.BadParameter("--bbox needs x2 > x1 and y2 > y1")
     return PixelBox((x1, y1, x2, y2))
@@ -100,12 +104,23 @@ def search(
         ),
     ] = None,
     bbox: Annotated[
-        PixelBox | None,
+        str,
         typer.Option(
             parser=parse_box,
-            metavar="X1,Y1,X2,Y2",
-            help="x1,y1,x2,y2: the garment's box in the photo (pixels). Dataset photos use "
-            "their annotated box by default; other photos are used whole.",
+            metavar="auto|none|X1,Y1,X2,Y2",
+            help="auto: dataset photos in their annotated box; other photos garment by garment "
+            "when there is a detector (the collection's, or --detector): every garment found, "
+            "or with --category only those of its type, each searched in its box (no garment "
+            "found: the whole photo); without one, whole. none: the whole photo. x1,y1,x2,y2: "
+            "the garment's box in the photo (pixels).",
+        ),
+    ] = "auto",
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="A garment detector (`embedder train-detector`'s best.safetensors) for --bbox "
+            "auto [default: the one the collection records, if any].",
+            show_default=False,
         ),
     ] = None,
     exact: Annotated[bool, typer.Option(help="Exact search instead of HNSW.")] = False,
@@ -131,7 +146,9 @@ def search(
         query = Query(top=top, filters=filters or {}, group=group, params=params)
         asked = {"photos": queries or [], "like": like or [], "unlike": unlike or []}
         with where.open(read_only=True) as db:
-            service = SearchService.for_queries(db, query, **asked, weights=weights, run=run)
+            service = SearchService.for_queries(
+                db, query, **asked, weights=weights, run=run, detector=detector, bbox=bbox
+            )
             answers = service.ask(query, **asked, bbox=bbox)
             if as_json:
                 echo(render.to_json(answers, query.group))
@@ -276,6 +293,14 @@ def evaluate(
     weights: Weights = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 1,
+    boxes: QueryBoxes = Boxes.annotated,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --boxes detected: this garment detector [default: the collection's].",
+            show_default=False,
+        ),
+    ] = None,
     storage_option: StorageOption = None,
     verbose: Verbose = False,
     where: StoreOptions = StoreOptions(),
@@ -302,6 +327,8 @@ def evaluate(
                 params=SearchParams(hnsw_ef=hnsw_ef),
                 batch_size=batch_size,
                 workers=workers,
+                boxes=boxes.value,
+                detector=detector,
             )
             for line in report_lines(found, db, split):
                 echo(line)

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.evaluate import Knn, Report, accuracy, agreement, embed_table, exact_knn, split_sets
+from embedder.evaluate import (
+    Knn,
+    Report,
+    accuracy,
+    agreement,
+    embed_table,
+    exact_knn,
+    query_boxes,
+    split_sets,
+)
 from search.store import APPROXIMATE, SearchParams, Store, StoreError, point_id, search
 
 CHUNK = 1024  # ids per store call
@@ -71,29 +80,44 @@ def evaluate_collection(
     params: SearchParams = APPROXIMATE,
     batch_size: int = 64,
     workers: int = 1,
+    boxes: str = "annotated",
+    finder=None,
 ) -> CollectionReport:
-    """Embed the split's consumer photos with the collection's model and look them up in the
+    """Embed the split's consumer photos with the collection's model, each in its `boxes`
+    (embedder.evaluate.query_boxes; `finder` for detected ones), and look them up in the
     collection; the gallery is the split's shop photos as stored."""
     queries, gallery = split_sets(root, split)
     ids = [point_id(p) for p in gallery["path"]]
     vectors = stored_vectors(store, ids)
+    queries, fit = query_boxes(queries, root, boxes, finder)
     q = embed_table(encoder, root, queries, batch_size=batch_size, workers=workers)
     via_store = store_knn(store, ids, split, params)(q, max(ks))
     exact = exact_knn(vectors)(q, max(ks))
-    return CollectionReport(
-        accuracy(via_store, queries, gallery, ks, split),
-        accuracy(exact, queries, gallery, ks, split),
-        agreement(via_store, exact),
-    )
+    reports = [accuracy(found, queries, gallery, ks, split) for found in (via_store, exact)]
+    for report in reports:
+        report.boxes, report.box_iou = boxes, fit
+    return CollectionReport(*reports, agreement(via_store, exact))
 
 
-def evaluate_store(store: Store, root: str | Path, *, weights=None, run=None, **how):
+def evaluate_store(store: Store, root: str | Path, *, weights=None, run=None, detector=None, **how):
     """`search evaluate`: evaluate_collection with the collection's own model (built from its
-    record, run as `run` says); `how`: evaluate_collection's options."""
-    from embedder.recipe import ModelRecipe, RunOptions
+    record, run as `run` says) and, for detected boxes, its detector (or `detector`, a
+    checkpoint); `how`: evaluate_collection's options."""
+    from embedder.recipe import DetectorRecipe, ModelRecipe, RunOptions
 
-    recipe = ModelRecipe.for_collection(store.require_metadata(), weights, run or RunOptions())
-    return evaluate_collection(store, recipe.build(throughput=True), root, **how)
+    metadata = store.require_metadata()
+    run = run or RunOptions()
+    recipe = ModelRecipe.for_collection(metadata, weights, run)
+    finder = None
+    if how.get("boxes") == "detected":
+        found = DetectorRecipe.for_collection(metadata, detector, run)
+        if found is None:
+            raise ValueError(
+                "--boxes detected needs a garment detector: the collection records none; "
+                "pass --detector FILE"
+            )
+        finder = found.build()
+    return evaluate_collection(store, recipe.build(throughput=True), root, finder=finder, **how)
 
 
 TITLES = {"store": "via the collection (HNSW)", "exact": "exact search"}
@@ -103,7 +127,8 @@ def report_lines(found: CollectionReport, store: Store, split: str) -> list[str]
     """The report as the terminal shows it: both tables and their agreement."""
     out = [
         f"{store.describe()} collection {store.collection!r}: {found.store.queries} queries, "
-        f"gallery {found.store.gallery} ({split})"
+        f"gallery {found.store.gallery} ({split})",
+        found.store.boxes_line(),
     ]
     for name, title in TITLES.items():
         out += [f"{title}:", *getattr(found, name).table()]

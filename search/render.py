@@ -47,18 +47,46 @@ def result_dict(result: Result, group: Grouping = Grouping.none) -> dict:
     return out
 
 
+def by_photo(answers: list[Answer]) -> list[list[Answer]]:
+    """The answers of each query photo together (a photo searched garment by garment has one
+    answer per garment), in order."""
+    photos: list[list[Answer]] = []
+    for answer in answers:
+        if photos and _garments(photos[-1][0]) and photos[-1][0].query == answer.query:
+            photos[-1].append(answer)
+        else:
+            photos.append([answer])
+    return photos
+
+
+def _garments(answer: Answer) -> bool:
+    """Whether the answer is one of a photo searched garment by garment."""
+    return answer.garment is not None or answer.notice is not None
+
+
+def garment_dict(answer: Answer, group: Grouping) -> dict:
+    """A garment of a photo as plain data: box, type, score, results (a photo with no garment
+    found: its whole, with type and score null)."""
+    g = answer.garment
+    found = g.to_dict() if g else {"box": None, "type": None, "score": None}
+    return {**found, "results": [result_dict(r, group) for r in answer.results]}
+
+
 def to_json(answers: list[Answer], group: Grouping = Grouping.none) -> str:
-    return json.dumps(
-        [
-            {
-                "query": a.query,
-                **({"item_id": a.item_id} if a.item_id else {}),
-                "results": [result_dict(r, group) for r in a.results],
-            }
-            for a in answers
-        ],
-        indent=1,
-    )
+    """Per query: its results, or, searched garment by garment, its `garments` (each with its
+    box, type, score and results) and any notice."""
+    entries = []
+    for photo in by_photo(answers):
+        first = photo[0]
+        entry = {"query": first.query, **({"item_id": first.item_id} if first.item_id else {})}
+        if _garments(first):
+            entry["garments"] = [garment_dict(a, group) for a in photo]
+            if first.notice:
+                entry["notice"] = first.notice
+        else:
+            entry["results"] = [result_dict(r, group) for r in first.results]
+        entries.append(entry)
+    return json.dumps(entries, indent=1)
 
 
 def heading(answer: Answer, filters: dict, group: Grouping) -> str:
@@ -67,6 +95,8 @@ def heading(answer: Answer, filters: dict, group: Grouping) -> str:
         Asked.recommend: "like the liked photos, unlike the others",
         Asked.similar: f"like {answer.query}",
     }.get(answer.asked, answer.query)
+    if (g := answer.garment) is not None:
+        label += f", {g.type}-body garment at {','.join(map(str, g.box))} (score {g.score:.2f})"
     conditions = f" ({', '.join(f'{k}={v}' for k, v in filters.items())})" if filters else ""
     return f"query {label}: {len(answer.results)} {what}{conditions}"
 
@@ -85,6 +115,8 @@ def answers_text(answers: list[Answer], query: Query, metadata: dict, seconds: f
     """The terminal's answer: a heading and a table per query, then the model line."""
     out = []
     for answer in answers:
+        if answer.notice:
+            out.append(f"{answer.query}: {answer.notice}")
         out.append(heading(answer, dict(query.filters), query.group))
         out.extend(table(answer.results, query.group))
     return [*out, model_line(metadata, seconds)]

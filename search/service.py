@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from embedder.boxes import Garment
 from embedder.errors import UserError
 from embedder.geometry import Box
 from embedder.storage import LOCAL, Storage, is_remote, split
@@ -190,8 +191,13 @@ class Answer:
     item_id: str | None = None  # the query photo's own garment, when it is a dataset photo
     shown: str | None = None  # the stored photo shown as the query (more like this, likes)
     asked: Asked = Asked.photo
-    seconds: dict[str, float] = field(default_factory=dict)  # model, store
+    seconds: dict[str, float] = field(default_factory=dict)  # detector, model, store
     vector: np.ndarray | None = None  # an uploaded photo's query vector
+    garment: Garment | None = None  # the garment of the photo these results are for
+    notice: str | None = None  # why the photo was searched whole although garments were sought
+
+
+AUTO, WHOLE = "auto", "none"  # --bbox: the garments found (or the annotated box), the photo
 
 
 def canonical_id(text: str) -> str:
@@ -278,6 +284,17 @@ def answer_vectors(
     ]
 
 
+def _open(path: Path):
+    """A query photo, upright, for the detector; BadImage when it cannot be read."""
+    from embedder.errors import describe_failure
+    from embedder.transforms import load_image
+
+    try:
+        return load_image(path)
+    except Exception as exc:  # not an image, truncated, too thin, a decompression bomb
+        raise BadImage(f"query {str(path)!r} cannot be read: {describe_failure(exc)}") from None
+
+
 def _one_kind(photos: Sequence, like: Sequence, unlike: Sequence) -> None:
     if unlike and not like:
         raise ValueError("--unlike needs at least one --like")
@@ -305,21 +322,37 @@ class SearchService:
 
     @classmethod
     def for_queries(
-        cls, store: Store, query: Query, photos=(), like=(), unlike=(), weights=None, run=None
+        cls,
+        store: Store,
+        query: Query,
+        photos=(),
+        like=(),
+        unlike=(),
+        weights=None,
+        run=None,
+        detector=None,
+        bbox=AUTO,
     ) -> SearchService:
         """A service for one command's queries (as ask() takes them): the request, the photo
         files and the filters are checked first, then the collection's model is built (and
-        checked) only if there are photos to embed. `weights`, `run`: as
-        ModelRecipe.for_collection takes them."""
-        from embedder.recipe import ModelRecipe, RunOptions
+        checked) only if there are photos to embed, and the garment detector (`detector`, a
+        checkpoint, else the collection's) only if garments are to be found (`bbox` auto).
+        `weights`, `run`: as ModelRecipe.for_collection takes them."""
+        from embedder.recipe import DetectorRecipe, ModelRecipe, RunOptions
 
         _one_kind(photos, like, unlike)
         for photo in photos:
             check_query_file(photo)
         metadata = store.require_metadata()
         check_filters(store, query.filters)
-        recipe = ModelRecipe.for_collection(metadata, weights, run or RunOptions(traced=True))
-        return cls(store, recipe.build(throughput=False) if photos else None)
+        run = run or RunOptions(traced=True)
+        recipe = ModelRecipe.for_collection(metadata, weights, run)
+        finder = DetectorRecipe.for_collection(metadata, detector, run)
+        return cls(
+            store,
+            recipe.build(throughput=False) if photos else None,
+            detector=finder.build() if photos and finder and bbox == AUTO else None,
+        )
 
     def __init__(
         self,
@@ -327,14 +360,17 @@ class SearchService:
         encoder=None,
         dataset: str | Path | None = None,
         storage_options: dict | None = None,
+        detector=None,
     ):
         """`dataset`: where the photos are served from [default: the root recorded at ingest],
-        a folder or an object-store URL (opened with `storage_options`)."""
+        a folder or an object-store URL (opened with `storage_options`). `detector`: a
+        GarmentFinder, for photos searched garment by garment."""
         self.store = store
         self.metadata = store.require_metadata()
         if not self.metadata.get("model"):
             raise StoreError("the collection records no model; it was not made by `ingest run`")
         self.encoder = encoder
+        self.detector = detector
         root = dataset or self.metadata.get("dataset_root")
         self.storage, self.dataset = LOCAL, None  # a Path on the local disk, else bucket/prefix
         if root:
@@ -412,23 +448,51 @@ class SearchService:
         paths: Sequence[str | Path],
         query: Query,
         boxes: Sequence[Box | None] | None = None,
+        whole: bool = False,
     ) -> list[Answer]:
         """Search with photo files; `boxes`: the garment's box in each photo, by default the
-        annotated box of dataset photos, else the whole photo. Everything is checked (files,
-        filters) before the model loads."""
+        annotated box of dataset photos, and for other photos each garment the detector finds
+        (an answer per garment, only those of the --category's type), else the whole photo;
+        `whole`: every photo whole. Everything is checked (files, filters) before the model
+        loads."""
         paths = [check_query_file(p) for p in paths]
         query = self.check(query)
         known = dataset_points(self.store, paths, self.local_dataset)
+        if whole:
+            boxes = [None] * len(paths)
         seconds: dict[str, float] = {}
+        asked: list[tuple[Path, Box | None, Garment | None, str | None, dict]] = []
+        for n, (path, point) in enumerate(zip(paths, known, strict=True)):
+            if boxes is not None or point or self.detector is None:
+                box = boxes[n] if boxes is not None else boxes_of([point])[0]
+                asked.append((path, box, None, None, point))
+                continue
+            with timed(seconds, "detector"):
+                found, notice = self.garments_of(_open(path), query)
+            asked += [(path, g and g.box, g, notice, point) for g in found or [None]]
         with timed(seconds, "model"):
-            vectors = self.embed_files(paths, boxes_of(known) if boxes is None else list(boxes))
+            vectors = self.embed_files([a[0] for a in asked], [a[1] for a in asked])
         with timed(seconds, "store"):
             results = self._answer(vectors, query)
         per = {stage: t / len(paths) for stage, t in seconds.items()}
         return [
-            Answer(str(p), r, k.get("item_id"), seconds=dict(per))
-            for p, r, k in zip(paths, results, known, strict=True)
+            Answer(str(p), r, k.get("item_id"), seconds=dict(per), garment=g, notice=why)
+            for (p, _, g, why, k), r in zip(asked, results, strict=True)
         ]
+
+    def garments_of(self, img, query: Query) -> tuple[list[Garment], str | None]:
+        """The garments the detector finds in a photo (of the type the query's category
+        implies, when it implies one), best first; none: ([], the one-line notice)."""
+        from embedder.boxes import of_category
+        from embedder.spec import category_type
+
+        category = query.filters.get("category")
+        found = of_category(self.detector(img), category)
+        kind = category_type(category) if category else None
+        if found:
+            return found, None
+        what = f"no {kind}-body garment" if kind else "no garment"
+        return [], f"{what} found in the photo: searched it whole"
 
     def ask(
         self,
@@ -436,17 +500,20 @@ class SearchService:
         photos: Sequence[str | Path] = (),
         like: Sequence[str] = (),
         unlike: Sequence[str] = (),
-        bbox: Box | None = None,
+        bbox: Box | str = AUTO,
     ) -> list[Answer]:
-        """The answers to one command: photo files (each in `bbox`, else its annotated box or
-        whole), more like one stored photo, or like several and unlike others."""
+        """The answers to one command: photo files (each in `bbox`; AUTO: its annotated box, or
+        each garment the detector finds, or whole; WHOLE: whole), more like one stored photo,
+        or like several and unlike others."""
         _one_kind(photos, like, unlike)
         if len(like) == 1 and not unlike:
             return [self.similar(like[0], query)]
         if like:
             ids = [self.resolve(p) for p in like], [self.resolve(p) for p in unlike]
             return [self.recommend(*ids, query)]
-        return self.search_files(photos, query, [bbox] * len(photos) if bbox else None)
+        if bbox in (AUTO, WHOLE):
+            return self.search_files(photos, query, whole=bbox == WHOLE)
+        return self.search_files(photos, query, [bbox] * len(photos))
 
     def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
         query = self.check(query)

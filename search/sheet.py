@@ -13,12 +13,21 @@ LABEL = 34
 COLUMNS = 5
 
 
-def _tile(path, lines: list[str], accent: str) -> Image.Image:
+def _tile(path, lines: list[str], accent: str, box=None) -> Image.Image:
+    """A photo's thumbnail with its label lines; `box` (x1, y1, x2, y2 in the photo's
+    pixels), when given, outlined on it."""
     tile = Image.new("RGB", (TILE, TILE + LABEL), "white")
     try:
         with Image.open(path) as img:
-            thumb = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (TILE, TILE))
-        tile.paste(thumb, ((TILE - thumb.width) // 2, (TILE - thumb.height) // 2))
+            upright = ImageOps.exif_transpose(img).convert("RGB")
+            thumb = ImageOps.contain(upright, (TILE, TILE))
+        left, top = (TILE - thumb.width) // 2, (TILE - thumb.height) // 2
+        tile.paste(thumb, (left, top))
+        if box is not None:
+            scale = thumb.width / upright.width
+            x1, y1, x2, y2 = (v * scale for v in box)
+            outline = (left + x1, top + y1, left + x2, top + y2)
+            ImageDraw.Draw(tile).rectangle(outline, outline="orange", width=3)
     except Exception:  # a missing or unreadable file still gets its labelled tile
         ImageDraw.Draw(tile).text((8, TILE // 2), "image not found", fill="grey")
     draw = ImageDraw.Draw(tile)
@@ -35,12 +44,15 @@ def write_sheet(
     hits: list[Hit],
     photos: list,
     query_item: str | None = None,
+    garment=None,
 ) -> Path:
-    """Query tile first (blue), then results in rank order, COLUMNS per row; when the query's
+    """Query tile first (blue; the `garment` searched, an embedder.boxes.Garment, outlined in
+    orange and named), then results in rank order, COLUMNS per row; when the query's
     item is known (a dataset photo), results of that item are outlined in green. `query` and
     `photos` (one per hit, None where it cannot be read) are what Pillow opens: paths or
     file objects."""
-    tiles = [_tile(query, ["query", query_name], "royalblue")]
+    title = f"query: {garment.type} {garment.score:.2f}" if garment else "query"
+    tiles = [_tile(query, [title, query_name], "royalblue", garment and garment.box)]
     for rank, (hit, photo) in enumerate(zip(hits, photos, strict=True), 1):
         tiles.append(
             _tile(
@@ -75,6 +87,6 @@ def write_sheets(path: Path, answers, service) -> list[Path]:
         query = shown or answer.query
         name = Path(str(answer.query or answer.shown)).name
         photos = [service.photo_source(hit.id) for hit in hits]
-        write_sheet(out, query, name, hits, photos, answer.item_id)
+        write_sheet(out, query, name, hits, photos, answer.item_id, answer.garment)
         written.append(out)
     return written

@@ -75,6 +75,12 @@ FIELDS: tuple[PayloadField, ...] = (
     PayloadField("path", str, "The photo's path in the dataset folder.", label=True, column=True),
     PayloadField("bbox", list[int], "x1, y1, x2, y2: the garment in the photo's pixels."),
     PayloadField(
+        "box_source",
+        str,
+        "Where the box came from: annotated (the dataset's), detected (the garment detector's) "
+        "or whole (no box: the whole photo).",
+    ),
+    PayloadField(
         "image_url",
         str,
         "Where Qdrant's dashboard finds the photo (ingest --image-url).",

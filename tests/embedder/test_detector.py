@@ -1,0 +1,173 @@
+"""The garment detector: its graph decodes as torchvision's FCOS does, its export finds what
+torch finds, `embedder train-detector` learns, validates, plots and resumes, and a checkpoint
+of one kind of model is refused where the other is wanted, in one line."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embedder.boxes import box_iou, garments, letterbox
+from embedder.catalog import read_catalog
+from embedder.checkpoint import read_metadata, save_checkpoint
+from embedder.cli import app
+from embedder.detector import build_detector, load_detector
+from embedder.errors import WeightsError
+from embedder.recipe import DetectorRecipe
+from embedder.spec import DetectorSpec, ModelSpec
+from embedder.transforms import load_image
+
+SMALL = dict(img_size=128, head="light", pretrained="none")
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    from ingest.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("street") / "s", items=24, seed=4, style="street")
+
+
+@pytest.fixture(scope="module")
+def detector_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("det") / "detector.safetensors"
+    save_checkpoint(build_detector("resnet18", **SMALL), path)
+    return path
+
+
+def _photo(root, source="consumer"):
+    table = read_catalog(root)
+    row = table[table.source == source].iloc[0]
+    return load_image(root / row.path)
+
+
+@pytest.mark.parametrize("head", ["light", "full"])
+def test_the_graph_and_numpy_find_what_torchvisions_fcos_finds(street, head):
+    """The exported graph stops before FCOS's post-processing; NumPy's, per type, must give
+    torchvision's own detections (boxes back in the photo's pixels) for the same weights."""
+    model = build_detector("resnet18", img_size=128, head=head, pretrained="none")
+    with torch.no_grad():  # scores and boxes of some size everywhere: much to sort and suppress
+        model.fcos.head.classification_head.cls_logits.bias.fill_(0.0)
+        model.fcos.head.classification_head.cls_logits.bias[0] = -20.0  # label 0: no garment
+        model.fcos.head.regression_head.bbox_reg.bias.fill_(2.0)
+    img = _photo(street).resize((128, 128))  # square: the letterbox is the photo (no padding)
+    pixels, scale = letterbox(img, 128, model.spec.mean)
+    assert scale == 1.0
+    fcos = model.fcos
+    fcos.score_thresh, fcos.detections_per_img, fcos.topk_candidates = 0.2, 20, 10_000
+    with torch.inference_mode():
+        theirs = fcos([torch.from_numpy(pixels).float() / 255])[0]
+        scores, boxes = model(torch.from_numpy(pixels[None]))
+    ours = garments(
+        scores[0].numpy(), boxes[0].numpy(), model.spec, scale, img.size,
+        threshold=0.2, per_type=True, most=20,
+    )  # fmt: skip
+    assert len(ours) == len(theirs["boxes"]) > 3
+    for mine, box, score, label in zip(
+        ours, theirs["boxes"] / scale, theirs["scores"], theirs["labels"], strict=True
+    ):
+        clipped = box.clamp(min=0).minimum(torch.tensor([*img.size, *img.size]))
+        assert np.allclose(mine.box, clipped.numpy(), atol=1.0)  # ours rounded to pixels
+        assert mine.score == pytest.approx(float(score), abs=1e-5)
+        assert mine.type == model.spec.classes[int(label) - 1]
+
+
+def test_the_exported_detector_finds_what_torch_finds(street, detector_file):
+    img = _photo(street)
+    found = {
+        runtime: DetectorRecipe(str(detector_file), runtime=runtime, precision="fp32").build()(
+            img, threshold=0.0, per_type=True
+        )
+        for runtime in ("torch", "openvino")
+    }
+    assert len(found["torch"]) == len(found["openvino"]) > 0
+    for a, b in zip(found["torch"], found["openvino"], strict=True):
+        assert a.type == b.type and a.score == pytest.approx(b.score, abs=1e-3)
+        assert box_iou(a.box, b.box) > 0.99
+
+
+def test_a_checkpoint_of_one_kind_is_refused_as_the_other(detector_file, tmp_path):
+    from embedder.model import build_model, load_checkpoint
+
+    spec, _ = read_metadata(detector_file, DetectorSpec)
+    assert spec.backbone == "resnet18" and spec.weights.startswith("sha256:")
+    assert load_detector(detector_file).spec == spec
+    with pytest.raises(
+        WeightsError, match="holds a garment detector, not an embedder: pass it as --detector"
+    ):
+        load_checkpoint(detector_file)
+    embedder = tmp_path / "embedder.safetensors"
+    save_checkpoint(build_model("test_resnet", img_size=64, pretrained="none"), embedder)
+    with pytest.raises(
+        WeightsError, match="holds an embedder, not a garment detector: pass it as --weights"
+    ):
+        _ = DetectorRecipe(str(embedder)).spec
+    assert read_metadata(embedder)[0].__class__ is ModelSpec
+
+
+def test_train_detector_learns_validates_and_resumes(street, tmp_path):
+    runner = CliRunner()
+    common = [
+        "train-detector", "--root", str(street), "--backbone", "resnet18", "--img-size", "128",
+        "--head", "light", "--pretrained", "none", "--batch-size", "8", "--workers", "0",
+        "--no-progress", "--precision", "fp32",
+    ]  # fmt: skip
+    straight = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--epochs", "3"])
+    assert straight.exit_code == 0, straight.output
+    assert "best:" in straight.output and "metrics.png" in straight.output
+    with open(tmp_path / "a" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"loss", "val_ap50", "val_ap", "val_iou"} <= set(rows[0])
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # it learns
+    assert all(0 <= float(r["val_ap"]) <= float(r["val_ap50"]) <= 1 for r in rows)
+    assert (tmp_path / "a" / "metrics.png").stat().st_size > 0
+    best = load_detector(tmp_path / "a" / "best.safetensors")
+    assert best.spec.img_size == 128 and best.spec.head == "light"
+
+    import embedder.train_detector as training
+
+    saved = training.save_epoch
+
+    def crash_after_epoch_2(*args, **kw):  # the run dies once epoch 2's files are written
+        saved(*args, **kw)
+        if args[4] == 2:
+            raise KeyboardInterrupt
+
+    training.save_epoch = crash_after_epoch_2
+    try:
+        crashed = runner.invoke(app, [*common, "--out", str(tmp_path / "b"), "--epochs", "3"])
+    finally:
+        training.save_epoch = saved
+    assert crashed.exit_code != 0
+    again = runner.invoke(app, [*common, "--out", str(tmp_path / "b"), "--epochs", "3"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(
+        app, [*common, "--out", str(tmp_path / "b"), "--epochs", "3", "--resume"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    state = json.loads((tmp_path / "b" / "train_state.json").read_text())
+    assert state["epoch"] == 3 and [r["epoch"] for r in state["history"]] == [1, 2, 3]
+    with open(tmp_path / "b" / "metrics.csv") as fh:
+        again_rows = list(csv.DictReader(fh))
+    for key in ("loss", "val_ap50", "val_ap", "val_iou"):  # as if never interrupted
+        assert float(again_rows[2][key]) == pytest.approx(float(rows[2][key]), rel=1e-3, abs=1e-4)
+
+
+def test_train_detector_refuses_what_cannot_work_in_one_line(street, tmp_path):
+    runner = CliRunner()
+    base = ["train-detector", "--root", str(street), "--out", str(tmp_path / "x")]
+    for extra, said in (
+        (["--img-size", "100", "--pretrained", "none"], "a multiple of 32"),
+        (["--backbone", "vgg16", "--pretrained", "none"], "choose resnet18"),
+        (["--head", "huge", "--pretrained", "none"], "choose full or light"),
+        (["--backbone", "resnet18", "--pretrained", "coco"], "COCO detection weights exist"),
+        (["--backbone", "resnet18", "--pretrained", "imagenet"], "--pretrained none"),  # offline
+        (["--pretrained", "none", "--batch-size", "0"], "greater than or equal to 1"),
+    ):
+        result = runner.invoke(app, base + extra)
+        assert result.exit_code != 0 and said in result.output, (extra, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 6
+    assert not (tmp_path / "x" / "train_state.json").exists()
