@@ -112,13 +112,20 @@ class GarmentFinder:
         self.raw, self.spec = raw, spec
 
     def __call__(
-        self, img: Image.Image, threshold: float = SCORE, per_type: bool = False
+        self,
+        img: Image.Image,
+        threshold: float = SCORE,
+        per_type: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> list[Garment]:
-        """The garments in `img` (an upright RGB photo), best first."""
+        """The garments in `img` (an upright RGB photo), best first; `size`: the photo's own
+        width and height when `img` was decoded smaller (boxes are given in its pixels)."""
+        size = size or img.size
         pixels, scale = letterbox(img, self.spec.img_size, self.spec.mean)
+        scale *= img.width / size[0]  # square pixels per pixel of the photo itself
         scores, boxes = self.raw(pixels[None])
         return garments(
-            scores[0], boxes[0], self.spec, scale, img.size, threshold=threshold, per_type=per_type
+            scores[0], boxes[0], self.spec, scale, size, threshold=threshold, per_type=per_type
         )
 
     def describe(self) -> str:

@@ -90,6 +90,19 @@ def _load(path, bbox, min_side, strict_box: bool = False) -> Image.Image:
     return rgb
 
 
+def photo_size(source) -> tuple[int, int]:
+    """The upright photo's width and height (EXIF orientation applied), from its header; a
+    file object is left where it was."""
+    at = source.tell() if hasattr(source, "tell") else None
+    try:
+        with Image.open(source, formats=IMAGE_FORMATS) as img:
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            return (img.height, img.width) if turned else img.size
+    finally:
+        if at is not None:
+            source.seek(at)
+
+
 def _shown(bbox) -> str:
     return ",".join(f"{float(v):g}" for v in bbox)
 

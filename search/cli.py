@@ -197,6 +197,15 @@ def serve(
         ),
     ] = False,
     weights: Weights = None,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="A garment detector: an upload without a box is searched in the garment that "
+            "fits the category (else the best one), every garment outlined on the page "
+            "[default: the one the collection records, if any].",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -261,6 +270,7 @@ def serve(
             storage_options=parse_options(storage_option),
             image_redirect=image_redirect,
             weights=str(weights) if weights else None,
+            detector=str(detector) if detector else None,
             run=run,
             workers=workers,
             max_upload=int(max_upload_mb * 1_000_000),

@@ -195,6 +195,7 @@ class Answer:
     vector: np.ndarray | None = None  # an uploaded photo's query vector
     garment: Garment | None = None  # the garment of the photo these results are for
     notice: str | None = None  # why the photo was searched whole although garments were sought
+    found: list[Garment] = field(default_factory=list)  # an upload's garments (the page's)
 
 
 AUTO, WHOLE = "auto", "none"  # --bbox: the garments found (or the annotated box), the photo
@@ -284,15 +285,33 @@ def answer_vectors(
     ]
 
 
-def _open(path: Path):
-    """A query photo, upright, for the detector; BadImage when it cannot be read."""
-    from embedder.errors import describe_failure
+def _decoded(source, bbox: Box | None, min_side: int):
+    """A photo (a path or bytes) decoded upright, cropped to `bbox` (which must fit it), no
+    smaller than `min_side`; BadImage (or BadBox) in words a user can act on."""
+    from embedder.errors import BadBox
     from embedder.transforms import load_image
 
     try:
-        return load_image(path)
-    except Exception as exc:  # not an image, truncated, too thin, a decompression bomb
-        raise BadImage(f"query {str(path)!r} cannot be read: {describe_failure(exc)}") from None
+        return load_image(source, bbox, min_side, strict_box=True)
+    except BadBox:
+        raise  # a bad box is the request's fault (422), not the photo's
+    except Exception as exc:
+        raise _unreadable(exc) from None
+
+
+def _unreadable(exc: Exception) -> BadImage:
+    from PIL import Image, UnidentifiedImageError
+
+    from embedder.errors import TooThin, describe_failure
+
+    if isinstance(exc, UnidentifiedImageError):
+        return BadImage(f"This file is not an image we can read: send {KINDS}.")
+    if isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return BadImage("This photo has too many pixels to be read safely.")
+    if isinstance(exc, TooThin):
+        return BadImage(str(exc))
+    log.info("refused a photo: %s", describe_failure(exc))  # truncated, damaged, odd mode
+    return BadImage("We cannot decode this photo: it is damaged or cut off.")
 
 
 def _one_kind(photos: Sequence, like: Sequence, unlike: Sequence) -> None:
@@ -397,6 +416,10 @@ class SearchService:
         """Run the model once, so the first real query is not the slow one."""
         size = self._model().spec.img_size
         self._model()(np.zeros((1, 3, size, size), np.uint8))
+        if self.detector is not None:
+            from PIL import Image
+
+            self.detector(Image.new("RGB", (size, size)))
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         if not np.isfinite(vectors).all():
@@ -411,28 +434,11 @@ class SearchService:
 
     def embed_upload(self, data: bytes, bbox: Box | None = None) -> np.ndarray:
         """One uploaded photo (bytes) → its vector; BadImage when it is not a usable image."""
-        from PIL import Image, UnidentifiedImageError
-
-        from embedder.errors import BadBox, TooThin, describe_failure
-        from embedder.transforms import eval_transform, load_image
+        from embedder.transforms import eval_transform
 
         spec = self._model().spec
-        try:
-            img = load_image(
-                io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct), strict_box=True
-            )
-            pixels = eval_transform(spec)(img)
-        except BadBox:
-            raise  # a bad box is the request's fault (422), not the photo's
-        except UnidentifiedImageError:
-            raise BadImage(f"This file is not an image we can read: send {KINDS}.") from None
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise BadImage("This photo has too many pixels to be read safely.") from None
-        except TooThin as exc:
-            raise BadImage(str(exc)) from None
-        except Exception as exc:  # truncated, damaged, unsupported mode
-            log.info("refused an upload: %s", describe_failure(exc))
-            raise BadImage("We cannot decode this photo: it is damaged or cut off.") from None
+        img = _decoded(io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct))
+        pixels = eval_transform(spec)(img)
         return self._check_vectors(self._model()(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
@@ -468,7 +474,7 @@ class SearchService:
                 asked.append((path, box, None, None, point))
                 continue
             with timed(seconds, "detector"):
-                found, notice = self.garments_of(_open(path), query)
+                found, notice = self.garments_of(path, query)
             asked += [(path, g and g.box, g, notice, point) for g in found or [None]]
         with timed(seconds, "model"):
             vectors = self.embed_files([a[0] for a in asked], [a[1] for a in asked])
@@ -480,17 +486,32 @@ class SearchService:
             for (p, _, g, why, k), r in zip(asked, results, strict=True)
         ]
 
-    def garments_of(self, img, query: Query) -> tuple[list[Garment], str | None]:
-        """The garments the detector finds in a photo (of the type the query's category
-        implies, when it implies one), best first; none: ([], the one-line notice)."""
+    def detect(self, source) -> list[Garment]:
+        """Every garment the detector finds in a photo (a path or a file object), best first,
+        boxes in the upright photo's pixels; BadImage when it cannot be read. The photo is
+        decoded no larger than the detector needs."""
+        from embedder.transforms import photo_size
+
+        try:
+            size = photo_size(source)
+            img = _decoded(source, None, self.detector.spec.img_size)
+        except BadImage:
+            raise
+        except Exception as exc:  # not a photo, damaged
+            raise _unreadable(exc) from None
+        return self.detector(img, size=size)
+
+    def garments_of(self, source, query: Query) -> tuple[list[Garment], str | None]:
+        """The garments the detector finds in a photo of the type the query's category
+        implies (all, when it implies none), best first; none: ([], the one-line notice)."""
         from embedder.boxes import of_category
         from embedder.spec import category_type
 
         category = query.filters.get("category")
-        found = of_category(self.detector(img), category)
-        kind = category_type(category) if category else None
+        found = of_category(self.detect(source), category)
         if found:
             return found, None
+        kind = category_type(category) if category else None
         what = f"no {kind}-body garment" if kind else "no garment"
         return [], f"{what} found in the photo: searched it whole"
 
@@ -516,13 +537,35 @@ class SearchService:
         return self.search_files(photos, query, [bbox] * len(photos))
 
     def search_upload(self, data: bytes, query: Query, bbox: Box | None = None) -> Answer:
+        """An uploaded photo searched in `bbox`; without one, with a detector, in the garment
+        that fits the query's category (else the best-scoring one), every garment found
+        listed in the answer (`found`) for the page to outline."""
         query = self.check(query)
         seconds: dict[str, float] = {}
+        found, chosen, notice = [], None, None
+        if bbox is None and self.detector is not None:
+            with timed(seconds, "detector"):
+                found = self.detect(io.BytesIO(data))
+            from embedder.boxes import of_category
+
+            fits = of_category(found, query.filters.get("category"))
+            chosen = (fits or found or [None])[0]
+            bbox = chosen.box if chosen else None
+            notice = None if chosen else "no garment found in the photo: searched it whole"
         with timed(seconds, "model"):
             vector = self.embed_upload(data, bbox)
         with timed(seconds, "store"):
             results = self._answer(vector, query)[0]
-        return Answer("upload", results, seconds=seconds, vector=vector[0], asked=Asked.upload)
+        return Answer(
+            "upload",
+            results,
+            seconds=seconds,
+            vector=vector[0],
+            asked=Asked.upload,
+            garment=chosen,
+            notice=notice,
+            found=found,
+        )
 
     def resolve(self, point: str) -> str:
         """A point id, or a photo of the dataset: its path relative to the dataset, or the path

@@ -10,6 +10,9 @@ const state = { ...DEFAULTS };
 let upload = null;          // the chosen photo (Blob), kept for Back after "more like this"
 let uploadVector = null;    // its vector, from the server: liked along with the liked photos
 let box = null;             // [x1, y1, x2, y2] in the photo's own pixels
+let garments = [];          // the garments the server's detector found in the upload
+let picked = null;          // which of them the results are for (null: a drawn box, or whole)
+let pickedByHand = false;   // clicked by the user: kept when filters change
 let facets = null, info = null, searchSeq = 0, shown = [], lastAnswer = null;
 const maxTop = () => (info ? info.max_top : 1000);
 const list = (text) => (text ? text.split(",").filter(Boolean) : []);
@@ -149,7 +152,7 @@ function choose(file) {
     showError("This photo is too large: " + (file.size / 1e6).toFixed(1) + " MB, the limit is " + (info.max_upload_bytes / 1e6) + " MB.");
     return;
   }
-  upload = file; uploadVector = null; box = null;
+  upload = file; uploadVector = null; box = null; garments = []; picked = null; pickedByHand = false;
   Object.assign(state, { like: "", photo: "", item: "", likes: "", dislikes: "" });
   writeUrl(true);
   renderFilters();
@@ -181,40 +184,81 @@ document.addEventListener("paste", (e) => {
 
 // ---- the box around the garment ----------------------------------------------------------------
 function scale() { const img = $("preview"); return img.naturalWidth / img.clientWidth || 1; }
+function place(el, b) {
+  const s = scale();
+  Object.assign(el.style, { display: "block", left: b[0] / s + "px", top: b[1] / s + "px",
+    width: (b[2] - b[0]) / s + "px", height: (b[3] - b[1]) / s + "px" });
+}
 function drawBox() {
   const el = $("box"), active = box && upload && !state.like;
   $("clear-box").hidden = !active;
+  drawGarments();
   if (!active) { el.style.display = "none"; return; }
-  const s = scale();
-  Object.assign(el.style, { display: "block", left: box[0] / s + "px", top: box[1] / s + "px",
-    width: (box[2] - box[0]) / s + "px", height: (box[3] - box[1]) / s + "px" });
+  place(el, box);
 }
-let dragFrom = null;
+function drawGarments() {
+  // each garment found outlined with its type; the one searched in green; click one to search it
+  const layer = $("garments"), on = upload && !state.like;
+  layer.replaceChildren();
+  layer.classList.toggle("dim", !!box);
+  if (!on) { $("garment-note").textContent = ""; return; }
+  const area = (g) => (g.box[2] - g.box[0]) * (g.box[3] - g.box[1]);
+  const order = garments.map((g, i) => i).sort((a, b) => area(garments[b]) - area(garments[a]));
+  for (const i of order) {  // the larger first: a garment inside another stays clickable on top
+    const g = garments[i], b = document.createElement("button");
+    b.type = "button";
+    b.dataset.index = i;
+    b.className = i === picked && !box ? "picked" : "";
+    b.dataset.type = g.type;
+    b.setAttribute("aria-pressed", String(i === picked && !box));
+    b.setAttribute("aria-label", "Search the " + g.type + "-body garment (" + Math.round(g.score * 100) + "% sure)");
+    const label = document.createElement("span");
+    label.textContent = g.type + " " + Math.round(g.score * 100) + "%";
+    b.append(label);
+    b.addEventListener("click", (e) => { e.stopPropagation(); box = null; picked = i; pickedByHand = true; drawBox(); search(); });
+    place(b, g.box);
+    layer.append(b);
+  }
+  const n = garments.length;
+  $("garment-note").textContent = n ? n + (n === 1 ? " garment" : " garments") + " found: click one to search it, or drag a box." : "";
+}
+let dragFrom = null, dragging = false;
 function point(e) {
   const r = $("preview").getBoundingClientRect(), s = scale(), img = $("preview");
   const x = Math.min(Math.max(e.clientX - r.left, 0), r.width) * s;
   const y = Math.min(Math.max(e.clientY - r.top, 0), r.height) * s;
   return [Math.min(x, img.naturalWidth), Math.min(y, img.naturalHeight)];
 }
-$("preview").addEventListener("pointerdown", (e) => {
-  if (!upload || state.like) return;
-  e.preventDefault(); dragFrom = point(e); $("preview").setPointerCapture(e.pointerId);
+// a drag anywhere on the photo (on an outline too) draws a box; a click on an outline searches
+// that garment (its own click handler), a click on the photo clears a drawn box
+$("stage").addEventListener("pointerdown", (e) => {
+  if (!upload || state.like || e.button !== 0) return;
+  if (e.target === $("preview")) e.preventDefault();
+  dragFrom = point(e); dragging = false;
 });
-$("preview").addEventListener("pointermove", (e) => {
+$("stage").addEventListener("pointermove", (e) => {
   if (!dragFrom) return;
   const [x, y] = point(e);
+  if (!dragging) {
+    const s = scale();
+    if (Math.hypot(x - dragFrom[0], y - dragFrom[1]) / s < 5) return;  // not yet a drag
+    dragging = true; $("stage").setPointerCapture(e.pointerId);
+  }
   box = [Math.min(dragFrom[0], x), Math.min(dragFrom[1], y), Math.max(dragFrom[0], x), Math.max(dragFrom[1], y)];
   drawBox();
 });
-$("preview").addEventListener("pointerup", () => {
+$("stage").addEventListener("pointerup", (e) => {
   if (!dragFrom) return;
-  dragFrom = null;
-  if (box && (box[2] - box[0] < 8 || box[3] - box[1] < 8)) box = null;  // a click, not a box
+  const dragged = dragging;
+  dragFrom = null; dragging = false;
+  if (!dragged && e.target !== $("preview")) return;  // a click on an outline: its own
+  if (!dragged && !box) return;
+  if (box && (box[2] - box[0] < 8 || box[3] - box[1] < 8 || !dragged)) box = null;  // a click, not a box
   drawBox(); search();
 });
-$("clear-box").addEventListener("click", () => { box = null; drawBox(); search(); });
+$("clear-box").addEventListener("click", () => { box = null; pickedByHand = false; drawBox(); search(); });
 $("stage").addEventListener("keydown", (e) => {
-  if (!upload || state.like) return;
+  if (!upload || state.like || e.target.closest("#garments")) return;  // an outline's own keys
   const img = $("preview"), W = img.naturalWidth, H = img.naturalHeight, step = Math.max(W, H) * 0.02;
   if (e.key === "Enter" && !box) { box = [W * .2, H * .2, W * .8, H * .8]; }
   else if ((e.key === "Delete" || e.key === "Backspace") && box) { box = null; }
@@ -231,6 +275,7 @@ $("stage").addEventListener("keydown", (e) => {
 });
 $("stage").addEventListener("keyup", (e) => { if (box && e.key.startsWith("Arrow")) search(); });
 window.addEventListener("resize", drawBox);
+$("preview").addEventListener("load", drawBox);  // outlines need the photo's displayed size
 $("go").addEventListener("click", () => rerun());
 
 // ---- searching -----------------------------------------------------------------------------------
@@ -248,34 +293,41 @@ function rerun(focus) {
   status("Choose a photo to start.");
   $("results").replaceChildren(); $("more-results").hidden = true; $("legend").hidden = true;
 }
-async function run(request, offset, focus) {
-  // one query (search, similar or recommend): a first page, or the next one after `offset`
+async function run(request, offset, focus, then) {
+  // one query (search, similar or recommend): a first page, or the next one after `offset`;
+  // `then(answer)`: what else the answer changes, unless a newer query has been asked since
   const seq = ++searchSeq;
   clearError(); busy(offset ? "Finding more…" : "Searching…"); $("go").disabled = false;
   if (!offset) closeItem(false);
   try {
     const answer = await request();
     if (seq !== searchSeq) return;
+    if (then) then(answer);
     render(answer, offset > 0);
     if (focus) $("r-title").focus({ preventScroll: false });
   } catch (e) {
     if (seq !== searchSeq) return;
     showError(e.message);
-    if (e.status === 400 || e.status === 413) { upload = null; box = null; showPhoto(); }
+    if (e.status === 400 || e.status === 413) { upload = null; box = null; garments = []; picked = null; showPhoto(); }
   }
 }
 function search(focus, offset = 0) {
   if (!upload) return;
+  const chosen = box || (pickedByHand && garments[picked] ? garments[picked].box : null);
   return run(async () => {
     const form = new FormData();
     form.append("file", upload, upload.name || "photo");
     for (const [k, v] of Object.entries(filters())) form.append(k, v);
     form.append("offset", offset);
-    if (box) form.append("bbox", box.map((v) => Math.round(v)).join(","));
-    const answer = await api("/api/search", { method: "POST", body: form });
+    if (chosen) form.append("bbox", chosen.map((v) => Math.round(v)).join(","));
+    return api("/api/search", { method: "POST", body: form });
+  }, offset, focus, (answer) => {
     uploadVector = answer.query_vector;
-    return answer;
-  }, offset, focus);
+    if (!chosen && !offset) {  // the server detected: its garments, and the one it searched
+      garments = answer.garments || []; picked = answer.garment; drawBox();
+      if (answer.notice) $("garment-note").textContent = "No garment found: the whole photo was searched.";
+    }
+  });
 }
 function similar(id, push, focus, offset = 0) {
   if (!offset) { state.like = id; writeUrl(push); showPhoto(); }

@@ -36,8 +36,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 @contextlib.contextmanager
 def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService]:
     """The collection, and its model (checked; on a CPU OpenVINO's, or torch's traced copy)
-    behind a batching pool."""
-    from embedder.recipe import ModelRecipe
+    behind a batching pool; its garment detector (or settings.detector), if any."""
+    from embedder.recipe import DetectorRecipe, ModelRecipe
     from search.store import open_store
     from search.store.schema import DEFAULT_COLLECTION
 
@@ -56,8 +56,13 @@ def open_service(settings: Settings, metrics: Metrics) -> Iterator[SearchService
             max_batch=settings.max_batch,
             on_batch=metrics.on_batch,
         )
+        finder = DetectorRecipe.for_collection(metadata, settings.detector, settings.run)
         yield SearchService(
-            store, pool, dataset=settings.images, storage_options=settings.storage_options
+            store,
+            pool,
+            dataset=settings.images,
+            storage_options=settings.storage_options,
+            detector=finder.build() if finder else None,
         )
 
 

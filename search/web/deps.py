@@ -32,6 +32,7 @@ class Settings:
     storage_options: dict = field(default_factory=dict, repr=False)  # its fsspec keywords
     image_redirect: bool = False  # photos in an object store: 307 to a presigned URL
     weights: str | None = None  # the collection's weights file, if it moved since ingest
+    detector: str | None = None  # a garment detector [default: the collection's, if any]
     run: RunOptions = RunOptions(traced=True)  # device, precision, runtime, int8
     workers: int = 1  # model worker threads
     max_batch: int = 16

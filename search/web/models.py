@@ -83,6 +83,14 @@ class ResultOut(BaseModel):
     photos: list[Photo] = Field(description="The garment's matching photos, best first.")
 
 
+class GarmentOut(BaseModel):
+    box: list[int] = Field(
+        min_length=4, max_length=4, description="x1, y1, x2, y2 in the uploaded photo's pixels."
+    )
+    type: str = Field(description="upper, lower or full (body).")
+    score: float = Field(ge=0, le=1, description="The detector's confidence.")
+
+
 class SearchOut(BaseModel):
     query: str = Field(
         description="'upload', 'recommend', or the point id of a 'more like this' search."
@@ -95,6 +103,17 @@ class SearchOut(BaseModel):
     filters: dict[str, str]
     offset: int = Field(0, description="Results before these (the rank of the first is +1).")
     results: list[ResultOut]
+    garments: list[GarmentOut] = Field(
+        [],
+        description="An upload searched without a bbox, with a garment detector: every garment "
+        "found, best first (search one of them by sending its box as bbox).",
+    )
+    garment: int | None = Field(
+        None,
+        description="Which of `garments` these results are for: the one that fits the category "
+        "filter, else the best-scoring; null when the photo was searched whole.",
+    )
+    notice: str | None = Field(None, description="Why the photo was searched whole.")
     timings_ms: dict[str, float]
 
 
@@ -171,6 +190,9 @@ def answer_out(answer: Answer, query: Query) -> JSONResponse:
                 }
                 for r in answer.results
             ],
+            "garments": [g.to_dict() for g in answer.found],
+            "garment": answer.found.index(answer.garment) if answer.garment else None,
+            "notice": answer.notice,
             "timings_ms": {k: round(v * 1000, 2) for k, v in answer.seconds.items()},
         }
     )

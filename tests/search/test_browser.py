@@ -336,3 +336,100 @@ def test_an_unreachable_server_is_reported(server, browser, sample_root, tmp_pat
     page.wait_for_selector("#error.shown")
     assert "cannot be reached" in page.inner_text("#error")
     page.close()
+
+
+@pytest.fixture(scope="module")
+def detecting_server(sample_root, tmp_path_factory, ingest_tiny, live_server):
+    """`search serve --detector`: a detector (tests.detection) that finds upper- and
+    lower-body garments all over any photo."""
+    from tests.detection import biased_detector
+
+    folder = tmp_path_factory.mktemp("detecting")
+    detector = biased_detector(folder / "detector.safetensors", ("upper", "lower"))
+    db = folder / "qdrant_data"
+    assert ingest_tiny(sample_root, str(db)).exit_code == 0
+    with live_server("--store", str(db), "--detector", detector) as running:
+        yield running
+
+
+def _garments(page) -> list[dict]:
+    """The outlines, in the order of the answer's garments."""
+    found = page.eval_on_selector_all(
+        "#garments button",
+        "bs => bs.map(b => ({index: +b.dataset.index, type: b.dataset.type,"
+        " picked: b.classList.contains('picked'), box: b.getBoundingClientRect().toJSON()}))",
+    )
+    return sorted(found, key=lambda g: g["index"])
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_garments_found_are_outlined_and_each_can_be_searched(
+    detecting_server, browser, sample_root, tmp_path, width
+):
+    url, _ = detecting_server
+    query = sorted((sample_root / "img" / "TOPS").rglob("comsumer_01.jpg"))[0]
+    outside = tmp_path / "street.jpg"
+    shutil.copyfile(query, outside)  # a user's photo: not the dataset's
+    page = _page(browser, viewport={"width": width, "height": 900})
+    answers = []
+    page.on(
+        "response",
+        lambda r: answers.append(r) if r.url.endswith("/api/search") else None,
+    )
+    page.goto(url)
+    page.wait_for_selector("#categories button[data-category=TOPS]")
+    page.set_input_files("#file", str(outside))
+    page.wait_for_selector("#garments button.picked")
+    _wait_results(page)
+    found = _garments(page)
+    assert len(found) >= 2 and {g["type"] for g in found} == {"upper", "lower"}
+    answer = answers[-1].json()
+    assert len(answer["garments"]) == len(found) and answer["garment"] == 0  # the best one
+    assert [g["picked"] for g in found] == [i == 0 for i in range(len(found))]
+    stage = page.locator("#stage").bounding_box()
+    for g in found:  # every outline on the photo, at the phone's width too
+        box = g["box"]
+        assert (
+            stage["x"] - 1 <= box["x"]
+            and box["x"] + box["width"] <= stage["x"] + stage["width"] + 1
+        )
+    assert "garments found" in page.inner_text("#garment-note")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    _shot(page, tmp_path, f"garments-{width}.png")
+
+    # the category chosen: the garment of its type is the one searched
+    page.click("#categories button[data-category=TROUSERS]")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('TROUSERS')")
+    _wait_results(page)
+    assert page.get_attribute("#garments button.picked", "data-type") == "lower"
+    answer = answers[-1].json()
+    assert answer["filters"] == {"category": "TROUSERS", "source": "shop"}
+    assert answer["garments"][answer["garment"]]["type"] == "lower"
+
+    # clicking another outline searches that garment: its box goes to the server
+    sent = []
+    page.on("request", lambda r: sent.append(r) if r.url.endswith("/api/search") else None)
+    other = next(g["index"] for g in _garments(page) if not g["picked"])
+    page.focus(f"#garments button[data-index='{other}']")  # by keyboard: outlines may overlap
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"document.querySelector(\"#garments button[data-index='{other}']\")"
+        ".classList.contains('picked')"
+    )
+    _wait_results(page)
+    # (Playwright does not show a multipart body holding a Blob): the server was sent a box,
+    # so it searched that and detected nothing
+    assert sent and answers[-1].url == sent[-1].url
+    last = answers[-1].json()
+    assert last["garments"] == [] and last["garment"] is None
+    assert "detector" not in last["timings_ms"] and "detector" in answer["timings_ms"]
+
+    # drawing a box still works, over the outlines
+    img = page.locator("#preview").bounding_box()
+    page.mouse.move(img["x"] + 5, img["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(img["x"] + img["width"] / 2, img["y"] + img["height"] / 2, steps=4)
+    page.mouse.up()
+    assert page.locator("#box").is_visible()
+    page.wait_for_function("document.getElementById('garments').classList.contains('dim')")
+    page.close()

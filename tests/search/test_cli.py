@@ -95,7 +95,7 @@ def test_search_like_a_stored_photo_leaves_it_out(ingested, sample_root):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--bbox", "1,2,3"], "--bbox takes x1,y1,x2,y2"),
+        (["--bbox", "1,2,3"], "--bbox takes auto, none or x1,y1,x2,y2"),
         (["--bbox", "10,10,5,20"], "x2 > x1"),
         (["--category", "SHOES"], "unknown --category 'SHOES'; the collection has: DRESSES, TOPS"),
         (["--collection", "nope"], "collection 'nope' does not exist"),

@@ -4,10 +4,8 @@ results, `--category` keeps only its type, nothing found means the whole photo w
 `ingest run --detector` boxes the photos that have none and records the detector, which the
 collection's searches then use and a rerun with another one is refused.
 
-The detector here is an untrained one whose classifier is biased to score chosen garment types
-high everywhere: its boxes are arbitrary, which is what these tests need (how the pipeline
-carries them); how well a trained detector finds garments is measured by
-benchmarks/detector_quality.py."""
+The detectors here are tests.detection's biased ones: their boxes are arbitrary, which is what
+these tests need (how the pipeline carries them)."""
 
 import json
 import os
@@ -16,39 +14,23 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from embedder.checkpoint import save_checkpoint
-from embedder.detector import build_detector
 from search.cli import app as search_app
 from search.store import open_store
+from tests.detection import biased_detector
 
 runner = CliRunner()
-
-
-def _detector(path, types: tuple[str, ...]):
-    """A detector that finds garments of `types` (and only those) all over any photo."""
-    model = build_detector("resnet18", img_size=128, head="light", pretrained="none")
-    classes = model.spec.classes
-    with torch.no_grad():
-        head = model.fcos.head
-        bias = head.classification_head.cls_logits.bias
-        bias.fill_(-20.0)
-        for kind in types:
-            bias[classes.index(kind) + 1] = 6.0
-        head.regression_head.bbox_ctrness.bias.fill_(6.0)
-    save_checkpoint(model, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def detectors(tmp_path_factory):
     folder = tmp_path_factory.mktemp("detectors")
     return {
-        "upper": _detector(folder / "upper.safetensors", ("upper",)),
-        "lower": _detector(folder / "lower.safetensors", ("lower",)),
+        "upper": biased_detector(folder / "upper.safetensors", ("upper",)),
+        "lower": biased_detector(folder / "lower.safetensors", ("lower",)),
     }
 
 
