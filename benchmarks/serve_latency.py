@@ -1,22 +1,26 @@
 """`search serve` under load: latency and throughput against the bare in-process query.
 
     python benchmarks/serve_latency.py [--backbone resnet18 --img-size 128] [--queries 48]
-                                       [--clients 8]
+                                       [--clients 8] [--detector DET.safetensors]
 
 Builds a small collection (generated sample, untrained model: speed does not depend on the
 weights), starts `search serve` as a process, and in this process measures, for the same photos:
 
 1. bare: decode + forward + store search through the search service, no HTTP (the floor);
 2. one client posting the photos one after another to the server;
-3. N concurrent clients posting the same photos (the server batches concurrent forwards).
+3. N concurrent clients posting the same photos (the server batches concurrent forwards);
+4. with --detector FILE, one client against a second server started with that garment
+   detector (each upload's garment found first).
 
 Prints p50/p95 latency and queries/s, and the ratios the web app is held to: server p50 over
-bare p50 with one client (target <= 1.25) and N-client over one-client throughput (>= 1.5).
+bare p50 with one client (target <= 1.25), N-client over one-client throughput (>= 1.5), and
+one-client p50 with detection over without (<= 1.5).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -126,10 +130,14 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", help="auto, torch or openvino")
     parser.add_argument("--int8", action="store_true", help="OpenVINO's int8 model")
     parser.add_argument(
+        "--detector", help="Also one client against a server with this garment detector"
+    )
+    parser.add_argument(
         "serve_args", nargs="*", help="extra `search serve` options, after --, e.g. -- --workers 2"
     )
     args = parser.parse_args()
 
+    import httpx
     import torch
     from _collection import make_collection
 
@@ -167,38 +175,21 @@ def main() -> None:
             bare_wall = time.perf_counter() - started
 
         # 2. and 3. the server as its own process
-        port = _free_port()
-        server = subprocess.Popen(
-            [BIN / "search", "serve", "--store", db, "--port", str(port), "--runtime", args.runtime]
-            + (["--int8"] if args.int8 else [])
-            + args.serve_args,
-            env={**os.environ},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            import httpx
-
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start: {server.stderr.read()}")
-                time.sleep(0.3)
+        serve = [BIN / "search", "serve", "--store", db, "--runtime", args.runtime]
+        serve += (["--int8"] if args.int8 else []) + args.serve_args
+        with _server(serve) as url:
+            port = int(url.rsplit(":", 1)[1])
             _clients(port, photos[:4], 1, 1)  # warm the server's thread pool and caches
             one, one_wall = _clients(port, photos, 1, 2)
             before = _batches(httpx.get(url + "/metrics").text)
             many, many_wall = _clients(port, photos, args.clients, 2)
             after = _batches(httpx.get(url + "/metrics").text)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        detected = None
+        if args.detector:  # 4. the same server finding the garment in each upload first
+            with _server([*serve, "--detector", args.detector]) as url:
+                port = int(url.rsplit(":", 1)[1])
+                _clients(port, photos[:4], 1, 1)
+                detected, detected_wall = _clients(port, photos, 1, 2)
 
     print(_line("bare (in-process)", bare, bare_wall))
     print(_line("server, 1 client", one, one_wall))
@@ -211,6 +202,42 @@ def main() -> None:
     )
     print(f"server p50 / bare p50 (1 client): {ratio_latency:.2f}x   (target <= 1.25)")
     print(f"{args.clients}-client / 1-client throughput: {ratio_throughput:.2f}x   (target >= 1.5)")
+    if detected is not None:
+        print(_line("server, 1 client, detector", detected, detected_wall))
+        ratio = statistics.median(detected) / statistics.median(one)
+        print(f"1-client p50 with detection / without: {ratio:.2f}x   (target <= 1.5)")
+
+
+@contextlib.contextmanager
+def _server(command: list):
+    """`search serve` (COMMAND) as its own process on a free port, once /healthz answers;
+    yields its URL."""
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {server.stderr.read()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -478,13 +478,35 @@ class SearchService:
             asked += [(path, g and g.box, g, notice, point) for g in found or [None]]
         with timed(seconds, "model"):
             vectors = self.embed_files([a[0] for a in asked], [a[1] for a in asked])
+        queries = [self.garment_query(query, a[2]) for a in asked]
+        results: list = [None] * len(asked)
         with timed(seconds, "store"):
-            results = self._answer(vectors, query)
+            groups: dict[tuple, list[int]] = {}  # one store call per distinct filter set
+            for i, q in enumerate(queries):
+                groups.setdefault(tuple(sorted(q.filters.items())), []).append(i)
+            for rows in groups.values():
+                found = self._answer(vectors[rows], queries[rows[0]])
+                for i, answer in zip(rows, found, strict=True):
+                    results[i] = answer
         per = {stage: t / len(paths) for stage, t in seconds.items()}
         return [
             Answer(str(p), r, k.get("item_id"), seconds=dict(per), garment=g, notice=why)
             for (p, _, g, why, k), r in zip(asked, results, strict=True)
         ]
+
+    def garment_query(self, query: Query, garment: Garment | None) -> Query:
+        """The query for one garment found in a photo: without a category filter, restricted
+        to the category its type implies (an upper-body garment among TOPS), where the
+        collection has that category; as it is otherwise."""
+        from embedder.spec import CATEGORY_TYPES, GARMENT_TYPES
+
+        if garment is None or "category" in query.filters:
+            return query
+        kinds = {GARMENT_TYPES[k]: c for c, k in CATEGORY_TYPES.items()}
+        category = kinds.get(garment.type)
+        if category is None or category not in self.store.facet("category"):
+            return query
+        return replace(query, filters={**query.filters, "category": category})
 
     def detect(self, source) -> list[Garment]:
         """Every garment the detector finds in a photo (a path or a file object), best first,

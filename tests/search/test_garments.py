@@ -68,6 +68,8 @@ def test_an_outside_photo_is_searched_garment_by_garment(collection, outside, de
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
         assert g["type"] == "upper" and 0 < g["score"] <= 1
         assert [r["rank"] for r in g["results"]] == [1, 2, 3]
+        # no --category: an upper-body garment is looked for among the tops
+        assert {r["category"] for r in g["results"]} == {"TOPS"}
     assert [g["score"] for g in garments] == sorted((g["score"] for g in garments), reverse=True)
     # different boxes, different queries: not every garment gets the same answer
     assert len({tuple(r["id"] for r in g["results"]) for g in garments}) > 1 or len(garments) == 1
