@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument(
         "--detector", help="A trained detector, timed first (int8 agreement means more on it)"
     )
+    parser.add_argument(
+        "--families", action="store_true", help="Also FCOS, RetinaNet, Faster R-CNN in torch"
+    )
     args = parser.parse_args()
     import os
 
@@ -91,10 +94,49 @@ def main() -> None:
             ms = per_photo(quantized, square[:1], args.runs)
             agree = _agreement(fp32, quantized, square[40:], box_iou)
             rows.append((f"detector {backbone} {head} {size}px", "int8", ms, agree))
+        families = _families(photos[0], args.runs) if args.families else []
     print(f"one photo at a time, median of {args.runs}; ratio to the first embedder row")
     print(f"{'model':<34}{'precision':>10}{'ms':>9}{'ratio':>8}  int8 vs fp32")
     for name, precision, ms, note in rows:
         print(f"{name:<34}{precision:>10}{ms:>9.1f}{ms / base:>8.2f}  {note}")
+    if families:
+        print("torchvision's detection families, torch fp32, whole model (post-processing in):")
+        for name, ms in families:
+            print(f"  {name:<48}{ms:>8.1f} ms  ({ms / families[0][1]:.2f}x FCOS)")
+
+
+def _families(photo, runs: int) -> list[tuple[str, float]]:
+    """FCOS, RetinaNet and Faster R-CNN on the same ResNet18 feature pyramid at 256 px, as
+    torchvision builds them (eval mode, one photo, torch fp32)."""
+    import torch
+    from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    from embedder.boxes import letterbox
+
+    x = [torch.from_numpy(letterbox(photo, 256)[0]).float() / 255]
+    size = dict(min_size=256, max_size=256)
+
+    def pyramid(extra=None, layers=(2, 3, 4)):
+        return resnet_fpn_backbone(
+            backbone_name="resnet18", weights=None, returned_layers=list(layers),
+            extra_blocks=extra, trainable_layers=5,
+        )  # fmt: skip
+
+    models = {
+        "FCOS (P3-P7)": FCOS(pyramid(LastLevelP6P7(256, 256)), 4, **size),
+        "RetinaNet (P3-P7, 9 anchors a location)": RetinaNet(
+            pyramid(LastLevelP6P7(256, 256)), 4, **size
+        ),
+        "Faster R-CNN (P2-P6, two stages)": FasterRCNN(pyramid(layers=(1, 2, 3, 4)), 4, **size),
+    }
+    out = []
+    with torch.inference_mode():
+        for name, model in models.items():
+            model.eval()
+            out.append((name, per_photo(model, x, runs)))
+    return out
 
 
 def _agreement(fp32, int8, squares, box_iou) -> str:

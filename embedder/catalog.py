@@ -15,10 +15,10 @@ import pandas as pd
 from embedder.errors import UserError
 from embedder.spec import GARMENT_TYPES
 from embedder.storage import LOCAL, Storage, listing, split
+from embedder.transforms import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 COLUMNS = [
     "path",
     "category",

@@ -305,6 +305,15 @@ class DetectorRecipe:
 
         return load_detector(self.weights)
 
+    def cached(self) -> bool:
+        """Whether build() only loads: the export of this detector is in the model cache (and
+        runs on OpenVINO), so building it needs no torch and may run beside another build."""
+        from embedder.runtime import exported_path, resolve
+
+        if resolve(self.runtime, self.device) is not Runtime.openvino:
+            return False
+        return exported_path(self.spec, int8=False).is_file()
+
     def build(self, throughput: bool = False):
         """A GarmentFinder: photo → garments."""
         from embedder.boxes import GarmentFinder

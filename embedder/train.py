@@ -312,22 +312,29 @@ def _workers_context(root, workers: int):
     return reader_context(storage) if workers and not storage.fork_safe else None
 
 
-def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
-    """Fresh model, or the last epoch's checkpoint and history when resuming."""
+def saved_run(out: Path, resume: bool) -> dict | None:
+    """The state of the training run in `out` to continue (None: a new run starts), as
+    save_epoch left it; a run there without `resume` is refused, not overwritten."""
     state = out / STATE_FILE
-    if state.is_file() and not cfg.resume:
+    if state.is_file() and not resume:
         raise ValueError(
             f"{out} already holds a training run; pass --resume to continue it, "
             f"or choose another --out"
         )
     if state.is_file():
         saved = json.loads(state.read_text())
-        model = load_checkpoint(out / saved["last"])
-        history = History(saved["history"], saved["best"])
         log.info("resuming after epoch %d from %s", saved["epoch"], saved["last"])
-        return model, saved["epoch"], history
-    if cfg.resume:
+        return saved
+    if resume:
         log.warning("nothing to resume in %s: starting a new run", out)
+    return None
+
+
+def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
+    """Fresh model, or the last epoch's checkpoint and history when resuming."""
+    if saved := saved_run(out, cfg.resume):
+        history = History(saved["history"], saved["best"])
+        return load_checkpoint(out / saved["last"]), saved["epoch"], history
     model = build_model(
         cfg.backbone,
         dim=cfg.dim,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import random
@@ -28,7 +27,7 @@ from embedder.detector import GarmentDetector, build_detector, load_detector
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.distributed import Ranks, barrier, start, stop, wrap
 from embedder.spec import CATEGORY_TYPES, DETECTOR_BACKBONE, DetectorSpec
-from embedder.train import STATE_FILE, History, _seed_all, _workers_context, save_epoch
+from embedder.train import History, _seed_all, _workers_context, save_epoch, saved_run
 from embedder.transforms import load_image
 
 log = logging.getLogger(__name__)
@@ -152,18 +151,10 @@ def _collate(batch):
 
 
 def _model(cfg: DetectorConfig, out: Path) -> tuple[GarmentDetector, int, History]:
-    state = out / STATE_FILE
-    if state.is_file() and not cfg.resume:
-        raise ValueError(
-            f"{out} already holds a training run; pass --resume to continue it, "
-            f"or choose another --out"
-        )
-    if state.is_file():
-        saved = json.loads(state.read_text())
-        log.info("resuming after epoch %d from %s", saved["epoch"], saved["last"])
-        return load_detector(out / saved["last"]), saved["epoch"], History(**_history(saved))
-    if cfg.resume:
-        log.warning("nothing to resume in %s: starting a new run", out)
+    """Fresh detector, or the last epoch's checkpoint and history when resuming."""
+    if saved := saved_run(out, cfg.resume):
+        history = History(saved["history"], saved["best"])
+        return load_detector(out / saved["last"]), saved["epoch"], history
     model = build_detector(
         cfg.backbone,
         img_size=cfg.img_size,
@@ -172,10 +163,6 @@ def _model(cfg: DetectorConfig, out: Path) -> tuple[GarmentDetector, int, Histor
         weights=cfg.weights,
     )
     return model, 0, History()
-
-
-def _history(saved: dict) -> dict:
-    return {"rows": saved["history"], "best": saved["best"]}
 
 
 def fit_detector(cfg: DetectorConfig, progress: bool = True) -> History:

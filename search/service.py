@@ -250,7 +250,7 @@ def boxes_of(points: Sequence[dict]) -> list[Box | None]:
 
 def check_query_file(path: str | Path) -> Path:
     """A query photo must be an existing image file of a kind ingest reads."""
-    from embedder.catalog import IMAGE_SUFFIXES as QUERY_SUFFIXES  # one rule for both
+    from embedder.transforms import IMAGE_SUFFIXES as QUERY_SUFFIXES  # ingest's rule too
 
     path = Path(path)
     if path.is_dir():
@@ -367,11 +367,23 @@ class SearchService:
         run = run or RunOptions(traced=True)
         recipe = ModelRecipe.for_collection(metadata, weights, run)
         finder = DetectorRecipe.for_collection(metadata, detector, run)
-        return cls(
-            store,
-            recipe.build(throughput=False) if photos else None,
-            detector=finder.build() if photos and finder and bbox == AUTO else None,
-        )
+        if not photos:
+            return cls(store)
+        if finder is None or bbox != AUTO:
+            return cls(store, recipe.build(throughput=False))
+        if not finder.cached():  # exported (with torch) first, one model at a time
+            return cls(store, recipe.build(throughput=False), detector=finder.build())
+        import locale
+        from concurrent.futures import ThreadPoolExecutor
+
+        kept = locale.setlocale(locale.LC_ALL)  # OpenVINO's reader sets and restores "C" around
+        try:  # its parsing: two at once would leave the process in "C" (ASCII file names)
+            with ThreadPoolExecutor(1) as pool:  # both loaded at once, compiled off the GIL
+                detecting = pool.submit(finder.build)
+                encoder = recipe.build(throughput=False)
+                return cls(store, encoder, detector=detecting.result())
+        finally:
+            locale.setlocale(locale.LC_ALL, kept)
 
     def __init__(
         self,
@@ -730,7 +742,7 @@ class SearchService:
         rel = self.store.retrieve([pid], ["path"]).get(pid, {}).get("path")
         if not rel:
             raise NotFound(f"no stored photo {pid}")
-        from embedder.catalog import IMAGE_SUFFIXES
+        from embedder.transforms import IMAGE_SUFFIXES
 
         outside = NotFound(f"photo {pid} is not an image below the dataset folder")
         missing = NotFound(f"the image file of photo {pid} is missing")
@@ -777,7 +789,7 @@ class SearchService:
         """image_file in an object store: the key is the dataset prefix and the stored path,
         normalised, and must stay below the prefix ("../" or an absolute path never leaves
         it); one HEAD request gives its length and change stamp."""
-        from embedder.catalog import IMAGE_SUFFIXES
+        from embedder.transforms import IMAGE_SUFFIXES
 
         prefix = str(self.dataset).rstrip("/")
         key = posixpath.normpath(f"{prefix}/{rel}")

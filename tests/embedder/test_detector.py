@@ -171,3 +171,47 @@ def test_train_detector_refuses_what_cannot_work_in_one_line(street, tmp_path):
         assert result.exit_code != 0 and said in result.output, (extra, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 6
     assert not (tmp_path / "x" / "train_state.json").exists()
+
+
+def test_evaluations_say_which_boxes_the_queries_were_searched_in(street, tmp_path, ingest_tiny):
+    """`embedder evaluate` and `search evaluate` with --boxes annotated|detected|none: each says
+    which, detected boxes with their IoU against the annotated ones; the annotated default
+    is the literature's protocol."""
+    from embedder.model import build_model
+    from search.cli import evaluate_app
+    from tests.detection import biased_detector
+
+    weights = tmp_path / "embedder.safetensors"
+    save_checkpoint(build_model("test_resnet", img_size=64, pretrained="none"), weights)
+    detector = biased_detector(tmp_path / "det.safetensors", ("upper", "lower", "full"))
+    runner = CliRunner()
+    base = ["evaluate", "--root", str(street), "--weights", str(weights), "--k", "1,5"]
+    said = {}
+    for boxes in ("annotated", "none", "detected"):
+        extra = ["--detector", detector] if boxes == "detected" else []
+        out = tmp_path / f"{boxes}.json"
+        result = runner.invoke(app, [*base, "--boxes", boxes, *extra, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        said[boxes] = result.output
+        report = next(iter(json.loads(out.read_text()).values()))
+        assert report["boxes"] == boxes and ("box_iou" in report) == (boxes == "detected")
+        if boxes == "detected":
+            assert 0 <= report["box_iou"] <= 1
+    assert "queries in their annotated boxes" in said["annotated"]
+    assert "queries whole (no box)" in said["none"]
+    assert "queries in the detector's box of their category's type; mean IoU" in said["detected"]
+    plain = runner.invoke(app, base)
+    assert "queries in their annotated boxes" in plain.output  # the default
+    refused = runner.invoke(app, [*base, "--boxes", "detected"])
+    assert refused.exit_code == 2 and "needs a garment detector" in refused.output
+
+    db = str(tmp_path / "db")
+    assert ingest_tiny(street, db, "--weights", str(weights)).exit_code == 0
+    store = ["--root", str(street), "--store", db, "--k", "1,5"]
+    whole = runner.invoke(evaluate_app, [*store, "--boxes", "none"])
+    assert whole.exit_code == 0 and "queries whole (no box)" in whole.output, whole.output
+    found = runner.invoke(evaluate_app, [*store, "--boxes", "detected", "--detector", detector])
+    assert found.exit_code == 0, found.output
+    assert "detector's box" in found.output and "mean IoU" in found.output
+    missing = runner.invoke(evaluate_app, [*store, "--boxes", "detected"])
+    assert missing.exit_code == 2 and "the collection records none" in missing.output
