@@ -305,15 +305,19 @@ class ExportedDetector(ExportedEncoder):
     boxes [N, A, 4]), the raw output embedder.boxes.garments reads. Thread-safe."""
 
     def __call__(self, pixels) -> tuple[np.ndarray, np.ndarray]:
+        """Callers in several threads each get a request of their own (with the THROUGHPUT
+        hint one per stream, so that photos run side by side); a caller waits for one."""
         x = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
-        with self._lock:
-            request = self.requests[0]
+        request = self._idle.get()
+        try:
             with signal_stack_kept():
                 request.infer({0: x})
             return (
                 np.array(request.get_output_tensor(0).data, np.float32),
                 np.array(request.get_output_tensor(1).data, np.float32),
             )
+        finally:
+            self._idle.put(request)
 
     def check(self) -> None:
         """A usable detector gives finite scores in [0, 1] and a box for every location."""
