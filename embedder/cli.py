@@ -282,23 +282,12 @@ def evaluate(
         from embedder.evaluate import evaluate_models
         from embedder.plots import embedding_map as draw_map
         from embedder.plots import topk_curve
-        from embedder.recipe import DetectorRecipe, ModelRecipe
+        from embedder.recipe import DetectorRecipe, ModelRecipe, RunOptions
 
         root = dataset_root(root, storage_option)
-        finder = None
-        if detector:
-            finder = DetectorRecipe(str(detector), device, precision, runtime)
-        backbones = [n for names in backbone or [] for n in names.split(",") if n]
-        if (weights is None) == (not backbones):
-            raise ValueError("give either --weights or --backbone")
-        how = dict(device=device, precision=precision, runtime=runtime, int8=int8, calibration=root)
-        if weights:
-            models = [(str(weights), ModelRecipe(weights=str(weights), **how))]
-        else:
-            models = [
-                (name, ModelRecipe(name, img_size=img_size, pretrained=pretrained, **how))
-                for name in backbones
-            ]
+        run = RunOptions(device=device, precision=precision, runtime=runtime, int8=int8)
+        models = ModelRecipe.compared(weights, backbone, img_size, pretrained, run, root)
+        finder = DetectorRecipe(str(detector), device, precision, runtime) if detector else None
         reports, evaluated = {}, []
         for ev in evaluate_models(
             models,

@@ -87,6 +87,26 @@ class ModelRecipe:
             **how,
         )
 
+    @classmethod
+    def compared(
+        cls,
+        weights,
+        backbones: list[str] | None,
+        img_size: int | None,
+        pretrained: str,
+        run: RunOptions,
+        calibration=None,
+    ) -> list[tuple[str, ModelRecipe]]:
+        """`embedder evaluate`'s models, by name: a checkpoint, or timm backbones (names
+        repeated or comma-separated) with `pretrained` weights; one of the two."""
+        names = [n for given in backbones or [] for n in given.split(",") if n]
+        if (weights is None) == (not names):
+            raise ValueError("give either --weights or --backbone")
+        how = {**asdict(run), "calibration": calibration}
+        if weights:
+            return [(str(weights), cls(weights=str(weights), **how))]
+        return [(n, cls(n, img_size=img_size, pretrained=pretrained, **how)) for n in names]
+
     def against(self, metadata: dict) -> ModelRecipe:
         """This recipe for a collection that already exists: when the collection records the
         model this recipe names (a timm backbone, its weights' tag, the image size), its spec
