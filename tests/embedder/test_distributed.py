@@ -97,3 +97,21 @@ def test_a_batch_that_cannot_split_fails_once_before_torchrun_starts(train_sampl
         "error: --batch-size 9 must be a multiple of 2 process(es)"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_detector_trains_under_torchrun_with_rank_0_writing(tmp_path):
+    from ingest.sample import write_sample
+
+    root = write_sample(tmp_path / "street", items=12, seed=2, style="street")
+    out = tmp_path / "det"
+    args = [
+        "train-detector", "--root", str(root), "--out", str(out), "--backbone", "resnet18",
+        "--img-size", "128", "--head", "light", "--pretrained", "none", "--batch-size", "4",
+        "--workers", "0", "--no-progress", "--device", "cpu", "--epochs", "1",
+    ]  # fmt: skip
+    done = _run([BIN / "embedder", *args, "--nproc-per-node", "2"])
+    assert done.stdout.count("best: ") == 1  # one process reports
+    assert sorted(p.name for p in out.glob("epoch_*")) == ["epoch_001.safetensors"]
+    with (out / "metrics.csv").open() as fh:
+        (row,) = csv.DictReader(fh)
+    assert float(row["loss"]) > 0 and 0 <= float(row["val_ap"]) <= float(row["val_ap50"]) <= 1
