@@ -330,19 +330,29 @@ def saved_run(out: Path, resume: bool) -> dict | None:
     return None
 
 
+def resumed_or_new(out: Path, resume: bool, load, build) -> tuple[object, int, History]:
+    """(model, epochs done, history): the last epoch's checkpoint `load`ed and the run's
+    history when resuming the run in `out`, else `build()`, 0 and a new history."""
+    if saved := saved_run(out, resume):
+        history = History(saved["history"], saved["best"])
+        return load(out / saved["last"]), saved["epoch"], history
+    return build(), 0, History()
+
+
 def _model(cfg: TrainConfig, out: Path) -> tuple[EmbeddingNet, int, History]:
     """Fresh model, or the last epoch's checkpoint and history when resuming."""
-    if saved := saved_run(out, cfg.resume):
-        history = History(saved["history"], saved["best"])
-        return load_checkpoint(out / saved["last"]), saved["epoch"], history
-    model = build_model(
-        cfg.backbone,
-        dim=cfg.dim,
-        img_size=cfg.img_size,
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
+    return resumed_or_new(
+        out,
+        cfg.resume,
+        load_checkpoint,
+        lambda: build_model(
+            cfg.backbone,
+            dim=cfg.dim,
+            img_size=cfg.img_size,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+        ),
     )
-    return model, 0, History()
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> History:

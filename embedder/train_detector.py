@@ -27,7 +27,7 @@ from embedder.detector import GarmentDetector, build_detector, load_detector
 from embedder.device import autocast, autocast_dtype, resolve_device
 from embedder.distributed import Ranks, barrier, start, stop, wrap
 from embedder.spec import CATEGORY_TYPES, DETECTOR_BACKBONE, DetectorSpec
-from embedder.train import History, _seed_all, _workers_context, save_epoch, saved_run
+from embedder.train import History, _seed_all, _workers_context, resumed_or_new, save_epoch
 from embedder.transforms import load_image
 
 log = logging.getLogger(__name__)
@@ -152,17 +152,18 @@ def _collate(batch):
 
 def _model(cfg: DetectorConfig, out: Path) -> tuple[GarmentDetector, int, History]:
     """Fresh detector, or the last epoch's checkpoint and history when resuming."""
-    if saved := saved_run(out, cfg.resume):
-        history = History(saved["history"], saved["best"])
-        return load_detector(out / saved["last"]), saved["epoch"], history
-    model = build_detector(
-        cfg.backbone,
-        img_size=cfg.img_size,
-        head=cfg.head,
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
+    return resumed_or_new(
+        out,
+        cfg.resume,
+        load_detector,
+        lambda: build_detector(
+            cfg.backbone,
+            img_size=cfg.img_size,
+            head=cfg.head,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+        ),
     )
-    return model, 0, History()
 
 
 def fit_detector(cfg: DetectorConfig, progress: bool = True) -> History:
