@@ -285,6 +285,12 @@ def answer_vectors(
     ]
 
 
+def searched_whole(kind: str | None = None) -> str:
+    """The notice of a photo searched whole because no garment (of type `kind`) was found."""
+    what = f"{kind}-body garment" if kind else "garment"
+    return f"no {what} found in the photo: searched it whole"
+
+
 def _decoded(source, bbox: Box | None, min_side: int):
     """A photo (a path or bytes) decoded upright, cropped to `bbox` (which must fit it), no
     smaller than `min_side`; BadImage (or BadBox) in words a user can act on."""
@@ -545,9 +551,7 @@ class SearchService:
         found = of_category(self.detect(source), category)
         if found:
             return found, None
-        kind = category_type(category) if category else None
-        what = f"no {kind}-body garment" if kind else "no garment"
-        return [], f"{what} found in the photo: searched it whole"
+        return [], searched_whole(category_type(category) if category else None)
 
     def ask(
         self,
@@ -585,7 +589,7 @@ class SearchService:
             fits = of_category(found, query.filters.get("category"))
             chosen = (fits or found or [None])[0]
             bbox = chosen.box if chosen else None
-            notice = None if chosen else "no garment found in the photo: searched it whole"
+            notice = None if chosen else searched_whole()
         with timed(seconds, "model"):
             vector = self.embed_upload(data, bbox)
         with timed(seconds, "store"):
