@@ -136,6 +136,21 @@ def read_metadata(path: str | Path, kind: type = ModelSpec) -> tuple[ModelSpec, 
     return kind.from_json(meta["spec"]), json.loads(meta.get("info") or "{}")
 
 
+def kind_of(path: str | Path) -> type:
+    """Which kind of model (a KINDS key: ModelSpec or DetectorSpec) a checkpoint holds, from
+    its header; WeightsError for a file that is neither."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            tag = (fh.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError):
+        tag = None
+    for kind, (format_tag, _, _) in KINDS.items():
+        if tag == format_tag:
+            return kind
+    return read_metadata(path)[0].__class__  # not found, not safetensors, not ours: its error
+
+
 def read_state(
     path: str | Path, kind: type = ModelSpec
 ) -> tuple[ModelSpec, dict[str, torch.Tensor]]:

@@ -363,7 +363,9 @@ def project(
 
 @app.command()
 def export(
-    weights: Annotated[Path, typer.Option(help="The checkpoint to export.")],
+    weights: Annotated[
+        Path, typer.Option(help="The checkpoint to export: an embedder's, or a detector's.")
+    ],
     int8: Int8 = False,
     calibration: Annotated[
         Path | None,
@@ -374,18 +376,24 @@ def export(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Export a checkpoint's model to OpenVINO for plain CPUs (normalisation built in, uint8
-    pixels in), once, into the model cache where `search`, `search serve`, `ingest run` and
-    `embedder evaluate` find it (FASHION_RETRIEVAL_CACHE moves it, e.g. into a Docker image).
-    With --int8, also the int8 model, kept only if it finds what fp32 finds."""
+    """Export a checkpoint's model (an embedder, or a garment detector) to OpenVINO for plain
+    CPUs (normalisation built in, uint8 pixels in), once, into the model cache where `search`,
+    `search serve`, `ingest run` and `embedder evaluate` find it (FASHION_RETRIEVAL_CACHE moves
+    it, e.g. into a Docker image). With --int8, also the int8 embedder, kept only if it finds
+    what fp32 finds."""
     setup_logging(verbose)
     with clean_errors():
         import json
         import time
 
-        from embedder.recipe import ModelRecipe
+        from embedder.checkpoint import kind_of
+        from embedder.recipe import DetectorRecipe, ModelRecipe
         from embedder.runtime import cache_dir, cache_unwritable
+        from embedder.spec import DetectorSpec
 
+        detector = kind_of(weights) is DetectorSpec  # a garment detector: exported as it is
+        if int8 and detector:
+            raise ValueError("--int8 is for embedders; a detector is exported as it is")
         if int8 and calibration is None:
             raise ValueError("--int8 needs --calibration DIR: photos of your own data")
         if (why := cache_unwritable()) is not None:  # an export kept nowhere is no export
@@ -394,13 +402,14 @@ def export(
                 f"set FASHION_RETRIEVAL_CACHE to a folder that can be written"
             )
         started = time.perf_counter()
-        recipe = ModelRecipe(
-            weights=str(weights),
-            runtime="openvino",
-            int8=int8,
-            calibration=str(calibration) if calibration else None,
-        )
-        encoder = recipe.build()
+        if detector:
+            encoder = DetectorRecipe(str(weights), runtime="openvino").build().raw
+        else:
+            calibrate = str(calibration) if calibration else None
+            recipe = ModelRecipe(
+                weights=str(weights), runtime="openvino", int8=int8, calibration=calibrate
+            )
+            encoder = recipe.build()
         spec = encoder.spec
         echo(
             f"{spec.backbone} (weights {spec.weights}) for OpenVINO, "

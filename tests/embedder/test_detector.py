@@ -4,6 +4,7 @@ of one kind of model is refused where the other is wanted, in one line."""
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,15 @@ def test_evaluations_say_which_boxes_the_queries_were_searched_in(street, tmp_pa
     assert "detector's box" in found.output and "mean IoU" in found.output
     missing = runner.invoke(evaluate_app, [*store, "--boxes", "detected"])
     assert missing.exit_code == 2 and "the collection records none" in missing.output
+
+
+def test_embedder_export_takes_a_detector_too(detector_file, tmp_path):
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", "--weights", str(detector_file)])
+    assert done.exit_code == 0, done.output
+    path = done.output.split("fp32: ")[1].split(" (")[0]
+    assert "resnet18 (weights sha256:" in done.output and "detector-resnet18-" in path
+    assert Path(path).is_file() and Path(path).with_suffix(".bin").is_file()
+    assert DetectorRecipe(str(detector_file)).cached()  # what search then loads, without torch
+    refused = runner.invoke(app, ["export", "--weights", str(detector_file), "--int8"])
+    assert refused.exit_code == 2 and "--int8 is for embedders" in refused.output
