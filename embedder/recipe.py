@@ -10,6 +10,7 @@ process pool or a Ray actor builds its own encoder from the same recipe."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -307,8 +308,10 @@ class DetectorRecipe:
             )
         return cls(path, run.device, run.precision, run.runtime, record=identity)
 
-    @property
+    @functools.cached_property
     def spec(self):
+        """The checkpoint's spec, read and checked once (each command asks for it several
+        times: checks, the collection's record, the cache lookup, the build)."""
         from embedder.checkpoint import read_verified
         from embedder.spec import DetectorSpec
 
