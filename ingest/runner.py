@@ -200,7 +200,7 @@ def run_ingest(
         store.finish()
         seconds["index"] = time.perf_counter() - t0
     if not settings.image_base:  # the next plan reads this instead of every stored payload
-        keep_state(store, plan.state_after({p for p, _ in done.failures}, settings.prune))
+        keep_state(store, plan, {p for p, _ in done.failures}, settings.prune)
     failures = [*work.skipped, *done.failures]  # named like photos but not photos, first
     report = _write_report(failures, Path(settings.report)) if failures else None
     return Summary(
@@ -213,7 +213,7 @@ def run_ingest(
         seconds=seconds,
         total_seconds=work.seconds + time.perf_counter() - started,
         report=report,
-        collection_points=store.count(),
+        collection_points=store.total(),
         runtime=done.runtime,
         embedding_seconds=done.wall,
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,30 @@ def test_a_rerun_with_nothing_to_embed_never_imports_torch(sample_root, tmp_path
     assert run.stdout.rsplit("TORCH", 1)[1].split() == ["False", "False"]
     other = ingest_tiny(sample_root, db, "--img-size", "96")  # another model: still refused
     assert other.exit_code == 2 and "another model" in other.output
+
+
+def test_a_rerun_with_nothing_to_embed_never_loads_the_store_engine(
+    sample_root, tmp_path, ingest_tiny, caplog, store_count
+):
+    """The plan's state and the point count come from what the last run left beside the
+    store (its finish record, its files whole by name and size): at 226,980 points loading
+    the engine's segments took 2 s of a 4 s rerun. Anything to write loads it."""
+    db = tmp_path / "db"
+    assert ingest_tiny(sample_root, str(db)).exit_code == 0
+    points = store_count(db)
+    with caplog.at_level("DEBUG", logger="search.store.edge"):
+        again = ingest_tiny(sample_root, str(db))
+    assert again.exit_code == 0, again.output
+    assert "embedded 0 (0 changed)" in again.output
+    assert f"collection now holds {points}" in again.output
+    assert not [r for r in caplog.records if "loading the shard" in r.getMessage()]
+    root = tmp_path / "more"
+    shutil.copytree(sample_root, root)
+    photo = next((root / "img").rglob("shop_01.jpg"))
+    shutil.copy(photo, photo.with_name("shop_77.jpg"))
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="search.store.edge"):
+        more = ingest_tiny(root, str(db))
+    assert more.exit_code == 0 and "embedded 1 " in more.output, more.output
+    assert [r for r in caplog.records if "loading the shard" in r.getMessage()]
+    assert store_count(db) == points + 1
