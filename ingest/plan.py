@@ -72,7 +72,10 @@ class Plan:
         old = self.stored[list(CHANGE)] if self.stored is not None else new.iloc[:0]
         if pruned:
             old = old.drop(index=self.gone, errors="ignore")
-        return pd.concat([old.drop(index=new.index, errors="ignore"), new])
+        state = pd.concat([old.drop(index=new.index, errors="ignore"), new])
+        ids = pd.Index(self.catalog["id"].to_numpy(dtype=object))
+        listed = ids[ids.isin(state.index)]  # in the catalog's order: the next plan's fast path
+        return pd.concat([state.loc[listed], state.drop(index=listed)])
 
     def files(self) -> list[str]:
         """The todo rows' files, in root.storage."""
@@ -194,7 +197,8 @@ def _kept_state(store: Store) -> pd.DataFrame | None:
         log.warning("discarding the damaged ingest state %s (%s)", path, describe_failure(exc))
         path.unlink(missing_ok=True)
         return None
-    if not len(ids) == len(sizes) == len(mtimes) == store.count():
+    if not len(ids) == len(sizes) == len(mtimes) == store.total():
+        path.unlink(missing_ok=True)  # not this store's state: keep_state writes it anew
         return None
     index = pd.Index(ids.astype(str), dtype=object, name="id")
     return pd.DataFrame(
@@ -203,11 +207,15 @@ def _kept_state(store: Store) -> pd.DataFrame | None:
     )
 
 
-def keep_state(store: Store, state: pd.DataFrame) -> None:
-    """Leave the stored change fields beside the store for the next run's plan (the store
-    deletes them at its next write); a store that cannot hold them is no error."""
+def keep_state(store: Store, plan: Plan, failed: set[str], pruned: bool) -> None:
+    """Leave the stored change fields once `plan` ran (Plan.state_after) beside the store for
+    the next run's plan (the store deletes them at its next write, so a state found there is
+    current and not rewritten); a store that cannot hold them is no error."""
     path = store.sidecar(STATE)
-    if path is None or state[list(CHANGE)].isna().any().any() or len(state) != store.count():
+    if path is None or path.is_file():
+        return
+    state = plan.state_after(failed, pruned)
+    if state[list(CHANGE)].isna().any().any() or len(state) != store.total():
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,8 +261,11 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
     catalog = work.catalog
     fields = [*CHANGE, "image_url"] if image_base else list(CHANGE)
     stored = stored_state(store, fields)
-    found = stored.reindex(catalog["id"].to_numpy(dtype=object))
-    present = catalog["id"].isin(stored.index).to_numpy()
+    ids = catalog["id"].to_numpy(dtype=object)
+    # the usual rerun: the store holds exactly the catalog's points, in its order (keep_state)
+    aligned = len(stored) == len(ids) and bool((stored.index.to_numpy(dtype=object) == ids).all())
+    found = stored if aligned else stored.reindex(ids)
+    present = np.ones(len(ids), bool) if aligned else catalog["id"].isin(stored.index).to_numpy()
     unchanged = present.copy()
     for name in CHANGE:
         same = found[name].reset_index(drop=True) == catalog[name].reset_index(drop=True)
@@ -264,7 +275,7 @@ def make_plan(work: Work, store: Store, *, image_base: str | None = None) -> Pla
         urls = np.array([image_url(image_base, pid) for pid in catalog["id"]], dtype=object)
         stale_url = found["image_url"].to_numpy(dtype=object) != urls
         relabel = catalog["id"].to_numpy(dtype=object)[unchanged & stale_url].tolist()
-    gone = stored.index.difference(pd.Index(catalog["id"].to_numpy(dtype=object)))
+    gone = stored.index[:0] if aligned else stored.index.difference(pd.Index(ids))
     if work.shard is not None and len(gone):
         gone = gone[shard_mask(pd.Series(gone), work.shard)]
     return Plan(

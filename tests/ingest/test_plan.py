@@ -102,6 +102,34 @@ def test_the_state_kept_beside_the_store_is_used_only_while_it_holds(
         assert len(stored_state(store, ["size", "mtime"])) == len(from_file)
 
 
+def test_the_kept_state_follows_the_catalog_after_new_photos(
+    dataset, encoder, tmp_path, ingest_into
+):
+    """Kept in the catalog's order, the state lets the next rerun compare column to column
+    (no join): also after photos that sort between the stored ones."""
+    from ingest.plan import STATE
+
+    with open_store(store_dir=str(tmp_path / "db"), collection="c") as store:
+        ensure_collection(store, encoder.spec)
+        ingest_into(store, encoder, dataset, workers=0)
+        first = read_work(dataset).catalog
+        added = dataset / "img" / "DRESSES" / "Aaa" / "id_00000000" / "shop_01.jpg"
+        added.parent.mkdir(parents=True)
+        shutil.copy(dataset / first.path[3], added)  # sorts before every stored photo
+        assert ingest_into(store, encoder, dataset, workers=0).embedded == 1
+        catalog = read_work(dataset).catalog
+        with np.load(store.sidecar(STATE)) as data:
+            assert data["ids"].astype(str).tolist() == catalog["id"].tolist()
+            assert data["mtime"].tolist() == catalog["mtime"].tolist()
+        plan = make_plan(read_work(dataset), store)
+        assert (len(plan.todo), plan.present, plan.changed, plan.gone) == (0, len(catalog), 0, [])
+        with Image.open(added) as img:
+            img.rotate(90).save(added)
+        plan = make_plan(read_work(dataset), store)
+        assert plan.todo["path"].tolist() == [added.relative_to(dataset).as_posix()]
+        assert (plan.present, plan.changed) == (len(catalog) - 1, 1)  # present: unchanged
+
+
 def test_a_truncated_state_beside_the_store_is_discarded_and_rebuilt(
     dataset, tmp_path, ingest_tiny
 ):
