@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -342,24 +343,22 @@ MAX_COORDINATE = 1_000_000  # pixels: anything larger is a broken line, not a ph
 BOX = ["x1", "y1", "x2", "y2"]
 
 
-def _bboxes(where: DatasetRoot) -> pd.DataFrame:
-    """path → x1 y1 x2 y2 from the Anno file (the last line of a path wins); lines whose
-    numbers are not finite, sane numbers are skipped and counted in a warning (a box outside
-    its photo is kept: it is clipped to the photo when the photo is read)."""
+def _bboxes(where: DatasetRoot) -> tuple[pd.DataFrame, int]:
+    """path → x1 y1 x2 y2 and clothes_type from the Anno file (the last line of a path wins),
+    and how many lines were skipped: those whose numbers are not finite, sane numbers (a box
+    outside its photo is kept: it is clipped to the photo when the photo is read)."""
     rows = _read_table(where, BBOX_FILE, 7)
     text = rows[[3, 4, 5, 6]].to_numpy().ravel()
     values = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(np.float64).reshape(-1, 4)
     good = (np.isfinite(values) & (np.abs(values) <= MAX_COORDINATE)).all(axis=1)
-    if skipped := int((~good).sum()):
-        log.warning("skipped %d malformed line(s) in %s", skipped, f"{where.lists}/{BBOX_FILE}")
     paths = pd.Index(rows[0].to_numpy())[good]
     boxes = pd.DataFrame(np.trunc(values[good]).astype(np.int64), index=paths, columns=BOX)
     kinds = pd.to_numeric(pd.Series(rows[1].to_numpy()[good]), errors="coerce").to_numpy()
     boxes["clothes_type"] = np.where(np.isin(kinds, list(GARMENT_TYPES)), kinds, np.nan)
-    return boxes[~boxes.index.duplicated(keep="last")]
+    return boxes[~boxes.index.duplicated(keep="last")], int((~good).sum())
 
 
-def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
+def read_catalog(root: str | Path | DatasetRoot, cache: bool = True) -> pd.DataFrame:
     """Read a dataset root into one table, a row per image.
 
     Columns: path (relative to the dataset folder, "img/..." for DeepFashion), category,
@@ -369,7 +368,11 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
     Files named like photos that cannot be (not regular files, names that are not UTF-8) are
     left out and listed in `table.attrs["skipped"]` as (path, reason).
     The walk costs one scandir per folder and one stat per file; labels are worked out once per
-    folder, and the list files are joined to the table in pandas.
+    folder, and the list files are joined to the table in pandas. With `cache`, what the list
+    files add (the order, splits, boxes) is kept for a local dataset in the model cache
+    (embedder.runtime.cache_dir) and reused while the walk finds the same paths and the list
+    files hold the same bytes: every file is still listed and stat-ed, so sizes and mtimes are
+    always today's.
     """
     where = root if isinstance(root, DatasetRoot) else locate(root)
     found = _walk(where.images, where.prefix) if where.storage.local else _walk_remote(where)
@@ -382,36 +385,150 @@ def read_catalog(root: str | Path | DatasetRoot) -> pd.DataFrame:
         )
     folders = [_labels(f.split("/")[:-1]) for f in found["folders"]]
     labels = np.array(folders, dtype=object)[found["folder"]]
-    table = pd.DataFrame(
-        {
-            "path": found["path"],
-            "category": labels[:, 0],
-            "subcategory": labels[:, 1],
-            "item_id": labels[:, 2],
-            "source": found["source"],
-            "size": np.asarray(found["size"], np.int64),
-            "mtime": np.asarray(found["mtime"], np.int64),
-        }
-    )
-    table = table.sort_values("path", ignore_index=True)
-    table["split"] = table["path"].map(_splits(where)).astype(object).fillna(UNKNOWN)
-    boxes = _bboxes(where).reindex(table["path"])
-    for col in (*BOX, "clothes_type"):
-        table[col] = boxes[col].to_numpy(dtype=np.float64, na_value=np.nan)
-    table = table[COLUMNS]
-    for col in BOX:
-        table[col] = table[col].astype("Int64")
-    table["clothes_type"] = table["clothes_type"].astype("Int8")
-    for col in ("path", "category", "subcategory", "item_id", "source", "split"):
-        table[col] = table[col].astype(TEXT)
-    items = read_items(where)
-    if items:
-        unlisted = table.loc[~table["item_id"].isin(items + [UNKNOWN]), "item_id"].unique()
-        if len(unlisted):
-            log.info("%d item folders are not in %s", len(unlisted), f"{where.lists}/{ITEM_FILE}")
+    joined = _joined(where, found["path"], labels[:, 2], cache and where.storage.local)
+    table = _table(found, labels, joined)
+    if malformed := int(joined["malformed"]):
+        log.warning("skipped %d malformed line(s) in %s", malformed, f"{where.lists}/{BBOX_FILE}")
+    if unlisted := int(joined["unlisted"]):
+        log.info("%d item folders are not in %s", unlisted, f"{where.lists}/{ITEM_FILE}")
     log.info("catalog: %d images under %s", len(table), where.storage.url(where.images))
     table.attrs["skipped"] = found["skipped"]  # (path, why): for the run's failure report
     return table
+
+
+def _joined(where: DatasetRoot, paths: list[str], item_ids, cache: bool) -> dict:
+    """_annotations, from the cache while it holds for these paths and list files."""
+    key = _key(where, paths) if cache else None
+    joined = _cached_annotations(where, key) if key else None
+    if joined is None:
+        joined = _annotations(where, paths, item_ids)
+        if key:
+            _keep_annotations(where, key, joined)
+    return joined
+
+
+def _table(found: dict[str, list], labels: np.ndarray, joined: dict) -> pd.DataFrame:
+    """The catalog's columns, in path order: the walk's and the list files' (_annotations)."""
+    order = joined["order"]
+    text = {
+        "path": np.array(found["path"], dtype=object)[order],
+        "category": labels[order, 0],
+        "subcategory": labels[order, 1],
+        "item_id": labels[order, 2],
+        "source": np.array(found["source"], dtype=object)[order],
+        "split": joined["split"],
+    }
+    table = pd.DataFrame({name: pd.array(v, dtype=TEXT) for name, v in text.items()})
+    boxes, known = joined["box"], joined["has_box"]
+    for n, col in enumerate(BOX):
+        table[col] = pd.arrays.IntegerArray(boxes[:, n].copy(), ~known)
+    kinds = joined["clothes_type"]
+    table["clothes_type"] = pd.arrays.IntegerArray(kinds, kinds < 0)
+    table["size"] = np.asarray(found["size"], np.int64)[order]
+    table["mtime"] = np.asarray(found["mtime"], np.int64)[order]
+    return table[COLUMNS]
+
+
+def _annotations(where: DatasetRoot, paths: list[str], item_ids) -> dict[str, np.ndarray]:
+    """What the list files add to the walk's `paths` (and their folders' `item_ids`), as
+    arrays in path order: "order" (the walk index of each sorted row), "split" (object), "box"
+    (int64, N x 4) with "has_box", "clothes_type" (int8, -1 unknown), and the counts
+    "malformed" (box lines skipped) and "unlisted" (item folders not in the item list)."""
+    ordered = pd.Series(paths, dtype=object)
+    order = np.argsort(ordered.to_numpy(), kind="stable")
+    ordered = ordered.iloc[order].reset_index(drop=True)
+    split = ordered.map(_splits(where)).astype(object).fillna(UNKNOWN).to_numpy()
+    found, malformed = _bboxes(where)
+    boxes = found.reindex(ordered)
+    values = boxes[BOX].to_numpy(dtype=np.float64, na_value=np.nan)
+    known = ~np.isnan(values).any(axis=1)
+    kinds = boxes["clothes_type"].to_numpy(dtype=np.float64, na_value=np.nan)
+    items = read_items(where)
+    unlisted = 0
+    if items:
+        ids = pd.unique(np.asarray(item_ids, dtype=object))
+        unlisted = int((~pd.Index(ids).isin([*items, UNKNOWN])).sum())
+    return {
+        "order": order.astype(np.int64),
+        "split": split,
+        "box": np.nan_to_num(values).astype(np.int64),
+        "has_box": known,
+        "clothes_type": np.nan_to_num(kinds, nan=-1).astype(np.int8),
+        "malformed": np.int64(malformed),
+        "unlisted": np.int64(unlisted),
+    }
+
+
+LIST_FILES = (EVAL_FILE, BBOX_FILE, ITEM_FILE)
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # this file's rules
+
+
+def _annotations_file(where: DatasetRoot) -> Path:
+    from embedder.runtime import cache_dir
+
+    return cache_dir() / "catalogs" / f"{_digest(where.url())[:24]}.npz"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _key(where: DatasetRoot, paths: list[str]) -> tuple[str, bytes] | None:
+    """What the annotations are derived from: this module's code and the list files' bytes
+    (a digest each), and the walk's paths in walk order (compared whole, NUL-separated: no
+    file name holds one); None when a list file cannot be read (its parse then says why)."""
+    digests = []
+    for name in LIST_FILES:
+        try:
+            with open(f"{where.lists}/{name}", "rb") as fh:
+                digest = hashlib.sha1()
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+            digests.append(digest.hexdigest())
+        except FileNotFoundError:
+            digests.append("absent")
+        except OSError:
+            return None
+    return f"{_CODE} {_digest(where.url())} {' '.join(digests)}", "\0".join(paths).encode()
+
+
+def _cached_annotations(where: DatasetRoot, key: tuple[str, bytes]) -> dict | None:
+    path = _annotations_file(where)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key[0] or data["walk"].tobytes() != key[1]:
+                return None
+            found = {name: data[name] for name in data.files if name not in ("key", "walk")}
+    except Exception as exc:  # truncated or garbled: rebuilt
+        log.info("discarding the catalog cache %s (%s)", path, exc)
+        return None
+    codes, names = found.pop("split_code"), found.pop("split_names")
+    found["split"] = np.array(names.tolist(), dtype=object)[codes]
+    return found
+
+
+def _keep_annotations(where: DatasetRoot, key: tuple[str, bytes], joined: dict) -> None:
+    """Keep the annotations for the next read (an unwritable cache only costs the next read
+    the list files again)."""
+    path = _annotations_file(where)
+    names, codes = np.unique(joined["split"].astype(str), return_inverse=True)
+    arrays = {k: v for k, v in joined.items() if k != "split"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp,
+            key=np.array(key[0]),
+            walk=np.frombuffer(key[1], np.uint8),
+            split_code=codes.astype(np.int32),
+            split_names=names,
+            **arrays,
+        )
+        tmp.replace(path)
+    except OSError as exc:
+        log.info("not keeping the catalog cache %s: %s", path, exc)
 
 
 def bbox_of(row) -> tuple[int, int, int, int] | None:

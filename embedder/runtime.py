@@ -50,7 +50,8 @@ def import_openvino():
 
 def cache_dir() -> Path:
     """Where models are kept for fast starts: traced copies and exported models
-    (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced)."""
+    (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced); also, in catalogs/,
+    what datasets' list files gave (embedder.catalog.read_catalog)."""
     if env := os.environ.get("FASHION_RETRIEVAL_CACHE"):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

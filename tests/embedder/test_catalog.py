@@ -241,3 +241,64 @@ def test_the_img_folder_nested_in_Img_keeps_its_list_files(sample_root, tmp_path
     pd.testing.assert_frame_equal(nested[columns], flat[columns])  # paths read "img/..."
     assert read_catalog(root / "Img" / "img")[columns].equals(flat[columns])
     assert all(os.path.isfile(locate(root).file(p)) for p in nested["path"])
+
+
+# the list files' cache: reused while the tree and their bytes are the same --------------------
+def _cache_file(root):
+    from embedder.catalog import _annotations_file, locate
+
+    return _annotations_file(locate(root))
+
+
+def test_a_second_read_reuses_what_the_list_files_gave_and_sees_every_change(
+    sample_root, tmp_path
+):
+    root = tmp_path / "ds"
+    shutil.copytree(sample_root, root)
+    first = read_catalog(root)
+    kept = _cache_file(root)
+    assert kept.is_file()
+    stamp = kept.stat().st_mtime_ns
+    pd.testing.assert_frame_equal(read_catalog(root), first)
+    assert kept.stat().st_mtime_ns == stamp  # reused, not rewritten
+    # a garment type changed in place, the file's size and mtime kept: its bytes decide
+    bbox = root / "Anno" / "list_bbox_consumer2shop.txt"
+    before = bbox.stat()
+    lines = bbox.read_text().splitlines(keepends=True)
+    path, kind, rest = lines[2].split(" ", 2)
+    other = int(kind) % 3 + 1
+    lines[2] = f"{path} {other} {rest}"
+    bbox.write_text("".join(lines))
+    os.utime(bbox, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert bbox.stat().st_size == before.st_size
+    changed = read_catalog(root)
+    assert changed.set_index("path").loc[path, "clothes_type"] == other != int(kind)
+    pd.testing.assert_frame_equal(changed, slow_catalog(root))
+    # a photo added, one removed, one rewritten: the walk says so, sizes and mtimes are today's
+    photos = sorted((root / "img").rglob("*.jpg"))
+    shutil.copy(photos[0], photos[0].with_name("shop_99.jpg"))
+    photos[1].unlink()
+    Image.new("RGB", (31, 17)).save(photos[2])
+    pd.testing.assert_frame_equal(read_catalog(root), slow_catalog(root))
+    # a garbled cache file is rebuilt
+    kept.write_bytes(b"not a cache")
+    pd.testing.assert_frame_equal(read_catalog(root), slow_catalog(root))
+    assert kept.stat().st_size > 1000
+
+
+def test_the_catalog_is_read_whole_where_no_cache_can_be_written(
+    sample_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FASHION_RETRIEVAL_CACHE", "/dev/null/cache")
+    pd.testing.assert_frame_equal(read_catalog(sample_root), slow_catalog(sample_root))
+    pd.testing.assert_frame_equal(read_catalog(sample_root), slow_catalog(sample_root))
+
+
+def test_a_cached_read_still_warns_of_malformed_lines(tmp_path, caplog):
+    _odd_tree(tmp_path / "odd")
+    read_catalog(tmp_path / "odd")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="embedder.catalog"):
+        again = read_catalog(tmp_path / "odd")
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+    pd.testing.assert_frame_equal(again, slow_catalog(tmp_path / "odd"))
