@@ -99,24 +99,30 @@ def add_photos(root: Path, count: int) -> None:
         os.link(existing[n % len(existing)], folder / f"shop_{n % 5 + 1:02d}.jpg")
 
 
-def measure(size: int, tmp: Path, weights: str) -> dict:
+def measure(size: int, tmp: Path, model: list[str]) -> dict:
     tree = tmp / f"tree{size}"
     if not (tree / "img").is_dir():
         linked_tree(tree, size)
-    db = tmp / f"db{size}"
+    db = tmp / f"db{size}{'-named' if '--backbone' in model else ''}"
     cmd = [str(BIN / "ingest"), "run", "--root", str(tree), "--store", str(db)]
-    cmd += ["--weights", weights, "--batch-size", "128", "--no-progress"]
+    cmd += [*model, "--batch-size", "128", "--no-progress"]
     first = run(cmd, str(db))
     rerun = run(cmd, str(db))
+    again = run(cmd, str(db))  # the state the first rerun left, the catalog cache warm
     add_photos(tree, NEW_PHOTOS)
     added = run(cmd, str(db))
-    return {"first": first, "rerun": rerun, "added": added}
+    return {"first": first, "rerun": rerun, "again": again, "added": added}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="22698,226980")
     parser.add_argument("--keep", type=Path, help="make the trees and stores here, and keep them")
+    parser.add_argument(
+        "--named", action="store_true",
+        help="the model by its timm name (--backbone resnet18 --img-size 32 --pretrained none), "
+        "not a weights file: a rerun then learns the model from the collection's record",
+    )  # fmt: skip
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
@@ -132,8 +138,14 @@ def main() -> None:
             ],
             check=True,
         )
-        results = {size: measure(size, tmp, weights) for size in sizes}
-    print(f"{os.cpu_count()} cores; resnet18 32 px, batch 128, embedded store")
+        model = ["--weights", weights]
+        if args.named:
+            model = ["--backbone", "resnet18", "--img-size", "32", "--pretrained", "none"]
+        results = {size: measure(size, tmp, model) for size in sizes}
+    print(
+        f"{os.cpu_count()} cores; resnet18 32 px ({'by name' if args.named else 'weights file'})"
+        ", batch 128, embedded store"
+    )
     rows = [
         ("first ingest: wall", "first", lambda r: f"{r['wall']:.1f} s"),
         ("  peak RSS", "first", lambda r: f"{r['peak']:.0f} MiB"),
@@ -144,6 +156,9 @@ def main() -> None:
         ("  catalog (walk, labels, ids)", "rerun", lambda r: f"{r['stages']['catalog']:.2f} s"),
         ("  plan (stored state, diff)", "rerun", lambda r: f"{r['stages']['plan']:.2f} s"),
         ("  peak RSS", "rerun", lambda r: f"{r['peak']:.0f} MiB"),
+        ("rerun again: wall", "again", lambda r: f"{r['wall']:.1f} s"),
+        ("  catalog / plan", "again", lambda r: stage_times(r, "catalog", "plan")),
+        ("  peak RSS", "again", lambda r: f"{r['peak']:.0f} MiB"),
         (f"+{NEW_PHOTOS} photos: embedded", "added", lambda r: f"{r['embedded']}"),
         ("  wall", "added", lambda r: f"{r['wall']:.1f} s"),
         ("  non-model time (wall - model)", "added", lambda r: non_model(r)),
@@ -153,7 +168,7 @@ def main() -> None:
     for label, run_name, cell in rows:
         print(f"{label:36}" + "".join(f"{cell(results[s][run_name]):>22}" for s in sizes))
     for size in sizes:
-        for name in ("first", "rerun", "added"):
+        for name in ("first", "rerun", "again", "added"):
             stages = results[size][name]["stages"]
             print(
                 f"stages at {size:,}, {name}: "
@@ -167,9 +182,13 @@ def main() -> None:
         f"{large['first']['ours'] / small['first']['ours']:.2f}x"
     )
     print(
-        "targets (226,980 files): rerun <= 10 s (catalog <= 4 s), rerun peak <= 1.2 GB, first "
+        "targets (226,980 files): rerun <= 4 s, rerun peak <= 1.2 GB, first "
         "ingest peak <= 2.0 GB or ours <= 1.0 GB, +1,000 photos: non-model time <= 10 s"
     )
+
+
+def stage_times(r: dict, *names: str) -> str:
+    return " / ".join(f"{r['stages'][n]:.2f} s" for n in names)
 
 
 def non_model(r: dict) -> str:
