@@ -15,7 +15,7 @@ import pandas as pd
 
 from embedder.errors import UserError
 from embedder.spec import GARMENT_TYPES
-from embedder.storage import LOCAL, Storage, listing, split
+from embedder.storage import LOCAL, Storage, cache_dir, listing, split
 from embedder.transforms import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ def read_catalog(root: str | Path | DatasetRoot, cache: bool = True) -> pd.DataF
     The walk costs one scandir per folder and one stat per file; labels are worked out once per
     folder, and the list files are joined to the table in pandas. With `cache`, what the list
     files add (the order, splits, boxes) is kept for a local dataset in the model cache
-    (embedder.runtime.cache_dir) and reused while the walk finds the same paths and the list
+    (embedder.storage.cache_dir) and reused while the walk finds the same paths and the list
     files hold the same bytes: every file is still listed and stat-ed, so sizes and mtimes are
     always today's.
     """
@@ -464,8 +464,6 @@ _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # this fil
 
 
 def _annotations_file(where: DatasetRoot) -> Path:
-    from embedder.runtime import cache_dir
-
     return cache_dir() / "catalogs" / f"{_digest(where.url())[:24]}.npz"
 
 

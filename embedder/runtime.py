@@ -24,6 +24,7 @@ import numpy as np
 from embedder.choices import Precision, Runtime
 from embedder.errors import UserError, first_line
 from embedder.spec import DetectorSpec, ModelSpec
+from embedder.storage import cache_dir  # noqa: F401  (re-exported: the model cache)
 
 log = logging.getLogger(__name__)
 INT8_OVERLAP = 0.9  # mean top-20 overlap with fp32 an int8 model must reach on held-out photos
@@ -46,16 +47,6 @@ def import_openvino():
     import openvino
 
     return openvino
-
-
-def cache_dir() -> Path:
-    """Where models are kept for fast starts: traced copies and exported models
-    (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced); also, in catalogs/,
-    what datasets' list files gave (embedder.catalog.read_catalog)."""
-    if env := os.environ.get("FASHION_RETRIEVAL_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fashion-retrieval" / "traced"
 
 
 def gpu_present() -> bool:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 from embedder.errors import UserError, first_line
 
@@ -60,6 +61,16 @@ S3_ALIASES = {
 }
 CLIENT_KEYS = {"allow_http", "allow_invalid_certificates", "timeout", "connect_timeout"}
 RETRY_KEYS = {"max_retries", "retry_timeout"}
+
+
+def cache_dir() -> Path:
+    """Where models are kept for fast starts: traced copies and exported models
+    (FASHION_RETRIEVAL_CACHE, else ~/.cache/fashion-retrieval/traced); also, in catalogs/,
+    what datasets' list files gave (embedder.catalog.read_catalog)."""
+    if env := os.environ.get("FASHION_RETRIEVAL_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fashion-retrieval" / "traced"
 
 
 class StorageError(UserError, OSError):
