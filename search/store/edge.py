@@ -409,11 +409,11 @@ class EdgeStore(Store):
         """The finish record's count while it stands (nothing written since; every file it
         lists present at its size; room on the disk to open the shard, as an open checks):
         no engine is loaded, which at 226,980 points saves an ingest rerun 2 s. Else count()."""
-        recorded = self._recorded() if self._shard is None else None
-        if recorded is None or not isinstance(recorded.get("files"), dict):
+        if self._shard is not None:
             return self.count()
-        self._acquire()  # a writer elsewhere would have to wait for this process
-        if (recorded := self._recorded()) is None:  # written between the two reads
+        self._acquire()  # as an open does: a writer elsewhere waits for this process
+        recorded = self._recorded()
+        if recorded is None or not isinstance(recorded.get("files"), dict):
             return self.count()
         self._check_files(recorded)
         self._require_space(self.folder, WAL_BYTES, f"opening {self.describe()}")
