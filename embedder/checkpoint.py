@@ -48,7 +48,7 @@ def file_digest(path: str | Path) -> str:
     the tensors once per version of the file."""
     import numpy as np
 
-    from embedder.runtime import cache_dir
+    from embedder.storage import cache_dir
 
     path = Path(path).resolve()
     stat = path.stat()

@@ -388,8 +388,9 @@ def export(
 
         from embedder.checkpoint import kind_of
         from embedder.recipe import DetectorRecipe, ModelRecipe
-        from embedder.runtime import cache_dir, cache_unwritable
+        from embedder.runtime import cache_unwritable
         from embedder.spec import DetectorSpec
+        from embedder.storage import cache_dir
 
         detector = kind_of(weights) is DetectorSpec  # a garment detector: exported as it is
         if int8 and detector:

@@ -17,8 +17,8 @@ import torch
 
 from embedder.device import autocast
 from embedder.errors import first_line
-from embedder.runtime import cache_dir
 from embedder.spec import ModelSpec
+from embedder.storage import cache_dir
 
 log = logging.getLogger(__name__)
 TOLERANCE = 2e-2  # bf16 traces differ from eager by rounding only

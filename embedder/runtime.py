@@ -24,7 +24,7 @@ import numpy as np
 from embedder.choices import Precision, Runtime
 from embedder.errors import UserError, first_line
 from embedder.spec import DetectorSpec, ModelSpec
-from embedder.storage import cache_dir  # noqa: F401  (re-exported: the model cache)
+from embedder.storage import cache_dir
 
 log = logging.getLogger(__name__)
 INT8_OVERLAP = 0.9  # mean top-20 overlap with fp32 an int8 model must reach on held-out photos
