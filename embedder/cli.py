@@ -180,6 +180,16 @@ def train_detector(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loading processes.")] = 2,
+    paste: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="The share of training photos given a second garment, of another type, pasted "
+            "from another photo with its box (the dataset has one box a photo; a street photo "
+            "often shows two garments). 0: none.",
+        ),
+    ] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
@@ -221,6 +231,7 @@ def train_detector(
             device=device,
             precision=precision,
             workers=workers,
+            paste=paste,
             seed=seed,
             resume=resume,
             storage_options=parse_options(storage_option),

@@ -33,6 +33,8 @@ from embedder.transforms import load_image
 log = logging.getLogger(__name__)
 WHOLE = 0.98  # a box this close to the whole photo on both sides says nothing of where
 SCALES = (0.55, 1.0)  # training: the photo letterboxed at this share of the square, anywhere
+PASTE_HEIGHT = (0.25, 0.6)  # a pasted garment's height, as a share of the square's side
+PASTE_COVER = 0.35  # a pasted garment hides at most this share of the photo's own box
 AP_SCORE = 0.05  # validation counts detections from this score up, as COCO's evaluation does
 AP_KEYS = ("val_ap50", "val_ap")
 
@@ -54,6 +56,7 @@ class DetectorConfig:
     workers: int = 2
     seed: int = 0
     resume: bool = False
+    paste: float = 0.5  # training: the share of photos given a garment of another type (copy-paste)
     select: str = "val_ap"  # the best checkpoint by this validation figure
     storage_options: dict = field(default_factory=dict, repr=False)
 
@@ -61,6 +64,8 @@ class DetectorConfig:
         self.precision = Precision(self.precision)
         if self.epochs < 1 or self.batch_size < 1 or (self.lr is not None and self.lr <= 0):
             raise ValueError("epochs ≥ 1, batch size ≥ 1 and lr > 0 are required")
+        if not 0 <= self.paste <= 1:
+            raise ValueError(f"--paste is a share of the photos, 0 to 1 (got {self.paste})")
         if self.batch_size % processes:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a multiple of {processes} process(es)"
@@ -108,27 +113,43 @@ def _useful(photos: pd.DataFrame, where) -> pd.DataFrame:
 
 class BoxedSet(Dataset):
     """Photos letterboxed into the detector's square with their box; training draws a scale,
-    a place in the square, a mirror and a light change per photo."""
+    a place in the square, a mirror and a light change per photo, and (`paste`: the share of
+    photos) pastes the boxed garment of a photo of another type somewhere it hides at most
+    PASTE_COVER of the photo's own box, with its box and type: the dataset has one box a
+    photo, a street photo often shows two garments (copy-paste augmentation, as Dwibedi et al.
+    2017 and Ghiasi et al. 2021, with boxes for masks)."""
 
-    def __init__(self, where, photos: pd.DataFrame, spec: DetectorSpec, augment: bool):
+    def __init__(
+        self, where, photos: pd.DataFrame, spec: DetectorSpec, augment: bool, paste: float = 0.0
+    ):
         self.where, self.photos, self.spec, self.augment = where, photos, spec, augment
+        labels = photos["label"].to_numpy() if len(photos) else np.zeros(0, np.int64)
+        self.paste = paste if augment else 0.0
+        self.others = {k: np.flatnonzero(labels != k) for k in np.unique(labels)}
 
     def __len__(self) -> int:
         return len(self.photos)
 
-    def __getitem__(self, i: int):
+    def _photo(self, i: int, augment: bool) -> tuple[Image.Image, np.ndarray]:
         row = self.photos.iloc[i]
         img = load_image(self.where.source(row["path"]))
         box = np.array(row["box"], np.float64).clip(0, [img.width, img.height] * 2)
-        size = self.spec.img_size
-        if not self.augment:
-            pixels, scale = letterbox(img, size, self.spec.mean)
-            return torch.from_numpy(pixels), _target(box * scale, row["label"])
+        if not augment:
+            return img, box
         if random.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             box = np.array([img.width - box[2], box[1], img.width - box[0], box[3]])
         img = ImageEnhance.Brightness(img).enhance(random.uniform(0.7, 1.3))
         img = ImageEnhance.Contrast(img).enhance(random.uniform(0.7, 1.3))
+        return img, box
+
+    def __getitem__(self, i: int):
+        label = int(self.photos.iloc[i]["label"])
+        img, box = self._photo(i, self.augment)
+        size = self.spec.img_size
+        if not self.augment:
+            pixels, scale = letterbox(img, size, self.spec.mean)
+            return torch.from_numpy(pixels), _target([box * scale], [label])
         inner = int(size * random.uniform(*SCALES))
         pixels, scale = letterbox(img, inner, self.spec.mean)
         square = np.empty((3, size, size), np.uint8)
@@ -136,13 +157,59 @@ class BoxedSet(Dataset):
         w, h = round(img.width * scale), round(img.height * scale)
         dx, dy = random.randint(0, size - w), random.randint(0, size - h)
         square[:, dy : dy + h, dx : dx + w] = pixels[:, :h, :w]
-        return torch.from_numpy(square), _target(box * scale + [dx, dy, dx, dy], row["label"])
+        boxes, labels = [box * scale + [dx, dy, dx, dy]], [label]
+        others = self.others.get(label, ())
+        if self.paste and len(others) and random.random() < self.paste:
+            j = int(others[random.randrange(len(others))])
+            if (pasted := self._pasted(square, boxes[0], j)) is not None:
+                boxes.append(pasted)
+                labels.append(int(self.photos.iloc[j]["label"]))
+        return torch.from_numpy(square), _target(boxes, labels)
+
+    def _pasted(self, square: np.ndarray, box: np.ndarray, j: int) -> np.ndarray | None:
+        """Photo j's boxed garment pasted into `square` (CHW, changed in place) where it hides
+        at most PASTE_COVER of `box`; its box in the square, or None when no place was found."""
+        img, other = self._photo(j, augment=True)
+        crop = img.crop(tuple(int(round(v)) for v in other))
+        size = self.spec.img_size
+        h = size * random.uniform(*PASTE_HEIGHT)
+        w = h * crop.width / max(crop.height, 1)
+        if w > size * 0.9:  # a wide garment: as wide as fits
+            w, h = size * 0.9, size * 0.9 * crop.height / max(crop.width, 1)
+        w, h = max(int(w), MIN_PASTE), max(int(h), MIN_PASTE)
+        area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+        for _ in range(10):
+            x, y = random.randint(0, size - w), random.randint(0, size - h)
+            hidden = max(0.0, min(x + w, box[2]) - max(x, box[0])) * max(
+                0.0, min(y + h, box[3]) - max(y, box[1])
+            )
+            if hidden <= PASTE_COVER * area:
+                patch = np.asarray(crop.convert("RGB").resize((w, h), Image.BILINEAR))
+                under = square[:, y : y + h, x : x + w].astype(np.float32)
+                alpha = _feather(w, h)
+                blended = alpha * patch.transpose(2, 0, 1) + (1 - alpha) * under
+                square[:, y : y + h, x : x + w] = blended.round().astype(np.uint8)
+                return np.array([x, y, x + w, y + h], np.float64)
+        return None
 
 
-def _target(box: np.ndarray, label: int) -> dict:
+MIN_PASTE = 8  # pixels: a pasted garment is at least this wide and tall in the square
+FEATHER = 0.08  # a pasted garment's edges fade in over this share of its shorter side
+
+
+def _feather(w: int, h: int) -> np.ndarray:
+    """A pasted patch's opacity [1, h, w]: 1 inside, fading to 0 at its edges (pasted with hard
+    edges, a patch teaches a detector to look for rectangles: Dwibedi et al. 2017 blend)."""
+    ramp = max(2.0, FEATHER * min(w, h))
+    dx = np.minimum(np.arange(w) + 0.5, w - np.arange(w) - 0.5) / ramp
+    dy = np.minimum(np.arange(h) + 0.5, h - np.arange(h) - 0.5) / ramp
+    return np.clip(np.minimum(dy[:, None], dx[None, :]), 0, 1)[None].astype(np.float32)
+
+
+def _target(boxes: list[np.ndarray], labels: list[int]) -> dict:
     return {
-        "boxes": torch.as_tensor(np.asarray([box], np.float32)),
-        "labels": torch.tensor([int(label)], dtype=torch.int64),
+        "boxes": torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
     }
 
 
@@ -197,7 +264,7 @@ def _fit(cfg: DetectorConfig, ranks: Ranks, device, progress: bool) -> History:
     if done and (out / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device))
     model = wrap(net, ranks, device)
-    data = BoxedSet(where, train, net.spec, augment=True)
+    data = BoxedSet(where, train, net.spec, augment=True, paste=cfg.paste)
     order = DistributedSampler(
         data, num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=cfg.seed,
         drop_last=ranks.distributed,

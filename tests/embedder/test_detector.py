@@ -157,6 +157,37 @@ def test_train_detector_learns_validates_and_resumes(street, tmp_path):
         assert float(again_rows[2][key]) == pytest.approx(float(rows[2][key]), rel=1e-3, abs=1e-4)
 
 
+def test_training_photos_get_a_pasted_garment_of_another_type(street):
+    from embedder.catalog import locate
+    from embedder.train_detector import PASTE_COVER, BoxedSet, _useful, boxed_photos
+
+    where = locate(street)
+    photos = _useful(boxed_photos(read_catalog(where), "train"), where)
+    spec = build_detector("resnet18", **SMALL).spec
+    fill = np.array([round(m * 255) for m in spec.mean], np.uint8)[:, None, None]
+    pasted = BoxedSet(where, photos, spec, augment=True, paste=1.0)
+    twos = 0
+    for i in range(len(photos)):
+        square, target = pasted[i]
+        boxes, labels = target["boxes"].numpy(), target["labels"].tolist()
+        assert labels[0] == photos.iloc[i]["label"] and len(labels) in (1, 2)
+        if len(labels) == 1:  # no place where it hides little enough: none pasted
+            continue
+        twos += 1
+        assert labels[1] != labels[0]
+        (a, b) = boxes
+        assert 0 <= b[0] < b[2] <= spec.img_size and 0 <= b[1] < b[3] <= spec.img_size
+        inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        assert inter <= PASTE_COVER * (a[2] - a[0]) * (a[3] - a[1]) + 1e-3
+        x1, y1, x2, y2 = (int(v) for v in b)
+        patch = square[:, y1:y2, x1:x2].numpy()
+        assert (patch != fill).any(axis=0).mean() > 0.9  # a garment's photo, not the fill
+    assert twos >= len(photos) * 0.8
+    plain = BoxedSet(where, photos, spec, augment=True)  # paste 0; validation never pastes
+    assert all(len(plain[i][1]["labels"]) == 1 for i in range(len(photos)))
+    assert BoxedSet(where, photos, spec, augment=False, paste=1.0).paste == 0
+
+
 def test_train_detector_refuses_what_cannot_work_in_one_line(street, tmp_path):
     runner = CliRunner()
     base = ["train-detector", "--root", str(street), "--out", str(tmp_path / "x")]
@@ -167,6 +198,7 @@ def test_train_detector_refuses_what_cannot_work_in_one_line(street, tmp_path):
         (["--backbone", "resnet18", "--pretrained", "coco"], "COCO detection weights exist"),
         (["--backbone", "resnet18", "--pretrained", "imagenet"], "--pretrained none"),  # offline
         (["--pretrained", "none", "--batch-size", "0"], "greater than or equal to 1"),
+        (["--pretrained", "none", "--paste", "1.5"], "less than or equal to 1"),
     ):
         result = runner.invoke(app, base + extra)
         assert result.exit_code != 0 and said in result.output, (extra, result.output)
