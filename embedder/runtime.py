@@ -282,11 +282,11 @@ class ExportedEncoder:
     def check(self) -> None:
         """A usable model gives finite vectors of the spec's size, about unit length (exactly
         for fp32; int8 arithmetic is a few per cent off, and __call__ normalises again)."""
-        size = self.spec.img_size
-        probe = np.linspace(0, 255, 2 * 3 * size * size).astype(np.uint8).reshape(2, 3, size, size)
+        size = self.spec.img_size  # one photo: the shape a query has (a new one costs a plan)
+        probe = np.linspace(0, 255, 3 * size * size).astype(np.uint8).reshape(1, 3, size, size)
         out = self._infer(probe)
         norms = np.linalg.norm(out, axis=1) if out.ndim == 2 else np.array([0.0])
-        if out.shape != (2, self.spec.out_dim) or not np.isfinite(out).all():
+        if out.shape != (1, self.spec.out_dim) or not np.isfinite(out).all():
             raise ValueError(f"it gives output of shape {out.shape} or non-finite values")
         if not np.allclose(norms, 1.0, atol=0.2 if self.int8 else UNIT):
             raise ValueError("its vectors are not unit length")
