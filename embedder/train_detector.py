@@ -171,6 +171,8 @@ class BoxedSet(Dataset):
         at most PASTE_COVER of `box`; its box in the square, or None when no place was found."""
         img, other = self._photo(j, augment=True)
         crop = img.crop(tuple(int(round(v)) for v in other))
+        if min(crop.size) < 2:  # a box of (about) no width or height: nothing to paste
+            return None
         size = self.spec.img_size
         h = size * random.uniform(*PASTE_HEIGHT)
         w = h * crop.width / max(crop.height, 1)

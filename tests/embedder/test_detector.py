@@ -177,7 +177,8 @@ def test_training_photos_get_a_pasted_garment_of_another_type(street):
         assert labels[1] != labels[0]
         (a, b) = boxes
         assert 0 <= b[0] < b[2] <= spec.img_size and 0 <= b[1] < b[3] <= spec.img_size
-        inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        wide = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+        inter = wide * max(0, min(a[3], b[3]) - max(a[1], b[1]))
         assert inter <= PASTE_COVER * (a[2] - a[0]) * (a[3] - a[1]) + 1e-3
         x1, y1, x2, y2 = (int(v) for v in b)
         patch = square[:, y1:y2, x1:x2].numpy()
