@@ -42,12 +42,18 @@ def letterbox(img: Image.Image, size: int, mean=(0.485, 0.456, 0.406)) -> tuple[
     return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy(), scale
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+def intersection(box, others) -> np.ndarray:
+    """The area `box` shares with each of `others` (x1, y1, x2, y2 boxes, one a row)."""
+    box, others = np.asarray(box, np.float64), np.asarray(others, np.float64).reshape(-1, 4)
     x1 = np.maximum(box[0], others[:, 0])
     y1 = np.maximum(box[1], others[:, 1])
     x2 = np.minimum(box[2], others[:, 2])
     y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    inter = intersection(box, others)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
     return inter / np.maximum(area + areas - inter, 1e-9)

@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from embedder.boxes import box_iou, garments, letterbox
+from embedder.boxes import box_iou, garments, intersection, letterbox
 from embedder.catalog import locate, read_catalog
 from embedder.choices import Precision
 from embedder.detector import GarmentDetector, build_detector, load_detector
@@ -123,9 +123,9 @@ class BoxedSet(Dataset):
         self, where, photos: pd.DataFrame, spec: DetectorSpec, augment: bool, paste: float = 0.0
     ):
         self.where, self.photos, self.spec, self.augment = where, photos, spec, augment
-        labels = photos["label"].to_numpy() if len(photos) else np.zeros(0, np.int64)
+        self.labels = photos["label"].to_numpy() if len(photos) else np.zeros(0, np.int64)
         self.paste = paste if augment else 0.0
-        self.others = {k: np.flatnonzero(labels != k) for k in np.unique(labels)}
+        self.others = {k: np.flatnonzero(self.labels != k) for k in np.unique(self.labels)}
 
     def __len__(self) -> int:
         return len(self.photos)
@@ -144,7 +144,7 @@ class BoxedSet(Dataset):
         return img, box
 
     def __getitem__(self, i: int):
-        label = int(self.photos.iloc[i]["label"])
+        label = int(self.labels[i])
         img, box = self._photo(i, self.augment)
         size = self.spec.img_size
         if not self.augment:
@@ -163,7 +163,7 @@ class BoxedSet(Dataset):
             j = int(others[random.randrange(len(others))])
             if (pasted := self._pasted(square, boxes[0], j)) is not None:
                 boxes.append(pasted)
-                labels.append(int(self.photos.iloc[j]["label"]))
+                labels.append(int(self.labels[j]))
         return torch.from_numpy(square), _target(boxes, labels)
 
     def _pasted(self, square: np.ndarray, box: np.ndarray, j: int) -> np.ndarray | None:
@@ -182,10 +182,7 @@ class BoxedSet(Dataset):
         area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
         for _ in range(10):
             x, y = random.randint(0, size - w), random.randint(0, size - h)
-            hidden = max(0.0, min(x + w, box[2]) - max(x, box[0])) * max(
-                0.0, min(y + h, box[3]) - max(y, box[1])
-            )
-            if hidden <= PASTE_COVER * area:
+            if intersection(box, [x, y, x + w, y + h])[0] <= PASTE_COVER * area:
                 patch = np.asarray(crop.convert("RGB").resize((w, h), Image.BILINEAR))
                 under = square[:, y : y + h, x : x + w].astype(np.float32)
                 alpha = _feather(w, h)
