@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from embedder.errors import WeightsError, first_line
 from embedder.spec import DetectorSpec, ModelSpec
+from embedder.storage import remembered_digest
 
 if TYPE_CHECKING:
     import torch
@@ -44,18 +45,13 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def file_digest(path: str | Path) -> str:
     """weights_digest of a checkpoint file's tensors as they are on disk, read with NumPy (no
-    torch); kept in the model cache by the file's path, size and mtime, so that a start reads
-    the tensors once per version of the file."""
+    torch); remembered in the model cache per version of the file (remembered_digest)."""
+    return remembered_digest(path, _tensors_digest)
+
+
+def _tensors_digest(path: Path) -> str:
     import numpy as np
 
-    from embedder.storage import cache_dir
-
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
-    known = cache_dir() / "digests" / f"{key}.txt"
-    if known.is_file():
-        return known.read_text().strip()
     h = hashlib.sha256()
     try:
         with safe_open(str(path), framework="numpy") as fh:
@@ -66,13 +62,7 @@ def file_digest(path: str | Path) -> str:
         raise WeightsError(
             f"weights file {str(path)!r} cannot be read: {first_line(exc)}"
         ) from None
-    digest = "sha256:" + h.hexdigest()[:32]
-    try:
-        known.parent.mkdir(parents=True, exist_ok=True)
-        known.write_text(digest)
-    except OSError:
-        pass  # a read-only cache: read the tensors again next time
-    return digest
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def read_verified(path: str | Path, kind: type = ModelSpec) -> tuple[ModelSpec, dict]:

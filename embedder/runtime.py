@@ -24,7 +24,7 @@ import numpy as np
 from embedder.choices import Precision, Runtime
 from embedder.errors import UserError, first_line
 from embedder.spec import DetectorSpec, ModelSpec
-from embedder.storage import cache_dir
+from embedder.storage import cache_dir, remembered_digest
 
 log = logging.getLogger(__name__)
 INT8_OVERLAP = 0.9  # mean top-20 overlap with fp32 an int8 model must reach on held-out photos
@@ -171,10 +171,10 @@ def _digest(path: Path) -> str:
 
 def _intact(path: Path) -> None:
     """The files are the ones saved (a damaged one can hide behind OpenVINO's compiled-blob
-    cache until that goes): ValueError otherwise."""
+    cache until that goes): ValueError otherwise. Each version of a file is read once."""
     recorded = json.loads(path.with_suffix(".json").read_text()).get("sha256", {})
     for suffix in (".xml", ".bin"):
-        if recorded.get(suffix) != _digest(path.with_suffix(suffix)):
+        if recorded.get(suffix) != remembered_digest(path.with_suffix(suffix), _digest):
             raise ValueError(f"its {suffix} file is not the one that was saved")
 
 

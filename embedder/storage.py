@@ -30,7 +30,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -71,6 +72,28 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fashion-retrieval" / "traced"
+
+
+def remembered_digest(path: str | Path, compute: Callable[[Path], str]) -> str:
+    """`compute(path)`, a digest of a local file's bytes, kept in the cache (digests/) under the
+    file's path, inode, size, mtime and ctime: a start reads each version of a file once. Any
+    write to the file moves its ctime, which no program can set back (unlike the mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    known = cache_dir() / "digests" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.txt"
+    with contextlib.suppress(OSError):
+        if digest := known.read_text().strip():
+            return digest
+    digest = compute(path)
+    try:  # written whole or not at all: a reader never takes half a digest for a mismatch
+        known.parent.mkdir(parents=True, exist_ok=True)
+        tmp = known.with_name(f".{os.getpid()}-{threading.get_ident()}-{known.name}")
+        tmp.write_text(digest)
+        tmp.replace(known)
+    except OSError:
+        pass  # a read-only cache: read the file again next time
+    return digest
 
 
 class StorageError(UserError, OSError):

@@ -56,6 +56,25 @@ def test_a_damaged_exported_model_is_rebuilt(tiny_model, cache):
     assert load(tiny_model.spec) is None
 
 
+def test_an_export_read_once_is_still_checked_after_any_write(tiny_model, cache):
+    """A start reads the export's files once per version of them (their digests remembered),
+    yet a write that keeps the size and puts the mtime back is still caught."""
+    exported_encoder(tiny_model.spec, lambda: tiny_model, precision="fp32")
+    assert load(tiny_model.spec) is not None and load(tiny_model.spec) is not None
+    remembered = sorted(p.name for p in (cache / "digests").iterdir())
+    assert len(remembered) == 2  # the .xml's and the .bin's, for this version of each
+    assert load(tiny_model.spec) is not None
+    assert sorted(p.name for p in (cache / "digests").iterdir()) == remembered  # read again: no
+    weights = exported_path(tiny_model.spec, int8=False).with_suffix(".bin")
+    before = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # the same size, other weights
+    weights.write_bytes(data)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == before.st_mtime_ns
+    assert load(tiny_model.spec) is None and not weights.exists()  # discarded, to be rebuilt
+
+
 def _refused_overlap(spec, photos) -> float:
     """The overlap figure of an int8 model that is refused (it must be, here)."""
     import re
