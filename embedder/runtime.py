@@ -44,9 +44,28 @@ def import_openvino():
     import sys
 
     sys.modules.setdefault("openvino_telemetry", None)  # `import` now raises ImportError
-    import openvino
-
+    # and without its model converter (a tenth of `import openvino`, and only export needs it:
+    # `converter()`); it stays importable afterwards, for NNCF and for export
+    blocked = "openvino" not in sys.modules and CONVERTER not in sys.modules
+    if blocked:
+        sys.modules[CONVERTER] = None
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get(CONVERTER, 0) is None:
+            del sys.modules[CONVERTER]
     return openvino
+
+
+CONVERTER = "openvino.tools.ovc"
+
+
+def converter():
+    """OpenVINO's `convert_model` (torch → OpenVINO)."""
+    import_openvino()
+    from openvino.tools.ovc import convert_model
+
+    return convert_model
 
 
 def gpu_present() -> bool:
@@ -139,14 +158,14 @@ def export(model, path: Path) -> Path:
     as OpenVINO IR at `path` (+ .bin), taking uint8 NCHW pixels of any batch size."""
     import torch
 
-    ov = import_openvino()
+    convert_model = converter()
     spec = model.spec
     size = spec.img_size
     example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
     graph = model.eval() if isinstance(spec, DetectorSpec) else with_normalisation(model)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's deprecation notices
-        converted = ov.convert_model(graph, example_input=example, input=[(-1, 3, size, size)])
+        converted = convert_model(graph, example_input=example, input=[(-1, 3, size, size)])
     return _save(converted, path, {"spec": spec.to_json(), "int8": False})
 
 
