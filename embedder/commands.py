@@ -241,7 +241,21 @@ PLAIN = (  # click's and pydantic's wording → a user's
     (r"Input should be a valid integer.*", "must be a whole number"),
     (r"Input should be a valid number.*", "must be a number"),
     (r"Value error, ", ""),
+    (r"(\S+) is not in the range (\S+)<=x<=(\S+?)\.?$", lambda m: _outside(*m.groups())),
+    (r"\S+ is not in the range x>=(\S+?)\.?$", r"must be at least \1"),
+    (r"\S+ is not in the range x<=(\S+?)\.?$", r"must be at most \1"),
+    (r"\S+ is not in the range x>(\S+?)\.?$", r"must be more than \1"),
+    (r"'[^']*' is not a valid int(eger| range).*", "must be a whole number"),
+    (r"'[^']*' is not a valid float.*", "must be a number"),
 )
+
+
+def _outside(value: str, low: str, high: str) -> str:
+    """click's two-sided range, in the words of the bound that was crossed."""
+    try:
+        return f"must be at least {low}" if float(value) < float(low) else f"must be at most {high}"
+    except ValueError:
+        return f"must be between {low} and {high}"
 
 
 def plain_usage(message: str) -> str:

@@ -198,8 +198,8 @@ def test_train_detector_refuses_what_cannot_work_in_one_line(street, tmp_path):
         (["--head", "huge", "--pretrained", "none"], "choose full or light"),
         (["--backbone", "resnet18", "--pretrained", "coco"], "COCO detection weights exist"),
         (["--backbone", "resnet18", "--pretrained", "imagenet"], "--pretrained none"),  # offline
-        (["--pretrained", "none", "--batch-size", "0"], "greater than or equal to 1"),
-        (["--pretrained", "none", "--paste", "1.5"], "less than or equal to 1"),
+        (["--pretrained", "none", "--batch-size", "0"], "0 is not in the range x>=1"),
+        (["--pretrained", "none", "--paste", "1.5"], "1.5 is not in the range 0.0<=x<=1.0"),
     ):
         result = runner.invoke(app, base + extra)
         assert result.exit_code != 0 and said in result.output, (extra, result.output)
