@@ -75,12 +75,14 @@ def cache_dir() -> Path:
 
 
 def remembered_digest(path: str | Path, compute: Callable[[Path], str]) -> str:
-    """`compute(path)`, a digest of a local file's bytes, kept in the cache (digests/) under the
-    file's path, inode, size, mtime and ctime: a start reads each version of a file once. Any
-    write to the file moves its ctime, which no program can set back (unlike the mtime)."""
+    """`compute(path)`, a digest of a local file's bytes, kept in the cache (digests/) under
+    `compute`'s name and the file's path, inode, size, mtime and ctime: a start reads each
+    version of a file once. Any write to the file moves its ctime, which no program can set
+    back (unlike the mtime)."""
     path = Path(path).resolve()
     st = path.stat()
-    stamp = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    stamp = f"{compute.__module__}.{compute.__qualname__}|{path}|{version}"
     known = cache_dir() / "digests" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.txt"
     with contextlib.suppress(OSError):
         if digest := known.read_text().strip():
