@@ -36,6 +36,9 @@ class ExportError(UserError, RuntimeError):
     """An exported or int8 model that cannot be used (refused with the figures)."""
 
 
+CONVERTER = "openvino.tools.ovc"  # OpenVINO's model converter, which only export needs
+
+
 def import_openvino():
     """OpenVINO with its telemetry package kept out of the process: OpenVINO's converter and
     NNCF fall back to their own no-op stubs when `openvino_telemetry` cannot be imported, so
@@ -55,9 +58,6 @@ def import_openvino():
         if blocked and sys.modules.get(CONVERTER, 0) is None:
             del sys.modules[CONVERTER]
     return openvino
-
-
-CONVERTER = "openvino.tools.ovc"
 
 
 def converter():
