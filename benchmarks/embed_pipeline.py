@@ -50,21 +50,21 @@ def ingest_seconds(root: Path, store: Path, model: list[str], limit: int, worker
 
 def stages(encoder, files: list[str], boxes, tmp: str) -> dict[str, float]:
     """ms per photo of each stage, on one core (the model: per photo of a batch of 32)."""
-    from embedder.reader import ImageFiles
-    from embedder.transforms import load_image
+    from embedder.transforms import eval_transform, load_image, load_pixels
     from search.store import Points, open_store
 
-    reader = ImageFiles(files, boxes, encoder.spec)
+    transform = eval_transform(encoder.spec)
     out, t = {}, time.perf_counter()
     for path in files:
         Path(path).read_bytes()
     out["read"] = time.perf_counter() - t
     t = time.perf_counter()
-    images = [load_image(p, b, reader.min_side) for p, b in zip(files, boxes, strict=True)]
+    for p, b in zip(files, boxes, strict=True):
+        load_image(p, b, transform.min_side)  # decoded, oriented, cropped to the box
     out["decode"] = time.perf_counter() - t
     t = time.perf_counter()
-    pixels = [reader.transform(image) for image in images]
-    out["resize+crop"] = time.perf_counter() - t
+    pixels = [load_pixels(p, b, transform) for p, b in zip(files, boxes, strict=True)]
+    out["resize+crop"] = time.perf_counter() - t - out["decode"]  # what the transform adds
     t = time.perf_counter()
     batches = [np.stack(pixels[s : s + 32]) for s in range(0, len(pixels) - 31, 32)]
     out["batch"] = time.perf_counter() - t

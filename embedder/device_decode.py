@@ -30,7 +30,7 @@ from embedder.geometry import (
 )
 from embedder.spec import ModelSpec
 from embedder.storage import LOCAL, Storage
-from embedder.transforms import IMAGE_FORMATS, check_aspect, eval_transform, load_image
+from embedder.transforms import IMAGE_FORMATS, check_aspect, eval_transform, load_pixels
 
 
 @dataclass
@@ -54,7 +54,6 @@ class JpegFiles(Dataset):
         self.paths, self.boxes, self.spec = [str(p) for p in paths], boxes, spec
         self.storage = storage
         self.transform = eval_transform(spec)
-        self.min_side = int(spec.img_size / spec.crop_pct)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,8 +69,8 @@ class JpegFiles(Dataset):
                     orientation = int(img.getexif().get(0x0112, 1))
             check_aspect(*size)
             if fmt != "JPEG" or mode not in ("RGB", "L"):
-                image = load_image(io.BytesIO(raw), box, self.min_side)
-                return Item(i, pixels=torch.from_numpy(self.transform(image)), path=path)
+                pixels = load_pixels(io.BytesIO(raw), box, self.transform)
+                return Item(i, pixels=torch.from_numpy(pixels), path=path)
             data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             return Item(i, data=data, box=box, orientation=orientation, size=size, path=path)
         except Exception as exc:  # every unreadable file becomes a reported failure
@@ -152,7 +151,8 @@ def decode_batch(items: list[Item], spec: ModelSpec, device: torch.device):
         img = decoded[it.index]
         try:
             if img is None:  # the device decoder refused it: the CPU path decides
-                img = torch.from_numpy(eval_transform(spec)(load_image(it.path, it.box))).to(device)
+                img = torch.from_numpy(load_pixels(it.path, it.box, eval_transform(spec)))
+                img = img.to(device)
                 pixels.append(img)
             else:
                 pixels.append(prepare(img, it, spec))

@@ -36,7 +36,7 @@ from embedder.errors import UserError, describe_failure
 from embedder.geometry import Box
 from embedder.spec import ModelSpec
 from embedder.storage import LOCAL, Storage, reader_context
-from embedder.transforms import eval_transform, load_image
+from embedder.transforms import eval_transform, load_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,6 @@ class ImageFiles:
     ):
         self.paths, self.boxes, self.spec = list(paths), boxes, spec
         self.transform = eval_transform(spec)
-        self.min_side = int(spec.img_size / spec.crop_pct)
         self.read_deadline = READ_DEADLINE if read_deadline is None else read_deadline
         self.storage, self.fetched = storage, None
 
@@ -117,8 +116,7 @@ class ImageFiles:
         box = self.boxes[i] if self.boxes is not None else None
         try:
             with deadline(self.read_deadline):
-                image = load_image(self._source(i), box, self.min_side)
-            return i, self.transform(image), ""
+                return i, load_pixels(self._source(i), box, self.transform), ""
         except Exception as exc:  # every undecodable or stuck file becomes a reported failure
             return i, None, describe_failure(exc)
 

@@ -56,39 +56,68 @@ def load_image(
     decoded. With `min_side`, large JPEGs are decoded at a reduced scale (libjpeg DCT scaling)
     no smaller than needed, which cuts decode time several-fold on big photos.
     """
+    return _load(path, bbox, min_side, strict_box, _cropped)
+
+
+def load_pixels(
+    path,
+    bbox: tuple[float, float, float, float] | None,
+    transform: EvalTransform,
+    strict_box: bool = False,
+) -> np.ndarray:
+    """`transform`'s uint8 CHW pixels of the photo at `path` in `bbox`, as
+    `transform(load_image(path, bbox, transform.min_side, strict_box))` gives them, but without
+    copying the crop: the centre window of the box is resampled straight out of the decoded
+    photo (the one decode, crop and resize of ingest, the web app and `search` alike)."""
+    return _load(path, bbox, transform.min_side, strict_box, transform)
+
+
+def _cropped(img: Image.Image, region: tuple[int, int, int, int] | None) -> Image.Image:
+    return img.crop(region) if region is not None else img
+
+
+def _load(path, bbox, min_side, strict_box, finish):
+    """Decode the photo upright and RGB, then `finish(rgb, region)`: region the pixels of the
+    clipped box and its margin (None: the whole photo), finished while the file is open."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a failure
-        return _load(path, bbox, min_side, strict_box)
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            rgb, region = _decoded(img, bbox, min_side, strict_box)
+            return finish(rgb, region)
 
 
-def _load(path, bbox, min_side, strict_box: bool = False) -> Image.Image:
-    with Image.open(path, formats=IMAGE_FORMATS) as img:
-        stored = img.size
-        check_aspect(*stored)
-        orientation = img.getexif().get(0x0112, 1)
-        turned = orientation in (5, 6, 7, 8)  # EXIF orientation swaps axes
-        full = (stored[1], stored[0]) if turned else stored  # the upright photo's size
-        box = clip_box(bbox, *full) if bbox is not None else None
-        if bbox is not None and box is None:
-            if strict_box:
-                raise BadBox(
-                    f"The box {_shown(bbox)} lies outside the {full[0]} × {full[1]} photo or is "
-                    f"smaller than {MIN_BOX} × {MIN_BOX} pixels."
-                )
-            log.warning("ignoring box %s outside or degenerate for a %dx%d photo", bbox, *full)
-        if min_side and img.format == "JPEG":
-            side = min_side
-            if box is not None:  # decode the box, not the photo, at min_side or more
-                side *= max(full) / min(box[2] - box[0], box[3] - box[1])
-            img.draft("RGB", (int(side), int(side)))
-        if orientation != 1:  # (exif_transpose copies even an upright photo)
-            img = ImageOps.exif_transpose(img)
-        rgb = img.convert("RGB") if img.mode != "I;16" else _from_16bit(img)
+def _decoded(img: Image.Image, bbox, min_side, strict_box: bool):
+    stored = img.size
+    check_aspect(*stored)
+    orientation = img.getexif().get(0x0112, 1)
+    turned = orientation in (5, 6, 7, 8)  # EXIF orientation swaps axes
+    full = (stored[1], stored[0]) if turned else stored  # the upright photo's size
+    box = clip_box(bbox, *full) if bbox is not None else None
+    if bbox is not None and box is None:
+        if strict_box:
+            raise BadBox(
+                f"The box {_shown(bbox)} lies outside the {full[0]} × {full[1]} photo or is "
+                f"smaller than {MIN_BOX} × {MIN_BOX} pixels."
+            )
+        log.warning("ignoring box %s outside or degenerate for a %dx%d photo", bbox, *full)
+    if min_side and img.format == "JPEG":
+        side = min_side
+        if box is not None:  # decode the box, not the photo, at min_side or more
+            side *= max(full) / min(box[2] - box[0], box[3] - box[1])
+        img.draft("RGB", (int(side), int(side)))
+    if orientation != 1:  # (exif_transpose copies even an upright photo)
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "I;16":
+        img = _from_16bit(img)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    else:
+        img.load()  # the decoded photo itself: whatever finishes it copies what it keeps
+    region = None
     if box is not None:
-        scale = (rgb.width / full[0], rgb.height / full[1])
-        if (crop := crop_with_margin(box, *scale, rgb.width, rgb.height)) is not None:
-            rgb = rgb.crop(crop)
-    return rgb
+        scale = (img.width / full[0], img.height / full[1])
+        region = crop_with_margin(box, *scale, img.width, img.height)
+    return img, region
 
 
 def photo_size(source) -> tuple[int, int]:
@@ -118,19 +147,39 @@ _PIL_FILTERS = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "bilinear": 
 
 class EvalTransform:
     """timm-style eval preprocessing to a uint8 CHW array: resize the shorter side to
-    img_size / crop_pct, centre crop img_size. Pure PIL (pixel-identical to torchvision's
-    Resize + CenterCrop + PILToTensor on PIL images) so that search never imports torchvision,
-    and with an exported model not torch either."""
+    img_size / crop_pct, centre crop img_size (torchvision's Resize + CenterCrop +
+    PILToTensor on PIL images), in pure PIL so that search never imports torchvision, and with
+    an exported model not torch either.
+
+    Only the crop is resampled: Pillow's resize with `box=` computes the img_size × img_size
+    window of the resized photo from the same filter taps, without the pixels the centre crop
+    throws away (a third of them for a 128-pixel model on a portrait photo) and without copying
+    the photo's box first. Its sampling grid is carried in single precision, and Pillow may
+    take the two passes in the other order, so that a few per cent of values come out one
+    level off torchvision's (and a handful of the 0.01% that do by more, up to ~15 levels, for
+    a bicubic filter): tests/embedder/test_model.py holds it to that."""
 
     def __init__(self, spec: ModelSpec):
         self.size, self.crop_pct = spec.img_size, spec.crop_pct
+        self.min_side = int(spec.img_size / spec.crop_pct)  # a decode at least this large
         self.filter = _PIL_FILTERS[interpolation(spec.interpolation)]
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        check_aspect(*img.size, "image (or its box)")
-        img = img.resize(resize_shape(*img.size, self.size, self.crop_pct), self.filter)
-        left, top = center_crop(img.width, img.height, self.size)
-        img = img.crop((left, top, left + self.size, top + self.size))
+    def __call__(self, img: Image.Image, region: tuple[int, int, int, int] | None = None):
+        """The pixels of `img` (within `region`, left top right bottom: all of it by default)."""
+        left, top, right, bottom = region if region is not None else (0, 0, *img.size)
+        width, height = right - left, bottom - top
+        check_aspect(width, height, "image (or its box)")
+        size = self.size
+        resized = resize_shape(width, height, size, self.crop_pct)
+        if min(resized) < size:  # (crop_pct > 1) the crop pads: resize, then crop as before
+            img = img.crop((left, top, right, bottom)).resize(resized, self.filter)
+            x, y = center_crop(*resized, size)
+            img = img.crop((x, y, x + size, y + size))
+        else:
+            x, y = center_crop(*resized, size)
+            sx, sy = width / resized[0], height / resized[1]
+            window = (left + x * sx, top + y * sy, left + (x + size) * sx, top + (y + size) * sy)
+            img = img.resize((size, size), self.filter, box=window)
         return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 

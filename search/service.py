@@ -294,11 +294,17 @@ def searched_whole(kind: str | None = None) -> str:
 def _decoded(source, bbox: Box | None, min_side: int):
     """A photo (a path or bytes) decoded upright, cropped to `bbox` (which must fit it), no
     smaller than `min_side`; BadImage (or BadBox) in words a user can act on."""
-    from embedder.errors import BadBox
     from embedder.transforms import load_image
 
+    return _readable(load_image, source, bbox, min_side, strict_box=True)
+
+
+def _readable(load, *args, **kwargs):
+    """`load(*args, **kwargs)`, a photo's failure raised as BadImage, a bad box as BadBox."""
+    from embedder.errors import BadBox
+
     try:
-        return load_image(source, bbox, min_side, strict_box=True)
+        return load(*args, **kwargs)
     except BadBox:
         raise  # a bad box is the request's fault (422), not the photo's
     except Exception as exc:
@@ -452,11 +458,10 @@ class SearchService:
 
     def embed_upload(self, data: bytes, bbox: Box | None = None) -> np.ndarray:
         """One uploaded photo (bytes) → its vector; BadImage when it is not a usable image."""
-        from embedder.transforms import eval_transform
+        from embedder.transforms import eval_transform, load_pixels
 
-        spec = self._model().spec
-        img = _decoded(io.BytesIO(data), bbox, int(spec.img_size / spec.crop_pct))
-        pixels = eval_transform(spec)(img)
+        transform = eval_transform(self._model().spec)
+        pixels = _readable(load_pixels, io.BytesIO(data), bbox, transform, strict_box=True)
         return self._check_vectors(self._model()(pixels[None]))
 
     # queries ----------------------------------------------------------------------------------
