@@ -65,10 +65,10 @@ def load_pixels(
     transform: EvalTransform,
     strict_box: bool = False,
 ) -> np.ndarray:
-    """`transform`'s uint8 CHW pixels of the photo at `path` in `bbox`, as
-    `transform(load_image(path, bbox, transform.min_side, strict_box))` gives them, but without
-    copying the crop: the centre window of the box is resampled straight out of the decoded
-    photo (the one decode, crop and resize of ingest, the web app and `search` alike)."""
+    """`transform`'s uint8 CHW pixels of the photo at `path` in `bbox`: those of
+    `transform(load_image(path, bbox, transform.min_side, strict_box))` up to rounding, without
+    copying the crop (the centre window of the box is resampled straight out of the decoded
+    photo). The one decode, crop and resize of ingest, the web app and `search` alike."""
     return _load(path, bbox, transform.min_side, strict_box, transform)
 
 
