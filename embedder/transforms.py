@@ -170,13 +170,12 @@ class EvalTransform:
         width, height = right - left, bottom - top
         check_aspect(width, height, "image (or its box)")
         size = self.size
-        resized = resize_shape(width, height, size, self.crop_pct)
-        if min(resized) < size:  # (crop_pct > 1) the crop pads: resize, then crop as before
+        resized = resize_shape(width, height, size, self.crop_pct)  # short side: min_side
+        x, y = center_crop(*resized, size)
+        if self.min_side < size:  # (crop_pct > 1) the crop pads: resize, then crop as before
             img = img.crop((left, top, right, bottom)).resize(resized, self.filter)
-            x, y = center_crop(*resized, size)
             img = img.crop((x, y, x + size, y + size))
         else:
-            x, y = center_crop(*resized, size)
             sx, sy = width / resized[0], height / resized[1]
             window = (left + x * sx, top + y * sy, left + (x + size) * sx, top + (y + size) * sy)
             img = img.resize((size, size), self.filter, box=window)
