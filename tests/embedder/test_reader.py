@@ -43,6 +43,8 @@ def test_batches_in_flight_give_the_vectors_of_one_batch_at_a_time(
     monkeypatch.setenv("FASHION_RETRIEVAL_CACHE", str(tmp_path / "models"))
     exported = exported_encoder(tiny_model.spec, lambda: tiny_model, throughput=True)
     assert exported.depth > 1
+    # bulk work shares the cores with the readers: no stream is pinned to one of them
+    assert exported.compiled.get_property("ENABLE_CPU_PINNING") is False
     paths, boxes = _photos(sample_root, 30)
     one_by_one = embed_files(exported, paths, boxes, batch_size=30)
     streamed = np.zeros_like(one_by_one)
