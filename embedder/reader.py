@@ -219,6 +219,14 @@ class SharedReader:
         )
 
     def __iter__(self) -> Iterator[Batch]:
+        try:
+            yield from self._batches()
+        except BrokenProcessPool:  # from a job's result, or from the next submit: the same
+            raise ReaderDied(
+                "a reader process died (out of memory?); rerun to continue where it stopped"
+            ) from None
+
+    def _batches(self) -> Iterator[Batch]:
         starts = iter(range(0, len(self.paths), self.batch_size))
         pending: deque = deque()
         for number in itertools.count():
@@ -231,12 +239,7 @@ class SharedReader:
             if not pending:
                 return
             start, slot, job = pending.popleft()
-            try:
-                good, failed = job.result()
-            except BrokenProcessPool:
-                raise ReaderDied(
-                    "a reader process died (out of memory?); rerun to continue where it stopped"
-                ) from None
+            good, failed = job.result()
             pixels = self.slots[slot, : len(good)] if good else None
             yield Batch([start + r for r in good], pixels, [(start + r, why) for r, why in failed])
 

@@ -4,6 +4,7 @@ exported model with several batches in flight gives the vectors it gives one bat
 an upright photo is not copied for its EXIF orientation, a turned one is turned."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from embedder import embed_files, read_catalog
@@ -63,15 +64,16 @@ def test_an_upright_photo_needs_no_exif_copy_and_a_turned_one_is_turned(tmp_path
     assert load_image(tmp_path / "turned.jpg").size == (60, 40)
 
 
-def test_a_reader_process_killed_mid_run_is_a_one_line_error(sample_root, tiny_model):
+@pytest.mark.parametrize("pause", [0.0, 1.0])
+def test_a_reader_process_killed_mid_run_is_a_one_line_error(sample_root, tiny_model, pause):
     """A reader killed from outside (the kernel's OOM killer) stops the run with ReaderDied,
     whose message says what happened and that a rerun continues; the batches read before it
-    came out whole."""
+    came out whole. Whether the loop learns it from a batch it waits for or (after `pause`,
+    once the pool knows) from the next batch it hands out."""
     import os
     import signal
+    import time
     from pathlib import Path
-
-    import pytest
 
     from embedder import Encoder
     from embedder.reader import ReaderDied
@@ -89,4 +91,5 @@ def test_a_reader_process_killed_mid_run_is_a_one_line_error(sample_root, tiny_m
                 for pid in children.split():  # the forked readers, not the resource tracker
                     if Path(f"/proc/{pid}/cmdline").read_bytes() == me:
                         os.kill(int(pid), signal.SIGKILL)
+                time.sleep(pause)
     assert seen[:2] == [4, 4] and sum(seen) < 400
