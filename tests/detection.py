@@ -24,9 +24,10 @@ def biased_detector(path, types: tuple[str, ...]) -> str:
         logits.weight.zero_()
         if len(rows) == 1:
             logits.bias[rows[0]] = 6.0
-        else:  # directions with no common part, less their mean: one type's gain, the others'
+        else:  # a random direction per type, with no part common to all feature channels
+            # (their shared level would favour one type everywhere) nor to all types
             directions = torch.randn(len(rows), *logits.weight.shape[1:])
-            directions -= directions.mean(1, keepdim=True)  # (not the features' common part)
+            directions -= directions.mean(1, keepdim=True)
             directions -= directions.mean(0, keepdim=True)
             logits.bias[rows] = 0.0
             logits.weight[rows] = 50.0 * directions
